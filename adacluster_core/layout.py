@@ -1,0 +1,86 @@
+"""Permuted layout: tokens sorted by cluster, and selected key clusters turned into row ranges.
+
+All functions are pure torch, run on any device, and never synchronise with the host, so they
+are safe on the reuse-step hot path.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def sort_by_cluster(labels: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group tokens by cluster.
+
+    labels: int [G, N] cluster id per token, in [0, num_clusters).
+    Returns perm int32 [G, N] (perm[g, r] = original index of permuted row r) and
+    offsets int32 [G, C+1] (cluster c occupies permuted rows offsets[g, c]:offsets[g, c+1]).
+    """
+    G, N = labels.shape
+    lab = labels.to(torch.int64)
+    perm = torch.argsort(lab, dim=1, stable=True)
+    counts = torch.zeros(G, num_clusters, dtype=torch.int64, device=labels.device)
+    counts.scatter_add_(1, lab, torch.ones_like(lab))
+    offsets = torch.zeros(G, num_clusters + 1, dtype=torch.int64, device=labels.device)
+    torch.cumsum(counts, dim=1, out=offsets[:, 1:])
+    return perm.to(torch.int32), offsets.to(torch.int32)
+
+
+def selected_key_ranges(
+    sel: torch.Tensor,
+    k_offsets: torch.Tensor,
+    extra: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn selected key clusters into half-open row ranges of the permuted key buffer.
+
+    sel: int [G, Cq, S] key-cluster ids per query cluster, -1 = unused slot.
+    k_offsets: int [G, Ck+1] from `sort_by_cluster` on the key labels.
+    extra: optional (start, stop) rows appended to every query cluster's ranges
+        (always-attended tokens such as text, stored after the clustered keys).
+    Returns (range_start, range_end), int32 [G, Cq, R] with R = S (+1 with extra).
+    Selected clusters with adjacent ids are contiguous in the permuted buffer, so runs of
+    consecutive ids are merged into one range; freed slots become empty (start == end) and
+    are moved to the end so the kernel sees the real ranges first.
+    """
+    G, Cq, S = sel.shape
+    Ck = k_offsets.shape[1] - 1
+    valid = sel >= 0
+    # unused slots sort last
+    key = torch.where(valid, sel.to(torch.int64), torch.full_like(sel, Ck, dtype=torch.int64))
+    key, _ = torch.sort(key, dim=-1)
+    valid = key < Ck
+    idx = key.clamp(max=max(Ck - 1, 0))
+    offs = k_offsets.to(torch.int64).unsqueeze(1).expand(G, Cq, Ck + 1)
+    start = torch.gather(offs, 2, idx)
+    end = torch.gather(offs, 2, idx + 1)
+    start = torch.where(valid, start, torch.zeros_like(start))
+    end = torch.where(valid, end, torch.zeros_like(end))
+    if S > 1:
+        # a slot continues the previous one when its cluster id is the previous id + 1
+        cont = torch.zeros_like(valid)
+        cont[..., 1:] = valid[..., 1:] & valid[..., :-1] & (key[..., 1:] == key[..., :-1] + 1)
+        # run id: increments at every slot that starts a new run
+        head = valid & ~cont
+        run = torch.cumsum(head.to(torch.int64), dim=-1) - 1  # [G, Cq, S], -1 before first head
+        run = torch.where(valid, run, torch.full_like(run, S - 1))
+        big = torch.iinfo(torch.int64).max
+        rs = torch.full_like(start, big)
+        re = torch.zeros_like(end)
+        rs.scatter_reduce_(2, run, torch.where(valid, start, torch.full_like(start, big)), reduce="amin")
+        re.scatter_reduce_(2, run, torch.where(valid, end, torch.zeros_like(end)), reduce="amax")
+        n_runs = head.sum(-1, keepdim=True)
+        slot = torch.arange(S, device=sel.device).view(1, 1, S)
+        used = slot < n_runs
+        start = torch.where(used, rs, torch.zeros_like(rs))
+        end = torch.where(used, re, torch.zeros_like(re))
+    if extra is not None:
+        e0, e1 = int(extra[0]), int(extra[1])
+        start = torch.cat([start, torch.full((G, Cq, 1), e0, dtype=start.dtype, device=start.device)], -1)
+        end = torch.cat([end, torch.full((G, Cq, 1), e1, dtype=end.dtype, device=end.device)], -1)
+    return start.to(torch.int32).contiguous(), end.to(torch.int32).contiguous()
+
+
+def pairs_computed(q_offsets: torch.Tensor, range_start: torch.Tensor, range_end: torch.Tensor) -> torch.Tensor:
+    """Number of query-key pairs the sparse kernel computes, per group: int64 [G]."""
+    nq = (q_offsets[:, 1:] - q_offsets[:, :-1]).to(torch.int64)          # [G, Cq]
+    nk = (range_end - range_start).clamp(min=0).to(torch.int64).sum(-1)  # [G, Cq]
+    return (nq * nk).sum(-1)

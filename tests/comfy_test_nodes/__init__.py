@@ -1,0 +1,86 @@
+"""TEST-ONLY ComfyUI node pack (never shipped with AdaCluster).
+
+The tests have no text encoder weights, so conditioning comes from
+`AdaClusterTestZeroConditioning`; results are written to disk by `AdaClusterTestSaveLatent`
+so the test process can inspect the sampled latent. V1 node API (NODE_CLASS_MAPPINGS).
+"""
+import hashlib
+import os
+import re
+
+import torch
+
+
+class AdaClusterTestZeroConditioning:
+    """CONDITIONING of zeros [1, tokens, width] (+ pooled_output, optional attention_mask)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "tokens": ("INT", {"default": 16, "min": 1, "max": 4096}),
+                "width": ("INT", {"default": 4096, "min": 1, "max": 16384}),
+                "pooled_width": ("INT", {"default": 0, "min": 0, "max": 16384,
+                                         "tooltip": "0: pooled_output None (Wan); 768 for HunyuanVideo 1.0"}),
+            },
+            "optional": {
+                "mask_pad": ("INT", {"default": 0, "min": 0, "max": 4096,
+                                     "tooltip": "adds attention_mask with this many padded (0) tokens at the end"}),
+                "value": ("FLOAT", {"default": 0.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                    "tooltip": "fill value (0 = zeros)"}),
+            },
+        }
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "make"
+    CATEGORY = "adacluster_test"
+
+    def make(self, tokens, width, pooled_width, mask_pad=0, value=0.0):
+        extra = {}
+        if mask_pad > 0:
+            m = torch.ones(1, tokens, dtype=torch.long)
+            m[:, max(0, tokens - mask_pad):] = 0
+            extra["attention_mask"] = m
+        # HunyuanVideo's encode_adm reads kwargs["pooled_output"] unconditionally: always set the key.
+        extra["pooled_output"] = torch.zeros(1, pooled_width) if pooled_width > 0 else None
+        return ([[torch.full((1, tokens, width), float(value)), extra]],)
+
+
+def _safe_name(name):
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "latent"
+
+
+class AdaClusterTestSaveLatent:
+    """Output node: torch.save(latent, $ADACLUSTER_TEST_OUT/<name>.pt); ui text = shape + checksum."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "name": ("STRING", {"default": "latent"})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    CATEGORY = "adacluster_test"
+
+    def save(self, samples, name):
+        s = samples["samples"].detach().to("cpu", torch.float32).contiguous()
+        out = os.environ.get("ADACLUSTER_TEST_OUT")
+        path = ""
+        if out:
+            os.makedirs(out, exist_ok=True)
+            path = os.path.join(out, _safe_name(name) + ".pt")
+            torch.save(s, path)
+        digest = hashlib.sha256(s.numpy().tobytes()).hexdigest()[:16]
+        text = (f"name={name} shape={list(s.shape)} finite={bool(torch.isfinite(s).all())} "
+                f"sha256={digest} path={path}")
+        return {"ui": {"text": [text], "shape": list(s.shape), "sha256": [digest], "path": [path]}}
+
+
+NODE_CLASS_MAPPINGS = {
+    "AdaClusterTestZeroConditioning": AdaClusterTestZeroConditioning,
+    "AdaClusterTestSaveLatent": AdaClusterTestSaveLatent,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "AdaClusterTestZeroConditioning": "AdaCluster TEST: zero conditioning",
+    "AdaClusterTestSaveLatent": "AdaCluster TEST: save latent",
+}
