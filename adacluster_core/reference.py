@@ -54,3 +54,73 @@ def dense_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
     if key_mask is not None:
         s = s + key_mask.float()
     return (torch.softmax(s, dim=-1) @ v.float()).to(q.dtype)
+
+
+# ---- clustering references (torch counterparts of kernels/kmeans_assign.py,
+# ---- kernels/centroid_update.py, kernels/cluster_bounds.py). fp32 maths, any device.
+
+def _as_gnd(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 4:
+        return x.reshape(x.shape[0] * x.shape[1], x.shape[2], x.shape[3])
+    return x
+
+
+def _maybe_normalize(xf: torch.Tensor, normalize: bool) -> torch.Tensor:
+    if normalize:
+        return xf / xf.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    return xf
+
+
+def kmeans_assign_ref(x: torch.Tensor, centroids: torch.Tensor, *, normalize: bool = False,
+                      return_dist: bool = False, chunk: int = 8192):
+    """Reference for `kernels.kmeans_assign`: labels int32 [G, N] = argmin_c ‖c‖² − 2 x·c
+    (fp32), optionally dist float32 [G, N] = ‖x − c_label‖. x [G, N, D] or [B, H, N, D];
+    centroids float32 [G, C, D]. Ties go to the lowest centroid id."""
+    x = _as_gnd(x)
+    G, N, D = x.shape
+    c = centroids.float().to(x.device)
+    cc = (c * c).sum(-1)  # [G, C]
+    labels = torch.empty(G, N, dtype=torch.int32, device=x.device)
+    dist = torch.empty(G, N, dtype=torch.float32, device=x.device)
+    for s in range(0, N, chunk):
+        xf = _maybe_normalize(x[:, s:s + chunk].float(), normalize)
+        score = cc.unsqueeze(1) - 2.0 * (xf @ c.transpose(1, 2))  # [G, n, C]
+        best, arg = score.min(dim=-1)
+        labels[:, s:s + chunk] = arg.to(torch.int32)
+        cl = torch.gather(c, 1, arg.unsqueeze(-1).expand(-1, -1, D))
+        dist[:, s:s + chunk] = (xf - cl).norm(dim=-1)
+    return (labels, dist) if return_dist else labels
+
+
+def centroid_update_ref(x: torch.Tensor, labels: torch.Tensor, old_centroids: torch.Tensor, *,
+                        normalize: bool = False):
+    """Reference for `kernels.centroid_update`: fp32 means by label (label C = ignored);
+    empty clusters keep their old centroid. Returns (centroids f32 [G, C, D], counts i32 [G, C])."""
+    x = _as_gnd(x)
+    G, N, D = x.shape
+    C = old_centroids.shape[1]
+    xf = _maybe_normalize(x.float(), normalize)
+    lab = labels.to(torch.int64)
+    sums = torch.zeros(G, C + 1, D, dtype=torch.float32, device=x.device)
+    sums.scatter_add_(1, lab.unsqueeze(-1).expand(G, N, D), xf)
+    cnt = torch.zeros(G, C + 1, dtype=torch.float32, device=x.device)
+    cnt.scatter_add_(1, lab, torch.ones_like(lab, dtype=torch.float32))
+    sums, cnt = sums[:, :C], cnt[:, :C]
+    mean = sums / cnt.clamp_min(1).unsqueeze(-1)
+    new = torch.where(cnt.unsqueeze(-1) > 0, mean, old_centroids.float().to(x.device))
+    return new, cnt.to(torch.int32)
+
+
+def cluster_bounds_ref(x: torch.Tensor, labels: torch.Tensor, num_clusters: int):
+    """Reference for `kernels.cluster_bounds`: per-cluster per-dimension (max, min) in fp32,
+    label C = ignored; empty clusters get (-inf, +inf)."""
+    x = _as_gnd(x)
+    G, N, D = x.shape
+    C = int(num_clusters)
+    xf = x.float()
+    idx = labels.to(torch.int64).unsqueeze(-1).expand(G, N, D)
+    kmax = torch.full((G, C + 1, D), float("-inf"), dtype=torch.float32, device=x.device)
+    kmin = torch.full((G, C + 1, D), float("inf"), dtype=torch.float32, device=x.device)
+    kmax.scatter_reduce_(1, idx, xf, reduce="amax", include_self=True)
+    kmin.scatter_reduce_(1, idx, xf, reduce="amin", include_self=True)
+    return kmax[:, :C].contiguous(), kmin[:, :C].contiguous()

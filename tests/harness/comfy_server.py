@@ -43,15 +43,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def find_import_failures(log_text: str, pack_names: Iterable[str]) -> List[str]:
+def find_import_failures(log_text: str, pack_names: Iterable[str], paths: Iterable[str] = ()) -> List[str]:
     """Lines of a ComfyUI log that show one of `pack_names` (custom node folder names) failed to
     import: the "(IMPORT FAILED)" import-time line, "Cannot import ... module for custom nodes",
-    comfy_entrypoint errors, or a traceback whose frames mention the pack. Empty list = clean."""
+    comfy_entrypoint errors, or a traceback whose frames mention the pack (by folder name, or by
+    one of `paths`, e.g. the pack's real location behind a symlink). Empty list = clean."""
     names = [n for n in pack_names if n]
+    path_strs = [str(p) for p in paths if str(p)]
     problems: List[str] = []
     lines = log_text.splitlines()
 
     def mentions(line: str) -> bool:
+        if any(p in line for p in path_strs):
+            return True
         return any(re.search(r"(^|[/\\\s.'\"])" + re.escape(n) + r"($|[/\\\s.'\":])", line) for n in names)
 
     for i, line in enumerate(lines):
@@ -83,6 +87,9 @@ class ComfyServer:
         self.ready_timeout = ready_timeout
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base_dir / "comfyui.log"
+        # A file database: with "sqlite:///:memory:" 0.3.75 logs sqlite "objects created in a thread
+        # can only be used in that same thread" tracebacks after every prompt (harmless, but noise).
+        self.database_url = f"sqlite:///{self.base_dir / 'comfyui.db'}"
         self.proc: Optional[subprocess.Popen] = None
         self._log_fh = None
         self.started_in_s: Optional[float] = None
@@ -115,7 +122,7 @@ class ComfyServer:
     def command(self) -> List[str]:
         return [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                 "--base-directory", str(self.base_dir), "--disable-auto-launch", "--disable-api-nodes",
-                "--database-url", "sqlite:///:memory:", *self.extra_args]
+                "--database-url", self.database_url, *self.extra_args]
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> "ComfyServer":
@@ -194,8 +201,8 @@ class ComfyServer:
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log_text().splitlines()[-n:])
 
-    def import_failures(self, pack_names: Iterable[str]) -> List[str]:
-        return find_import_failures(self.log_text(), pack_names)
+    def import_failures(self, pack_names: Iterable[str], paths: Iterable[str] = ()) -> List[str]:
+        return find_import_failures(self.log_text(), pack_names, paths)
 
     # ---------------------------------------------------------------- HTTP
     def get(self, path: str, timeout: float = 30):

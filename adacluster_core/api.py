@@ -1,0 +1,345 @@
+"""The public entry point: `sparse_attention(q, k, v, config, state, ...)`.
+
+One sparse call (docs/ALGORITHM.md, "One sparse call"):
+  k-means on L2-normalised Q and on raw K (warm start from the state), permutation by cluster,
+  per key cluster Kmax / Kmin, selection of key clusters per query cluster, row ranges, then the
+  variable-block attention kernel over the permuted layout.
+
+Always-dense tokens (`always_dense_range`, e.g. the text tokens of HunyuanVideo) are not
+clustered: their keys are stored after the clustered keys in the permuted buffer and form one
+extra range every query cluster attends to; their queries form one extra query cluster whose
+ranges cover every (unmasked) key, i.e. they run dense inside the same kernel call.
+
+Masked keys (`key_mask`) never get weight: masked clustered keys get the label "ignored"
+(sorted after all clusters, outside every range, out of the centroids and bounds); masked
+always-dense keys are moved behind the valid ones and left out of the extra range.
+
+No host synchronisation on the reuse path (state warm, layer count known): all shapes depend
+only on N, Cq, Ck, top_k and the always-dense range. `stats["density"]` is therefore a 0-dim
+tensor; `float()` it to read it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import clustering
+from .config import AdaClusterConfig
+from .layout import pairs_computed, selected_key_ranges
+from .reference import varblock_attention_ref
+from .selection import select_clusters
+from .state import ClusterState
+
+SPARSE_HEAD_DIMS = (64, 128)
+SPARSE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MASK_THRESHOLD = -1e4  # additive mask values <= this count as "masked"
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """"auto": triton on CUDA, else triton under TRITON_INTERPRET=1, else torch. An explicit
+    "triton" on a CPU tensor without the interpreter falls back to "torch"."""
+    interp = os.environ.get("TRITON_INTERPRET") == "1"
+    if backend == "torch":
+        return "torch"
+    if device.type == "cuda" or interp:
+        try:
+            import triton  # noqa: F401
+            return "triton"
+        except Exception:  # pragma: no cover - triton missing
+            return "torch"
+    return "torch"
+
+
+def _attention_kernel(backend: str):
+    if backend == "triton":
+        try:
+            from .kernels.varblock_attn import varblock_attention
+            return varblock_attention, "triton"
+        except ImportError:
+            pass
+    return varblock_attention_ref, "reference"
+
+
+def _normalise_range(N: int, always_dense_range, always_dense_prefix) -> tuple[int, int]:
+    if always_dense_range is None and always_dense_prefix:
+        always_dense_range = (0, int(always_dense_prefix))
+    if always_dense_range is None:
+        return 0, 0
+    r0, r1 = int(always_dense_range[0]), int(always_dense_range[1])
+    if r0 < 0:
+        r0 += N
+    if r1 < 0:
+        r1 += N
+    r0, r1 = max(0, min(N, r0)), max(0, min(N, r1))
+    if r1 <= r0:
+        return 0, 0
+    return r0, r1
+
+
+def _key_mask(key_mask, B: int, H: int, N: int):
+    """-> (masked bool [B, 1|H, N] or None, sdpa_mask or None, query_dependent: bool)."""
+    if key_mask is None:
+        return None, None, False
+    m = key_mask
+    if m.dim() == 1:
+        m = m.view(1, 1, 1, -1)
+    elif m.dim() == 2:
+        m = m[:, None, None, :]
+    elif m.dim() == 3:  # ComfyUI convention: [B, 1|L, N] -> [B, 1, 1|L, N]
+        m = m.unsqueeze(1)
+    if m.dim() != 4:
+        return None, key_mask, True
+    if m.dtype == torch.bool:
+        sdpa = m
+        masked = ~m
+    else:
+        sdpa = m
+        masked = m <= MASK_THRESHOLD
+    if m.shape[-1] != N or m.shape[2] != 1 or m.shape[1] not in (1, H) or m.shape[0] not in (1, B):
+        return None, sdpa, True
+    masked = masked[:, :, 0, :].expand(B, m.shape[1], N)
+    return masked, sdpa, False
+
+
+def _dense(q, k, v, scale, sdpa_mask):
+    if sdpa_mask is not None and sdpa_mask.dtype != torch.bool:
+        lo = torch.finfo(q.dtype).min if q.dtype.is_floating_point else -1e30
+        sdpa_mask = sdpa_mask.to(q.dtype) if sdpa_mask.dtype != q.dtype else sdpa_mask
+        sdpa_mask = sdpa_mask.clamp_min(lo)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask, scale=scale)
+
+
+def _stats(cfg: AdaClusterConfig, device, **kw) -> dict:
+    st = dict(density=torch.ones((), device=device), q_clusters=0, k_clusters=0, dense=True,
+              reason="", selection=cfg.selection, top_k=0, stage="dense", backend="torch",
+              attention="sdpa", n_clustered=0)
+    st.update(kw)
+    return st
+
+
+def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     config: Optional[AdaClusterConfig] = None, state: Optional[ClusterState] = None,
+                     *, scale: Optional[float] = None, always_dense_range=None,
+                     always_dense_prefix: Optional[int] = None, key_mask: Optional[torch.Tensor] = None):
+    """AdaCluster sparse self-attention.
+
+    q, k, v: [B, H, N, D] (fp16 / bf16 / fp32, any device). Returns (out, stats); out has q's
+    shape and dtype. `scale` defaults to D**-0.5.
+    always_dense_range=(start, stop): tokens every query attends to and whose queries attend
+        to every key (text tokens); negative indices count from the end. always_dense_prefix=P
+        is shorthand for (0, P).
+    key_mask: additive mask broadcastable to [B, 1|H, 1, N] ([B, N] and ComfyUI's [B, 1, N]
+        accepted; bool masks use SDPA's True = attend). Values <= -1e4 mean "masked"; other
+        values are treated as 0 on the sparse path (soft biases are honoured only when the
+        call runs dense). A query-dependent mask makes the call dense.
+    state: the layer's ClusterState (updated in place), or None for a stateless call.
+    stats: density (0-dim tensor: computed query-key pairs / (B·H·N²), dense rows included),
+        q_clusters, k_clusters, dense, reason ("" when sparse), selection, top_k, stage
+        ("first" | "reuse" | "calibration" | "dense"), backend, attention ("triton" |
+        "reference" | "sdpa"), n_clustered.
+    Never raises on odd inputs (they run dense with a reason); set ADACLUSTER_STRICT=1 to
+    re-raise internal errors instead of falling back.
+    """
+    cfg = config if config is not None else AdaClusterConfig()
+    if not isinstance(cfg, AdaClusterConfig):
+        raise ValueError(f"config must be an AdaClusterConfig, got {type(cfg).__name__}")
+    if q.dim() != 4:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale)
+        return out, _stats(cfg, q.device, reason=f"q must be [B, H, N, D], got {tuple(q.shape)}")
+    B, H, N, D = q.shape
+    sc = float(scale) if scale is not None else D ** -0.5
+    masked, sdpa_mask, qdep = _key_mask(key_mask, B, H, k.shape[2] if k.dim() == 4 else N)
+
+    def dense(reason: str, **kw):
+        return _dense(q, k, v, sc, sdpa_mask), _stats(cfg, q.device, reason=reason, **kw)
+
+    reason = ""
+    if k.shape != q.shape or v.shape != q.shape:
+        reason = f"q/k/v shapes differ ({tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)})"
+    elif not (q.dtype == k.dtype == v.dtype):
+        reason = "q/k/v dtypes differ"
+    elif q.dtype not in SPARSE_DTYPES:
+        reason = f"dtype {q.dtype} unsupported"
+    elif D not in SPARSE_HEAD_DIMS:
+        reason = f"head_dim {D} unsupported (sparse needs {SPARSE_HEAD_DIMS})"
+    elif N < cfg.min_tokens:
+        reason = f"N={N} < min_tokens={cfg.min_tokens}"
+    elif qdep:
+        reason = "key_mask is query-dependent or has an unsupported shape"
+    elif state is not None and state.dense:
+        reason = state.dense_reason or "layer marked dense"
+    if reason:
+        return dense(reason)
+    r0, r1 = _normalise_range(N, always_dense_range, always_dense_prefix)
+    Nt = r1 - r0
+    Nv = N - Nt
+    if Nv <= 0:
+        return dense("no tokens to cluster (all in always_dense_range)")
+    try:
+        return _sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense)
+    except Exception as e:  # never break a generation: run dense and say why
+        if os.environ.get("ADACLUSTER_STRICT") == "1":
+            raise
+        return dense(f"sparse path failed: {type(e).__name__}: {e}")
+
+
+def _split(x: torch.Tensor, r0: int, r1: int):
+    """(clustered part [B,H,Nv,D], always-dense part [B,H,Nt,D]) along N; views when possible."""
+    N = x.shape[2]
+    if r1 == r0:
+        return x, x[:, :, :0]
+    if r0 == 0:
+        return x[:, :, r1:], x[:, :, :r1]
+    if r1 == N:
+        return x[:, :, :r0], x[:, :, r0:]
+    return torch.cat([x[:, :, :r0], x[:, :, r1:]], 2), x[:, :, r0:r1]
+
+
+def _gather_rows(x4: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x4 [B,H,n,D] (any strides), idx int [G, m] -> [G, m, D] contiguous."""
+    B, H, _, D = x4.shape
+    m = idx.shape[1]
+    return torch.gather(x4, 2, idx.long().view(B, H, m, 1).expand(B, H, m, D)).reshape(B * H, m, D)
+
+
+def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: float,
+            r0: int, r1: int, masked, dense):
+    B, H, N, D = q.shape
+    G = B * H
+    dev = q.device
+    backend = resolve_backend(cfg.backend, dev)
+    Nt = r1 - r0
+    Nv = N - Nt
+    qv, _ = _split(q, r0, r1)
+    kv, kt = _split(k, r0, r1)
+    vv, vt = _split(v, r0, r1)
+
+    ignore = masked_t = None
+    if masked is not None:
+        mg = masked.expand(B, H, N).reshape(G, N)
+        ignore_v, masked_t = _split(mg.view(G, 1, N, 1), r0, r1)
+        ignore = ignore_v.reshape(G, Nv)
+        masked_t = masked_t.reshape(G, Nt)
+
+    # ---- key-cluster count (adaptive: multi-stage once per layer) --------------------------
+    stage = "first"
+    k_init = None
+    if cfg.k_clusters is not None:
+        Ck = cfg.k_clusters
+    elif state is not None and state.k_clusters:
+        Ck = int(state.k_clusters)
+    else:
+        ms = clustering.multi_stage_key_clustering(
+            kv, init_clusters=cfg.k_clusters_init, tau_scale=cfg.tau_scale, max_stages=cfg.max_stages,
+            stage_iters=cfg.stage_iters, n_max=(state.k_cap if state is not None else None),
+            ignore=ignore, backend=backend)
+        if ms.dense:
+            if state is not None:
+                state.dense, state.dense_reason = True, ms.reason
+            return dense(ms.reason, k_clusters=ms.k_clusters, stage="calibration", backend=backend)
+        Ck = ms.k_clusters
+        k_init = ms.centroids
+        if state is not None:
+            state.k_clusters = Ck
+            state.k_centroids = k_init.reshape(B, H, Ck, D)
+            state.calls = 0
+            if cfg.calibration_dense:
+                return dense("calibration step (multi-stage key clustering ran; output dense)",
+                             k_clusters=Ck, stage="calibration", backend=backend)
+    Cq = min(cfg.q_clusters, Nv)
+    Ck = min(Ck, Nv)
+
+    # ---- k-means, warm-started from the state -----------------------------------------------
+    warm_calls = state is not None and state.calls > 0
+    cq0 = ClusterState._match(state.q_centroids, (B, H, Cq, D), dev) if state is not None else None
+    ck0 = ClusterState._match(state.k_centroids, (B, H, Ck, D), dev) if state is not None else None
+    if ck0 is None and k_init is not None and k_init.shape[1] == Ck:
+        ck0 = k_init
+    warm_q = cq0 is not None and warm_calls
+    warm_k = ck0 is not None and warm_calls
+    iq = cfg.kmeans_iters_reuse if warm_q else cfg.kmeans_iters_first
+    ik = cfg.kmeans_iters_reuse if warm_k else cfg.kmeans_iters_first
+    if cq0 is None:
+        cq0 = clustering.init_centroids(qv, Cq, normalize=True)
+    if ck0 is None:
+        ck0 = clustering.init_centroids(kv, Ck)
+    if warm_q and warm_k:
+        stage = "reuse"
+    rq = clustering.kmeans(qv, cq0.reshape(G, Cq, D), iq, normalize=True, backend=backend)
+    rk = clustering.kmeans(kv, ck0.reshape(G, Ck, D), ik, ignore=ignore, backend=backend)
+
+    # ---- bounds + selection ---------------------------------------------------------------
+    need_bounds = cfg.selection == "tensorquest"
+    kmax = kmin = None
+    if need_bounds:
+        kmax, kmin = clustering.bounds(kv, rk.labels, Ck, perm=rk.perm, offsets=rk.offsets, backend=backend)
+    q_norm = None
+    if cfg.selection == "top_p":
+        nrm = qv.float().norm(dim=-1).reshape(G, Nv)
+        q_norm = torch.zeros(G, Cq + 1, device=dev).scatter_add_(1, rq.labels.long(), nrm)[:, :Cq]
+        q_norm = q_norm / rq.counts.clamp_min(1).float()
+    sel = select_clusters(cfg.selection, cq=rq.centroids, ck=rk.centroids, kmax=kmax, kmin=kmin,
+                          k_counts=rk.counts, top_k=cfg.top_k, top_p=cfg.top_p, scale=sc, q_norm=q_norm)
+    k_off = rk.offsets[:, :Ck + 1]
+    rs, re = selected_key_ranges(sel, k_off)  # [G, Cq, S]
+
+    # ---- permuted buffers and ranges ------------------------------------------------------
+    perm_k = rk.perm  # [G, Nv], ignored keys last
+    if Nt > 0:
+        if masked_t is not None:
+            tperm = torch.argsort(masked_t.to(torch.int8), dim=1, stable=True)
+            n_t = (~masked_t).sum(1).to(torch.int32)  # [G]
+        else:
+            tperm = torch.arange(Nt, device=dev).view(1, Nt).expand(G, Nt)
+            n_t = torch.full((G,), Nt, dtype=torch.int32, device=dev)
+        k_perm = torch.cat([_gather_rows(kv, perm_k), _gather_rows(kt, tperm)], 1)
+        v_perm = torch.cat([_gather_rows(vv, perm_k), _gather_rows(vt, tperm)], 1)
+        ex_s = torch.full((G, Cq, 1), Nv, dtype=torch.int32, device=dev)
+        ex_e = (Nv + n_t).view(G, 1, 1).expand(G, Cq, 1).to(torch.int32)
+        rs, re = torch.cat([rs, ex_s], -1), torch.cat([re, ex_e], -1)
+        R = rs.shape[-1]
+        # the always-dense queries: one more query cluster that sees every unmasked key
+        d_s = torch.zeros(G, 1, R, dtype=torch.int32, device=dev)
+        d_e = torch.zeros(G, 1, R, dtype=torch.int32, device=dev)
+        d_s[:, 0, 1] = Nv
+        d_e[:, 0, 0] = k_off[:, Ck]
+        d_e[:, 0, 1] = Nv + n_t
+        rs, re = torch.cat([rs, d_s], 1), torch.cat([re, d_e], 1)
+        # query permutation over all N rows: clustered rows (original ids) then dense rows
+        pv = rq.perm.to(torch.int64)
+        if r0 == 0:
+            pv = pv + r1
+        elif r1 < N:
+            pv = torch.where(pv < r0, pv, pv + Nt)
+        pt = (r0 + torch.arange(Nt, device=dev)).view(1, Nt).expand(G, Nt)
+        perm_q = torch.cat([pv, pt], 1).to(torch.int32)
+        q_off = torch.cat([rq.offsets[:, :Cq + 1],
+                           torch.full((G, 1), N, dtype=torch.int32, device=dev)], 1)
+    else:
+        k_perm = _gather_rows(kv, perm_k)
+        v_perm = _gather_rows(vv, perm_k)
+        perm_q = rq.perm
+        q_off = rq.offsets[:, :Cq + 1]
+
+    attn, attn_name = _attention_kernel(backend)
+    q3 = q.reshape(G, N, D)
+    out = attn(q3, k_perm.contiguous(), v_perm.contiguous(), perm_q.contiguous(), q_off.contiguous(),
+               rs.contiguous(), re.contiguous(), sc)
+    out = out.reshape(B, H, N, D).to(q.dtype)
+
+    density = pairs_computed(q_off, rs, re).sum().to(torch.float32) / float(G * N * N)
+    if state is not None:
+        state.q_centroids = rq.centroids.detach().reshape(B, H, Cq, D)
+        state.k_centroids = rk.centroids.detach().reshape(B, H, Ck, D)
+        if cfg.k_clusters is None and not state.k_clusters:
+            state.k_clusters = Ck
+        state.calls += 1
+    stats = _stats(cfg, dev, density=density, q_clusters=Cq, k_clusters=Ck, dense=False, reason="",
+                   top_k=(sel.shape[-1] if cfg.selection != "top_p" else 0), stage=stage,
+                   backend=backend, attention=attn_name, n_clustered=Nv)
+    if cfg.selection == "top_p":
+        stats["top_p"] = cfg.top_p
+    return out, stats

@@ -1,0 +1,145 @@
+"""AdaClusterConfig: every knob of the algorithm (docs/ALGORITHM.md) plus the few the ComfyUI
+patcher reads. Frozen and validated: a bad field raises ValueError naming the field."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+SELECTIONS = ("tensorquest", "top_p", "centroid")
+BACKENDS = ("auto", "triton", "torch")
+MODELS = ("wan", "hunyuan", "cogvideox")
+PRESETS = ("quality", "balanced", "fast")
+
+# balanced == the spec's defaults table
+_MODEL_TOP_K = {"wan": 128, "hunyuan": 94, "cogvideox": 64}
+_MODEL_ALIASES = {
+    "wan": "wan", "wan2.1": "wan", "wan2.2": "wan", "wan21": "wan", "wan22": "wan",
+    "hunyuan": "hunyuan", "hunyuanvideo": "hunyuan", "hunyuan_video": "hunyuan",
+    "cogvideox": "cogvideox", "cogvideo": "cogvideox", "cog": "cogvideox",
+}
+
+
+@dataclass(frozen=True)
+class AdaClusterConfig:
+    """Configuration of AdaCluster sparse attention.
+
+    Algorithm (docs/ALGORITHM.md):
+      q_clusters        Cq, k-means clusters of L2-normalised queries (65).
+      k_clusters        Ck; None = adaptive multi-stage count per layer (threshold-wise).
+      k_clusters_init   centroids per multi-stage round (200).
+      tau_scale         tau = tau_scale * mean first-stage distance (1.5).
+      max_stages        at most this many multi-stage rounds (10).
+      stage_iters       k-means iterations per multi-stage round (3) [choice: the spec's pseudo-code].
+      top_k             key clusters attended per query cluster (tensorquest / centroid).
+      selection         "tensorquest" (upper bound) | "top_p" (SVG2) | "centroid".
+      top_p             mass kept by selection="top_p" (0.9).
+      kmeans_iters_first / kmeans_iters_reuse   Lloyd iterations cold / warm-started (10 / 2).
+      backend           "auto" | "triton" | "torch".
+    Call-level:
+      min_tokens        sequences shorter than this run dense (default 1024 [choice]: below
+                        that the clustering overhead exceeds the attention it saves; tests use 0).
+      calibration_dense with a ClusterState and an adaptive layer whose count is not known yet,
+                        the call that runs the multi-stage procedure returns dense attention
+                        (the spec: "that step itself runs dense"). Without a state the call
+                        always continues sparse.
+    Patcher-level (read by the ComfyUI side only):
+      warmup                fraction of denoising steps (by sigma) that run dense (0.3).
+      dense_layer_fraction  fraction of layers (largest Ck) kept dense (0.15).
+    """
+
+    q_clusters: int = 65
+    k_clusters: Optional[int] = None
+    k_clusters_init: int = 200
+    tau_scale: float = 1.5
+    max_stages: int = 10
+    stage_iters: int = 3
+    top_k: int = 128
+    selection: str = "tensorquest"
+    top_p: float = 0.9
+    kmeans_iters_first: int = 10
+    kmeans_iters_reuse: int = 2
+    backend: str = "auto"
+    min_tokens: int = 1024
+    calibration_dense: bool = True
+    warmup: float = 0.3
+    dense_layer_fraction: float = 0.15
+
+    def __post_init__(self) -> None:
+        def _int(name: str, lo: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name} must be an int, got {v!r}")
+            if v < lo:
+                raise ValueError(f"{name} must be >= {lo}, got {v}")
+
+        def _float(name: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+            v = float(v)
+            bad = (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi)
+            if bad:
+                lb = "(" if lo_open else "["
+                hb = ")" if hi_open else "]"
+                raise ValueError(f"{name} must be in {lb}{lo}, {hi}{hb}, got {v}")
+
+        _int("q_clusters", 1)
+        if self.k_clusters is not None:
+            _int("k_clusters", 1)
+        _int("k_clusters_init", 1)
+        _float("tau_scale", 0.0, math.inf, lo_open=True)
+        _int("max_stages", 1)
+        _int("stage_iters", 1)
+        _int("top_k", 1)
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        _float("top_p", 0.0, 1.0, lo_open=True)
+        _int("kmeans_iters_first", 1)
+        _int("kmeans_iters_reuse", 1)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        _int("min_tokens", 0)
+        if not isinstance(self.calibration_dense, bool):
+            raise ValueError(f"calibration_dense must be a bool, got {self.calibration_dense!r}")
+        _float("warmup", 0.0, 1.0)
+        _float("dense_layer_fraction", 0.0, 1.0, hi_open=True)
+
+    # ---- conveniences -------------------------------------------------------------------------
+    def replace(self, **kw: Any) -> "AdaClusterConfig":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AdaClusterConfig":
+        """Build from a dict; unknown keys raise ValueError naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown AdaClusterConfig field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def for_model(cls, model: str, preset: str = "balanced", **overrides: Any) -> "AdaClusterConfig":
+        """Per-model profile. "balanced" = the spec's defaults table (top_k Wan 128,
+        Hunyuan 94, CogVideoX 64); "quality" selects ~1.5x more key clusters, runs a longer
+        dense warmup and keeps more layers dense; "fast" selects ~0.6x and warms up less."""
+        m = _MODEL_ALIASES.get(str(model).lower().replace("-", "").replace(" ", ""))
+        if m is None:
+            raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+        base = _MODEL_TOP_K[m]
+        if preset == "balanced":
+            kw = dict(top_k=base)
+        elif preset == "quality":
+            kw = dict(top_k=int(round(base * 1.5)), warmup=0.4, dense_layer_fraction=0.2,
+                      kmeans_iters_reuse=3)
+        else:  # fast
+            kw = dict(top_k=max(8, int(round(base * 0.6))), warmup=0.2, dense_layer_fraction=0.1)
+        kw.update(overrides)
+        return cls(**kw)

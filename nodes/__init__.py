@@ -1,0 +1,13 @@
+"""ComfyUI nodes of the AdaCluster pack (V3 API).
+
+Importing this package needs no ComfyUI; `comfy_entrypoint` imports the node modules (which
+import ComfyUI, and `.patcher` as the only bridge to adacluster_core) when ComfyUI calls it.
+"""
+
+
+async def comfy_entrypoint():
+    from .extension import AdaClusterExtension
+    return AdaClusterExtension()
+
+
+__all__ = ["comfy_entrypoint"]

@@ -1,0 +1,1029 @@
+"""The bridge between ComfyUI and adacluster_core (the only module importing both).
+
+`patch_model(model, config, layer_rules, enabled, preset)` returns a clone of a ComfyUI MODEL
+whose video self-attention runs `adacluster_core.sparse_attention`:
+
+* an `optimized_attention_override` (called by ComfyUI's `wrap_attn` for every attention call)
+  that chains any override already installed: that previous override (or ComfyUI's chosen
+  function `func`) is the dense path;
+* a keyed `DIFFUSION_MODEL` wrapper that, once per forward, works out the token layout (grid,
+  model family, text length/position, masks), the step (sigma), the CFG chunks, and resets the
+  per-forward layer counter, all written into `transformer_options["adacluster_fwd"]`;
+* callbacks: ON_PRE_RUN starts a run, ON_CLEANUP ends it (one-line summary in the log, caches
+  dropped, stats kept for the AdaCluster Stats node), ON_PREPARE_STATE re-installs the override
+  if a later node removed it.
+
+Per-run state lives in an `AdaClusterRun` holder stored in `transformer_options["adacluster"]`;
+its `__deepcopy__` returns itself because ComfyUI 0.3.75's `ModelPatcher.clone()` deep-copies
+`model_options`. Nothing is kept at module level.
+
+CFG decision: when cond and uncond run batched, the batch is split along `cond_or_uncond`
+chunks and each chunk gets its own ClusterState (key `(layer, branch)`, branch = "c0", "u0",
+"c1"... for the n-th cond / uncond chunk), so caches never mix branches and do not depend on
+whether ComfyUI batched them. Key-cluster counts are shared per layer.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter, defaultdict
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+import comfy.patcher_extension as pe
+
+# ComfyUI loads the repo as the package `custom_nodes/<pack>`, so the core is a sibling
+# subpackage; tests (and a pip-installed core) import it top-level.
+try:
+    from ..adacluster_core import AdaClusterConfig, ClusterState, sparse_attention
+    from ..adacluster_core.clustering import plan_layers
+    from ..adacluster_core import api as _core_api
+except ImportError:
+    from adacluster_core import AdaClusterConfig, ClusterState, sparse_attention
+    from adacluster_core.clustering import plan_layers
+    from adacluster_core import api as _core_api
+
+from .layer_rules import LayerRules, parse_rules
+
+log = logging.getLogger("AdaCluster")
+
+WRAPPER_KEY = "adacluster"
+HOLDER_KEY = "adacluster"          # transformer_options[...] -> AdaClusterRun
+FWD_KEY = "adacluster_fwd"         # transformer_options[...] -> ForwardContext (per forward)
+OVERRIDE_KEY = "optimized_attention_override"
+
+FAMILIES = ("wan", "hunyuan", "hunyuan15", "cogvideox")
+PRESETS = ("auto", "quality", "balanced", "fast")
+_CORE_MODEL = {"wan": "wan", "hunyuan": "hunyuan", "hunyuan15": "hunyuan", "cogvideox": "cogvideox"}
+# what the sparse kernel handles (the core checks too; checking here gives short reasons)
+_SUPPORTED_DTYPES = tuple(getattr(_core_api, "SPARSE_DTYPES", (torch.float16, torch.bfloat16, torch.float32)))
+_SUPPORTED_HEAD_DIMS = tuple(getattr(_core_api, "SPARSE_HEAD_DIMS", (64, 128)))
+_STRICT_ENV = "ADACLUSTER_STRICT"  # "1": re-raise kernel errors instead of falling back to dense
+
+
+# ------------------------------------------------------------------------------------------------
+# config helpers (the nodes use these; they never import adacluster_core themselves)
+# ------------------------------------------------------------------------------------------------
+def config_fields() -> Dict[str, Any]:
+    """AdaClusterConfig field name -> default."""
+    return {f.name: f.default for f in dataclasses.fields(AdaClusterConfig)}
+
+
+def make_config(**kw) -> AdaClusterConfig:
+    """Validated config (ValueError naming the field)."""
+    return AdaClusterConfig(**kw)
+
+
+def preset_config(family: str, preset: str) -> AdaClusterConfig:
+    return AdaClusterConfig.for_model(_CORE_MODEL.get(family, "wan"), preset)
+
+
+def _layer_field_types() -> Dict[str, tuple]:
+    out = {}
+    for f in dataclasses.fields(AdaClusterConfig):
+        if f.name in ("warmup", "dense_layer_fraction", "calibration_dense"):
+            continue
+        d = f.default
+        if f.name == "k_clusters":
+            out[f.name] = (int, type(None))
+        elif isinstance(d, bool):
+            out[f.name] = (bool,)
+        elif isinstance(d, int):
+            out[f.name] = (int,)
+        elif isinstance(d, float):
+            out[f.name] = (float, int)
+        elif isinstance(d, str):
+            out[f.name] = (str,)
+        else:
+            out[f.name] = (object,)
+    return out
+
+
+def parse_layer_rules(text: str) -> LayerRules:
+    """Parse + validate override text against the real AdaClusterConfig (messages name the line)."""
+    rules = parse_rules(text, fields=_layer_field_types())
+    base = AdaClusterConfig()
+    for r in rules.rules:
+        if r.overrides:
+            try:
+                base.replace(**dict(r.overrides))
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"line {r.line}: {e}") from None
+    return rules
+
+
+# ------------------------------------------------------------------------------------------------
+# per-forward context
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ForwardContext:
+    run: "AdaClusterRun"
+    family: Optional[str]
+    reason: str = ""                 # why this forward stays dense entirely ("" = may go sparse)
+    grid: Tuple[int, ...] = ()
+    n_vid: int = 0
+    n_txt: int = 0                   # joint text tokens (Hunyuan/CogVideoX) / Wan context length
+    ctx_lens: Tuple[int, ...] = ()   # Wan cross-attention key lengths
+    txt_first: bool = True
+    n_layers: int = 0
+    sigma: float = float("nan")
+    step: int = -1
+    phase: str = "sparse"            # warmup | calibration | sparse
+    cond_or_uncond: Tuple[int, ...] = ()
+    self_calls: int = 0              # per-forward self-attention counter (layer id fallback)
+    calls: int = 0                   # all attention calls in this forward
+    calls_per_block: int = 2         # Wan: self + cross (+ cross img)
+    n_single: int = 0                # Hunyuan single-stream blocks (numbered after the double blocks)
+    mask_cache: Any = None           # (id(mask), result)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+# ------------------------------------------------------------------------------------------------
+# the run holder
+# ------------------------------------------------------------------------------------------------
+class AdaClusterRun:
+    """Per patched model: config, rules, and the state/stats of the current sampling run."""
+
+    def __init__(self, config: Optional[AdaClusterConfig], layer_rules: Optional[LayerRules], preset: str,
+                 previous_override=None):
+        self.user_config = config
+        self.rules = layer_rules or LayerRules()
+        self.preset = preset if preset in PRESETS else "auto"
+        self.previous = previous_override
+        self.model_sampling = None
+        self.override = None             # set by patch_model
+        self.runs_completed = 0
+        self.last_run: Optional[dict] = None
+        self._warned: set = set()
+        self._reset_run()
+
+    # deep copies (ComfyUI 0.3.75 clone) share the holder
+    def __deepcopy__(self, memo):
+        return self
+
+    def __copy__(self):
+        return self
+
+    # ---------------------------------------------------------------- lifecycle
+    def _reset_run(self):
+        self.states: Dict[Tuple[int, str], ClusterState] = {}
+        self.counts: Dict[int, int] = {}
+        self.planned_dense: set = set()
+        self.cap: Optional[int] = None
+        self.plan_reason: str = ""
+        self.phase = "warmup"
+        self.calib_sigma: Optional[float] = None
+        self.warmup_sigma: Optional[float] = None
+        self.family: Optional[str] = None
+        self.config: Optional[AdaClusterConfig] = None
+        self.layer_cfg: Dict[Tuple[int, int], AdaClusterConfig] = {}
+        self.sigma_steps: Dict[float, int] = {}
+        self.records: List[tuple] = []
+        self.layouts: Dict[tuple, dict] = {}
+        self.forwards = 0
+        self.override_calls = 0
+        self.n_layers = 0
+        self.state_bytes_peak = 0
+        self.t_start = None
+        self.active = False
+
+    def begin(self, patcher=None):
+        self._reset_run()
+        self.active = True
+        self.t_start = time.perf_counter()
+        ms = None
+        try:
+            ms = patcher.model.model_sampling if patcher is not None else None
+        except Exception:
+            ms = None
+        self.model_sampling = ms
+
+    def end(self, patcher=None):
+        if not self.active and not self.records:
+            return
+        try:
+            self.state_bytes_peak = max(self.state_bytes_peak, self.state_bytes())
+            self.last_run = self.summarize()
+            self.runs_completed += 1
+            if self.forwards > 0 and self.override_calls == 0:
+                log.warning("AdaCluster: the model ran %d forwards but no attention call reached AdaCluster's "
+                            "override: a later node replaced optimized_attention_override without chaining it",
+                            self.forwards)
+            log.info(self.last_run["summary"])
+        except Exception:  # never break the user's sampling because of stats
+            log.exception("AdaCluster: failed to summarise the run")
+        finally:
+            self._reset_run()
+            self.last_run_retained_bytes = self.state_bytes()
+
+    def state_bytes(self) -> int:
+        return sum(s.nbytes() for s in self.states.values())
+
+    # ---------------------------------------------------------------- config
+    def resolve_config(self, family: str) -> AdaClusterConfig:
+        if self.config is None or self.family != family:
+            self.family = family
+            if self.user_config is not None:
+                self.config = self.user_config
+            else:
+                preset = "balanced" if self.preset == "auto" else self.preset
+                self.config = preset_config(family, preset)
+            if self.model_sampling is not None:
+                try:
+                    self.warmup_sigma = float(self.model_sampling.percent_to_sigma(float(self.config.warmup)))
+                except Exception:
+                    self.warmup_sigma = None
+        return self.config
+
+    def cfg_for_layer(self, layer: int, n_tokens: int, n_layers: int) -> Tuple[Optional[str], AdaClusterConfig]:
+        mode, ov = self.rules.resolve(layer, n_layers) if len(self.rules) else (None, {})
+        key = (layer, n_tokens)
+        cfg = self.layer_cfg.get(key)
+        if cfg is None:
+            cfg = self.config.replace(**ov) if ov else self.config
+            clamp = {}
+            if cfg.q_clusters > n_tokens:
+                clamp["q_clusters"] = max(1, n_tokens)
+            if cfg.k_clusters is not None and cfg.k_clusters > n_tokens:
+                clamp["k_clusters"] = max(1, n_tokens)
+            if cfg.k_clusters_init > n_tokens:
+                clamp["k_clusters_init"] = max(1, n_tokens)
+            if clamp:
+                cfg = cfg.replace(**clamp)
+            self.layer_cfg[key] = cfg
+        return mode, cfg
+
+    # ---------------------------------------------------------------- steps
+    def step_of(self, sigma: float) -> int:
+        k = round(sigma, 7)
+        if k not in self.sigma_steps:
+            self.sigma_steps[k] = len(self.sigma_steps)
+        return self.sigma_steps[k]
+
+    def phase_for(self, sigma: float) -> str:
+        cfg = self.config
+        if self.warmup_sigma is not None:
+            warm = sigma > self.warmup_sigma + 1e-6 * max(1.0, abs(self.warmup_sigma))
+        else:  # no model_sampling: fall back to the fraction of distinct sigmas seen
+            warm = cfg.warmup >= 1.0
+        if warm:
+            return "warmup"
+        if self.phase == "warmup":
+            adaptive = cfg.k_clusters is None and cfg.calibration_dense
+            if adaptive:
+                self.phase = "calibration"
+                self.calib_sigma = sigma
+            else:
+                self.phase = "sparse"
+        elif self.phase == "calibration" and self.calib_sigma is not None and abs(sigma - self.calib_sigma) > 1e-9:
+            self.plan()
+            self.phase = "sparse"
+        return self.phase
+
+    def plan(self):
+        """After the calibration step: choose dense layers and the cap from the per-layer counts."""
+        counts: Dict[int, Optional[int]] = {}
+        for (layer, _branch), st in self.states.items():
+            if st.k_clusters is not None:
+                prev = counts.get(layer)
+                counts[layer] = max(prev or 0, int(st.k_clusters))
+            elif st.dense and layer not in counts:
+                counts[layer] = None          # judged hard to compress by the multi-stage procedure
+        self.counts = {k: v for k, v in counts.items() if v is not None}
+        self.state_bytes_peak = max(self.state_bytes_peak, self.state_bytes())
+        if not counts:
+            return
+        n_tok = max((lay.get("n_vid", 0) for lay in self.layouts.values()), default=0)
+        dense, cap = _plan_layers(counts, float(self.config.dense_layer_fraction), n_tok)
+        forced_sparse = {layer for layer in counts if self.rules.resolve(layer, self.n_layers)[0] == "sparse"}
+        self.planned_dense = set(dense) - forced_sparse
+        self.cap = cap
+        for (layer, _branch), st in self.states.items():
+            c = self.counts.get(layer)
+            if c is None:
+                continue
+            st.k_clusters = int(min(c, cap)) if cap else int(c)
+            if layer in self.planned_dense:
+                st.dense = True
+                st.dense_reason = "planned-dense-layer"
+
+    def state_for(self, layer: int, branch: str) -> ClusterState:
+        key = (layer, branch)
+        st = self.states.get(key)
+        if st is None:
+            st = ClusterState()
+            # counts are shared per layer: a branch seen only after planning inherits them
+            if self.phase == "sparse" and layer in self.counts:
+                c = self.counts[layer]
+                st.k_clusters = int(min(c, self.cap)) if self.cap else int(c)
+                if layer in self.planned_dense:
+                    st.dense = True
+                    st.dense_reason = "planned-dense-layer"
+            self.states[key] = st
+        return st
+
+    # ---------------------------------------------------------------- stats
+    def record(self, layer, step, branch, sparse, reason, density, qc, kc, t, flops_full, **extra):
+        self.records.append((layer, step, branch, sparse, reason, density, qc, kc, t, flops_full))
+
+    def warn_once(self, key, msg, *a):
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(msg, *a)
+
+    def summarize(self) -> dict:
+        recs = self.records
+        # resolve densities (0-dim tensors -> one sync) and timings (cuda events)
+        dens = [r[5] for r in recs]
+        tens_idx = [i for i, d in enumerate(dens) if isinstance(d, torch.Tensor)]
+        if tens_idx:
+            vals = torch.stack([dens[i].detach().float().reshape(()).cpu() for i in tens_idx]).tolist()
+            for i, v in zip(tens_idx, vals):
+                dens[i] = v
+        times = []
+        ev_sync = False
+        for r in recs:
+            t = r[8]
+            if isinstance(t, tuple):
+                if not ev_sync:
+                    torch.cuda.synchronize()
+                    ev_sync = True
+                times.append(t[0].elapsed_time(t[1]) / 1000.0)
+            else:
+                times.append(float(t or 0.0))
+        n = len(recs)
+        sparse_idx = [i for i, r in enumerate(recs) if r[3]]
+        reasons = Counter(r[4] for r in recs if not r[3])
+        total_flops = sum(r[9] for r in recs)
+        spent = sum(rec[9] * (float(dens[i]) if rec[3] and dens[i] is not None else 1.0) for i, rec in enumerate(recs))
+        saved_frac = (1.0 - spent / total_flops) if total_flops > 0 else 0.0
+        mean_density = (sum(float(dens[i]) for i in sparse_idx) / len(sparse_idx)) if sparse_idx else None
+        attn_time = sum(times)
+        steps = sorted(self.sigma_steps.items(), key=lambda kv: kv[1])
+        n_steps = len(steps)
+        layers = sorted({r[0] for r in recs if r[0] is not None and r[0] >= 0})
+        n_layers = max(self.n_layers, (layers[-1] + 1) if layers else 0)
+        grid = [[None] * n_steps for _ in range(n_layers)]
+        acc: Dict[Tuple[int, int], List[float]] = defaultdict(list)
+        for i, r in enumerate(recs):
+            layer, step = r[0], r[1]
+            if layer is None or layer < 0 or step is None or step < 0 or layer >= n_layers or step >= n_steps:
+                continue
+            acc[(layer, step)].append(float(dens[i]) if r[3] and dens[i] is not None else 1.0)
+        for (layer, step), v in acc.items():
+            grid[layer][step] = round(sum(v) / len(v), 4)
+        per_layer: Dict[int, dict] = {}
+        for i, r in enumerate(recs):
+            layer = r[0]
+            if layer is None or layer < 0:
+                continue
+            d = per_layer.setdefault(layer, {"sparse": 0, "dense": 0, "q_clusters": None, "k_clusters": None,
+                                             "dense_reasons": {}})
+            if r[3]:
+                d["sparse"] += 1
+                if r[6] is not None:
+                    d["q_clusters"] = int(r[6])
+                if r[7] is not None:
+                    d["k_clusters"] = int(r[7])
+            else:
+                d["dense"] += 1
+                d["dense_reasons"][r[4]] = d["dense_reasons"].get(r[4], 0) + 1
+        for layer, c in self.counts.items():
+            per_layer.setdefault(layer, {"sparse": 0, "dense": 0, "q_clusters": None, "k_clusters": None,
+                                         "dense_reasons": {}})["adaptive_count"] = int(c)
+        wall = (time.perf_counter() - self.t_start) if self.t_start else None
+        reason_txt = ", ".join(f"{k} {v}" for k, v in reasons.most_common())
+        summary = (f"AdaCluster: {n} attention calls, {len(sparse_idx)} sparse"
+                   + (f" (density {mean_density:.2f})" if mean_density is not None else "")
+                   + f", {n - len(sparse_idx)} dense" + (f" ({reason_txt})" if reason_txt else "")
+                   + f", est. {100 * saved_frac:.0f}% attention FLOPs saved, attention {attn_time:.2f} s")
+        if self.family is None and self.forwards == 0:
+            summary += " (model never ran)"
+        return {
+            "version": 1,
+            "summary": summary,
+            "family": self.family,
+            "preset": self.preset,
+            "config": self.config.to_dict() if self.config is not None else None,
+            "rules": self.rules.describe(),
+            "forwards": self.forwards,
+            "calls": n,
+            "sparse_calls": len(sparse_idx),
+            "dense_calls": n - len(sparse_idx),
+            "dense_reasons": dict(reasons),
+            "mean_density": mean_density,
+            "min_density": min((float(dens[i]) for i in sparse_idx), default=None),
+            "max_density": max((float(dens[i]) for i in sparse_idx), default=None),
+            "flops_saved_frac": saved_frac,
+            "attention_time_s": attn_time,
+            "run_wall_s": wall,
+            "sigmas": [s for s, _ in steps],
+            "n_layers": n_layers,
+            "density_grid": grid,           # [layer][step] mean density (1.0 = dense, None = no call)
+            "per_layer": {str(k): v for k, v in sorted(per_layer.items())},
+            "adaptive_counts": {str(k): v for k, v in sorted(self.counts.items())},
+            "planned_dense_layers": sorted(self.planned_dense),
+            "cap": self.cap,
+            "layouts": list(self.layouts.values()),
+            "state_bytes_peak": self.state_bytes_peak,
+            "n_states": len(self.states),
+            "runs_completed": self.runs_completed + 1,
+        }
+
+
+def _plan_layers(counts: Dict[int, Optional[int]], fraction: float, n_tokens: int):
+    dense, cap = plan_layers(counts, fraction, n_tokens)
+    return set(dense), (int(cap) if cap else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# model family / layout
+# ------------------------------------------------------------------------------------------------
+def detect_family(dm) -> Tuple[Optional[str], str]:
+    """(family, reason) from the DiT object: wan / hunyuan / hunyuan15 / cogvideox, or (None, why)."""
+    name = type(dm).__name__
+    if hasattr(dm, "double_blocks") and hasattr(dm, "txt_in") and hasattr(dm, "single_blocks"):
+        ps = list(getattr(dm, "patch_size", []) or [])
+        if getattr(dm, "cond_type_embedding", None) is not None or ps == [1, 1, 1]:
+            return "hunyuan15", ""
+        if "Hunyuan" in name or hasattr(dm, "vector_in"):
+            return "hunyuan", ""
+        return None, f"unsupported-model ({name})"
+    if "CogVideo" in name or (hasattr(dm, "patch_embed") and hasattr(dm, "patch_size_t") and hasattr(dm, "blocks")):
+        return "cogvideox", ""
+    if hasattr(dm, "blocks") and hasattr(dm, "text_embedding") and hasattr(dm, "patch_size"):
+        if hasattr(dm, "vace_blocks"):
+            return None, "unsupported-model (Wan VACE)"
+        return "wan", ""
+    return None, f"unsupported-model ({name})"
+
+
+def _patch3(dm, family) -> Tuple[int, ...]:
+    if family == "cogvideox":
+        p = int(getattr(dm, "patch_size", 2))
+        pt = getattr(dm, "patch_size_t", None)
+        return (int(pt) if pt else 1, p, p)
+    return tuple(int(v) for v in getattr(dm, "patch_size", (1, 2, 2)))
+
+
+def _arg(args, kwargs, i, name):
+    if name in kwargs:
+        return kwargs[name]
+    return args[i] if len(args) > i else None
+
+
+def _seq_len(t) -> int:
+    return int(t.shape[1]) if isinstance(t, torch.Tensor) and t.ndim >= 2 else 0
+
+
+def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> ForwardContext:
+    """What the attention override needs to place tokens, computed once per forward."""
+    family, why = detect_family(dm)
+    fc = ForwardContext(run=run, family=family, reason=why)
+    x = args[0] if args else kwargs.get("x")
+    if family is None or not isinstance(x, torch.Tensor) or x.ndim < 4:
+        if family is not None:
+            fc.reason = "unsupported-input"
+        return fc
+    patch = _patch3(dm, family)
+    spatial = list(x.shape[2:])
+    patch = patch[-len(spatial):]
+    fc.grid = tuple(int(math.ceil(s / p)) for s, p in zip(spatial, patch))
+    fc.n_vid = int(math.prod(fc.grid))
+    if family == "wan":
+        context = _arg(args, kwargs, 2, "context")
+        clip_fea = _arg(args, kwargs, 3, "clip_fea")
+        tdc = _arg(args, kwargs, 4, "time_dim_concat")
+        n_ctx = _seq_len(context)
+        lens = [n_ctx]
+        if clip_fea is not None and getattr(dm, "img_emb", None) is not None:
+            lens += [n_ctx + _seq_len(clip_fea), _seq_len(clip_fea)]
+        fc.ctx_lens = tuple(lens)
+        fc.n_txt = n_ctx
+        blocks = getattr(dm, "blocks", [])
+        fc.n_layers = len(blocks)
+        try:
+            ca = type(blocks[0].cross_attn).__name__ if len(blocks) else ""
+        except Exception:
+            ca = ""
+        fc.calls_per_block = 3 if ("I2V" in ca and clip_fea is not None) else 2
+        if tdc is not None or "reference_latent" in kwargs:
+            fc.reason = "extra-tokens (reference / concatenated latents)"
+    elif family in ("hunyuan", "hunyuan15"):
+        context = _arg(args, kwargs, 2, "context")
+        txt_byt5 = _arg(args, kwargs, 4, "txt_byt5")
+        clip_fea = _arg(args, kwargs, 5, "clip_fea")
+        ref_latent = _arg(args, kwargs, 9, "ref_latent")
+        n_txt = _seq_len(context)
+        if txt_byt5 is not None and getattr(dm, "byt5_in", None) is not None:
+            n_txt += _seq_len(txt_byt5)
+        if clip_fea is not None and getattr(dm, "vision_in", None) is not None:
+            n_txt += _seq_len(clip_fea)
+        fc.n_txt = n_txt
+        fc.n_single = len(dm.single_blocks)
+        fc.n_layers = len(dm.double_blocks) + fc.n_single
+        # ComfyUI < 0.14 concatenates [img, txt] (DoubleStreamBlock(flipped_img_txt=True)); >= 0.14 [txt, img]
+        fc.txt_first = not bool(getattr(dm.double_blocks[0], "flipped_img_txt", False)) if len(dm.double_blocks) else True
+        if ref_latent is not None:
+            fc.reason = "extra-tokens (reference latent)"
+    elif family == "cogvideox":
+        context = _arg(args, kwargs, 2, "context")
+        fc.n_txt = _seq_len(context)
+        fc.txt_first = True
+        fc.n_layers = len(getattr(dm, "blocks", []))
+    run.n_layers = max(run.n_layers, fc.n_layers)
+    cou = to.get("cond_or_uncond")
+    fc.cond_or_uncond = tuple(int(c) for c in cou) if cou else ()
+    sig = to.get("sigmas")
+    if isinstance(sig, torch.Tensor) and sig.numel():
+        fc.sigma = float(sig.detach().float().max())
+    elif sig is not None:
+        try:
+            fc.sigma = float(sig)
+        except (TypeError, ValueError):
+            pass
+    return fc
+
+
+def _begin_forward(run: AdaClusterRun, dm, args, kwargs):
+    to = kwargs.get("transformer_options")
+    if not isinstance(to, dict):
+        to = next((a for a in reversed(args) if isinstance(a, dict)), None)
+    if to is None:
+        return
+    # re-install our override if a later node dropped it from the live options
+    if to.get(OVERRIDE_KEY) is None and run.override is not None:
+        to[OVERRIDE_KEY] = run.override
+    fc = build_forward_context(run, dm, args, kwargs, to)
+    run.forwards += 1
+    if fc.family is not None:
+        run.resolve_config(fc.family)
+        if math.isfinite(fc.sigma):
+            fc.step = run.step_of(fc.sigma)
+            fc.phase = run.phase_for(fc.sigma)
+        key = (fc.family, fc.grid, fc.n_txt, fc.txt_first)
+        if key not in run.layouts:
+            run.layouts[key] = {"family": fc.family, "grid": list(fc.grid), "n_vid": fc.n_vid, "n_txt": fc.n_txt,
+                                "txt_first": fc.txt_first, "n_layers": fc.n_layers, "reason": fc.reason,
+                                "text_slice": None, "masked_keys": None, "masked_keys_in_text": None}
+    to[FWD_KEY] = fc
+
+
+def _diffusion_model_wrapper_factory(run: AdaClusterRun):
+    begin = torch.compiler.disable(_begin_forward)
+
+    def adacluster_diffusion_model_wrapper(executor, *args, **kwargs):
+        begin(run, executor.class_obj, args, kwargs)
+        return executor(*args, **kwargs)
+
+    return adacluster_diffusion_model_wrapper
+
+
+# ------------------------------------------------------------------------------------------------
+# the attention override
+# ------------------------------------------------------------------------------------------------
+def _branch_keys(cond_or_uncond: Tuple[int, ...]) -> List[str]:
+    seen: Counter = Counter()
+    out = []
+    for c in cond_or_uncond:
+        tag = "c" if c == 0 else ("u" if c == 1 else f"x{c}_")
+        out.append(f"{tag}{seen[c]}")
+        seen[c] += 1
+    return out
+
+
+def _mask_to_keys(mask: torch.Tensor, B: int, L: int):
+    """Additive key mask [B or 1, 1, L] from ComfyUI's mask, or None when it is not a pure
+    key-padding mask (e.g. a per-query [.., L, L] mask)."""
+    if mask.shape[-1] != L or mask.numel() % L:
+        return None
+    if mask.ndim >= 2 and mask.shape[-2] != 1:
+        return None
+    rows = mask.numel() // L
+    if rows not in (1, B):
+        return None
+    m = mask.reshape(rows, 1, L)
+    if m.dtype == torch.bool:
+        m = torch.zeros(m.shape, dtype=torch.float32, device=m.device).masked_fill(~m, float("-inf"))
+    return m
+
+
+def classify_call(fc: ForwardContext, q, k, heads, skip_reshape: bool):
+    """Returns (kind, reason, layout) for one attention call.
+
+    kind: "self" (may go sparse), "dense" (run dense, `reason` says why, still a counted layer when
+    it is a self-attention of a block), "other" (cross-attention / text refiner: dense, not a layer).
+    layout: (B, H, L, D, vid_start, txt_range or None).
+    """
+    if skip_reshape:
+        if q.ndim != 4:
+            return "other", "layout", None
+        B, H, L, D = q.shape
+        Lk = k.shape[2]
+    else:
+        if q.ndim != 3 or not heads:
+            return "other", "layout", None
+        B, L, HD = q.shape
+        H = int(heads)
+        D = HD // H
+        Lk = k.shape[1]
+    if L != Lk:
+        return "other", "cross-attn", None
+    fam = fc.family
+    n_vid = fc.n_vid
+    if fam == "wan":
+        if L in fc.ctx_lens and L == n_vid:
+            return "dense", "ambiguous-self-or-cross", None
+        if L != n_vid:
+            if L in fc.ctx_lens:
+                return "other", "cross-attn", None
+            return "dense", "token-count-mismatch", None
+        return "self", "", (B, H, L, D, 0, None)
+    if fam in ("hunyuan", "hunyuan15", "cogvideox"):
+        n_txt = fc.n_txt
+        if L != n_vid + n_txt:
+            if L <= n_txt:
+                return "other", "text-only (refiner)", None
+            return "dense", "token-count-mismatch", None
+        if fc.txt_first:
+            return "self", "", (B, H, L, D, n_txt, (0, n_txt) if n_txt else None)
+        return "self", "", (B, H, L, D, 0, (n_vid, n_vid + n_txt) if n_txt else None)
+    return "other", "unsupported-model", None
+
+
+def _layer_index(fc: ForwardContext, to: dict) -> int:
+    """Global layer id: ComfyUI's block_index when it exists (Hunyuan all versions: double blocks
+    first, then single blocks; Wan from 0.5), else the per-forward self-attention counter."""
+    bi = to.get("block_index")
+    if isinstance(bi, int) and not isinstance(bi, bool):
+        if fc.family in ("hunyuan", "hunyuan15"):
+            if to.get("block_type") == "single":
+                return fc.n_layers - fc.n_single + bi
+            return bi
+        if fc.family == "wan":
+            return bi
+    return fc.self_calls
+
+
+def make_override(run: AdaClusterRun, previous=None):
+    """The optimized_attention_override installed on the patched model."""
+
+    def dense(func, args, kwargs):
+        if previous is not None:
+            return previous(func, *args, **kwargs)
+        return func(*args, **kwargs)
+
+    @torch.compiler.disable
+    def adacluster_attention_override(func, *args, **kwargs):
+        to = kwargs.get("transformer_options") or {}
+        fc: Optional[ForwardContext] = to.get(FWD_KEY)
+        if fc is None or fc.run is not run:
+            return dense(func, args, kwargs)
+        run.override_calls += 1
+        fc.calls += 1
+        q, k, v = args[0], args[1], args[2]
+        heads = args[3] if len(args) > 3 else kwargs.get("heads")
+        skip_reshape = bool(kwargs.get("skip_reshape", False))
+        mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
+        if fc.family is None:
+            run.record(None, fc.step, None, False, fc.reason or "unsupported-model", None, None, None, 0.0, 0)
+            return dense(func, args, kwargs)
+        kind, reason, layout = classify_call(fc, q, k, heads, skip_reshape)
+        if kind == "other":
+            return _timed_dense(run, fc, None, reason, func, args, kwargs, dense, q, k, heads, skip_reshape)
+        layer = _layer_index(fc, to)
+        fc.self_calls += 1
+        if kind == "dense":
+            return _timed_dense(run, fc, layer, reason, func, args, kwargs, dense, q, k, heads, skip_reshape)
+        if fc.reason:
+            return _timed_dense(run, fc, layer, fc.reason, func, args, kwargs, dense, q, k, heads, skip_reshape)
+        return _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, mask, skip_reshape)
+
+    adacluster_attention_override.__adacluster_run__ = run
+    adacluster_attention_override.__adacluster_previous__ = previous
+    return adacluster_attention_override
+
+
+def _flops(q, k, heads, skip_reshape) -> int:
+    if skip_reshape:
+        B, H, L, D = q.shape
+        Lk = k.shape[2]
+    else:
+        B, L, HD = q.shape
+        H, D, Lk = int(heads or 1), HD // int(heads or 1), k.shape[1]
+    return 4 * B * H * L * Lk * D
+
+
+class _Timer:
+    __slots__ = ("cuda", "t0", "ev")
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            self.ev[0].record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def stop(self):
+        if self.cuda:
+            self.ev[1].record()
+            return self.ev
+        return time.perf_counter() - self.t0
+
+
+def _branch_count(fc, B):
+    return len(fc.cond_or_uncond) if fc.cond_or_uncond and B % len(fc.cond_or_uncond) == 0 else 1
+
+
+def _timed_dense(run, fc, layer, reason, func, args, kwargs, dense, q, k, heads, skip_reshape):
+    tm = _Timer(q.device)
+    out = dense(func, args, kwargs)
+    run.record(layer, fc.step, None, False, reason, None, None, None, tm.stop(), _flops(q, k, heads, skip_reshape))
+    return out
+
+
+def _check_mask(run, fc, mask, B, L, txt_range, vid_start):
+    """Key mask for the core, or a reason string when the mask cannot be honoured. Cached per forward."""
+    if mask is None:
+        return None, ""
+    if fc.mask_cache is not None and fc.mask_cache[0] is mask:
+        return fc.mask_cache[1], fc.mask_cache[2]
+    km = _mask_to_keys(mask, B, L)
+    reason = ""
+    if km is None:
+        reason = "mask-shape"
+    else:
+        neg = (km.reshape(-1, L) < -1e4).any(0)          # one host sync per forward
+        idx = torch.nonzero(neg).flatten().tolist()
+        n_vid = fc.n_vid
+        in_vid = [i for i in idx if vid_start <= i < vid_start + n_vid]
+        in_txt = [i for i in idx if txt_range is not None and txt_range[0] <= i < txt_range[1]]
+        lay = run.layouts.get((fc.family, fc.grid, fc.n_txt, fc.txt_first))
+        if lay is not None:
+            lay["masked_keys"] = len(idx)
+            lay["masked_keys_in_text"] = len(in_txt)
+        if in_vid:
+            reason = "mask-on-video-keys"
+            km = None
+    fc.mask_cache = (mask, km, reason)
+    return km, reason
+
+
+def _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, mask, skip_reshape):
+    B, H, L, D, vid_start, txt_range = layout
+    heads = H
+    lay = run.layouts.get((fc.family, fc.grid, fc.n_txt, fc.txt_first))
+    if lay is not None and lay["text_slice"] is None and txt_range is not None:
+        lay["text_slice"] = list(txt_range)
+    fl = _flops(q, k, heads, skip_reshape)
+    if fc.phase == "warmup":
+        return _timed_dense(run, fc, layer, "warmup", func, args, kwargs, dense, q, k, heads, skip_reshape)
+    mode, cfg = run.cfg_for_layer(layer, fc.n_vid, fc.n_layers)
+    if mode == "dense":
+        return _timed_dense(run, fc, layer, "layer-rule", func, args, kwargs, dense, q, k, heads, skip_reshape)
+    if q.dtype not in _SUPPORTED_DTYPES:
+        return _timed_dense(run, fc, layer, f"dtype {str(q.dtype).replace('torch.', '')}", func, args, kwargs,
+                            dense, q, k, heads, skip_reshape)
+    if D not in _SUPPORTED_HEAD_DIMS:
+        return _timed_dense(run, fc, layer, f"head_dim {D}", func, args, kwargs, dense, q, k, heads, skip_reshape)
+    if fc.n_vid < max(1, cfg.min_tokens):
+        return _timed_dense(run, fc, layer, "few-tokens", func, args, kwargs, dense, q, k, heads, skip_reshape)
+    key_mask, mreason = _check_mask(run, fc, mask, B, L, txt_range, vid_start)
+    if mreason:
+        return _timed_dense(run, fc, layer, mreason, func, args, kwargs, dense, q, k, heads, skip_reshape)
+    nb = _branch_count(fc, B)
+    branches = _branch_keys(fc.cond_or_uncond) if nb > 1 or fc.cond_or_uncond else ["c0"]
+    if len(branches) != nb:
+        branches = [f"b{i}" for i in range(nb)]
+    planned_dense = (layer in run.planned_dense) and mode != "sparse"
+    if planned_dense:
+        return _timed_dense(run, fc, layer, "planned-dense-layer", func, args, kwargs, dense, q, k, heads, skip_reshape)
+
+    if skip_reshape:
+        Q, K, V = q, k, v
+    else:
+        Q, K, V = (t.view(B, L, H, D).transpose(1, 2) for t in (q, k, v))
+    scale = kwargs.get("scale", None)
+    bs = B // nb
+    outs = []
+    try:
+        for i, br in enumerate(branches):
+            sl = slice(i * bs, (i + 1) * bs)
+            st = run.state_for(layer, br)
+            if mode == "sparse" and st.dense and st.dense_reason == "planned-dense-layer":
+                st.dense = False
+            km = None
+            if key_mask is not None:
+                km = key_mask if key_mask.shape[0] == 1 else key_mask[sl]
+                km = km.expand(bs, 1, L)
+            tm = _Timer(q.device)
+            o, stats = sparse_attention(Q[sl], K[sl], V[sl], config=cfg, state=st, scale=scale,
+                                        always_dense_range=txt_range, key_mask=km)
+            t = tm.stop()
+            is_dense = bool(stats.get("dense", False)) if isinstance(stats, dict) else False
+            reason = ""
+            if is_dense:
+                reason = "calibration" if stats.get("stage") == "calibration" and "calibration" in str(
+                    stats.get("reason", "")) else (stats.get("reason") or "core")
+            dens = stats.get("density") if isinstance(stats, dict) else None
+            run.record(layer, fc.step, br, not is_dense, reason, dens,
+                       stats.get("q_clusters") if isinstance(stats, dict) else None,
+                       stats.get("k_clusters") if isinstance(stats, dict) else None, t, fl // nb)
+            outs.append(o)
+    except Exception as e:  # a kernel problem must not kill the user's run
+        if os.environ.get(_STRICT_ENV) == "1":
+            raise
+        run.warn_once(("kernel-error", type(e).__name__), "AdaCluster: sparse attention failed (%s: %s); "
+                      "falling back to dense for this call", type(e).__name__, e)
+        return _timed_dense(run, fc, layer, f"error {type(e).__name__}", func, args, kwargs, dense, q, k, heads,
+                            skip_reshape)
+    O = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)   # [B, H, L, D]
+    if kwargs.get("skip_output_reshape", False):
+        return O
+    return O.transpose(1, 2).reshape(B, L, H * D)
+
+
+# ------------------------------------------------------------------------------------------------
+# patching
+# ------------------------------------------------------------------------------------------------
+def get_run(model) -> Optional[AdaClusterRun]:
+    to = getattr(model, "model_options", {}).get("transformer_options", {})
+    r = to.get(HOLDER_KEY)
+    return r if isinstance(r, AdaClusterRun) else None
+
+
+def _unpatch(m, run: AdaClusterRun):
+    """Remove an earlier AdaCluster patch from clone `m` (restoring its previous override)."""
+    to = m.model_options.setdefault("transformer_options", {})
+    cur = to.get(OVERRIDE_KEY)
+    if cur is run.override:
+        if run.previous is not None:
+            to[OVERRIDE_KEY] = run.previous
+        else:
+            to.pop(OVERRIDE_KEY, None)
+    to.pop(HOLDER_KEY, None)
+    m.remove_wrappers_with_key(pe.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
+    for ct in (pe.CallbacksMP.ON_PRE_RUN, pe.CallbacksMP.ON_CLEANUP, pe.CallbacksMP.ON_PREPARE_STATE):
+        m.remove_callbacks_with_key(ct, WRAPPER_KEY)
+
+
+def unpatch_model(model):
+    """A clone without AdaCluster (or the model itself if it was not patched)."""
+    run = get_run(model)
+    if run is None:
+        return model
+    m = model.clone()
+    _unpatch(m, run)
+    return m
+
+
+def patch_model(model, config: Optional[AdaClusterConfig] = None, layer_rules: Optional[LayerRules] = None,
+                enabled: bool = True, preset: str = "auto"):
+    """Clone `model` and route its video self-attention through AdaCluster. enabled=False returns the
+    input unchanged (or, if it already carries an AdaCluster patch, a clone with that patch removed)."""
+    if not enabled:
+        return unpatch_model(model)
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    m = model.clone()
+    earlier = get_run(m)
+    if earlier is not None:
+        log.info("AdaCluster: replacing an earlier AdaCluster patch on this model")
+        _unpatch(m, earlier)
+    to = m.model_options.setdefault("transformer_options", {})
+    previous = to.get(OVERRIDE_KEY)
+    run = AdaClusterRun(config, layer_rules, preset, previous_override=previous)
+    override = make_override(run, previous)
+    run.override = override
+    to[OVERRIDE_KEY] = override
+    to[HOLDER_KEY] = run
+    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _diffusion_model_wrapper_factory(run))
+
+    def on_pre_run(patcher):
+        run.begin(patcher)
+
+    def on_cleanup(patcher):
+        run.end(patcher)
+
+    def on_prepare_state(patcher, *a, **kw):
+        # a later node may have removed the override: put ours back (the live per-forward options
+        # are checked again by the DIFFUSION_MODEL wrapper)
+        pto = patcher.model_options.setdefault("transformer_options", {})
+        if pto.get(OVERRIDE_KEY) is None:
+            pto[OVERRIDE_KEY] = override
+
+    m.add_callback_with_key(pe.CallbacksMP.ON_PRE_RUN, WRAPPER_KEY, on_pre_run)
+    m.add_callback_with_key(pe.CallbacksMP.ON_CLEANUP, WRAPPER_KEY, on_cleanup)
+    m.add_callback_with_key(pe.CallbacksMP.ON_PREPARE_STATE, WRAPPER_KEY, on_prepare_state)
+    return m
+
+
+# ------------------------------------------------------------------------------------------------
+# stats readout (AdaCluster Stats node)
+# ------------------------------------------------------------------------------------------------
+def run_stats(model) -> Optional[dict]:
+    run = get_run(model)
+    if run is None:
+        return None
+    if run.last_run is None:
+        return {"version": 1, "summary": "AdaCluster: this model has not been sampled yet", "calls": 0}
+    d = dict(run.last_run)
+    d["retained_state_bytes"] = run.state_bytes() if not run.active else None
+    d["retained_states"] = len(run.states) if not run.active else None
+    d["runs_completed"] = run.runs_completed
+    d["rss_mb"] = _rss_mb()
+    return d
+
+
+def _rss_mb() -> Optional[float]:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except Exception:
+        return None
+
+
+def format_stats(d: Optional[dict]) -> str:
+    if d is None:
+        return "AdaCluster: the MODEL input is not patched by AdaCluster Sparse Attention."
+    lines = [d.get("summary", "")]
+    if not d.get("calls"):
+        return "\n".join(lines)
+    lines.append(f"model: {d.get('family')}  preset: {d.get('preset')}  layers: {d.get('n_layers')}  "
+                 f"steps: {len(d.get('sigmas') or [])}  forwards: {d.get('forwards')}")
+    lines.append(f"calls: {d['calls']}  sparse: {d['sparse_calls']}  dense: {d['dense_calls']}")
+    for r, c in sorted(d.get("dense_reasons", {}).items(), key=lambda kv: -kv[1]):
+        lines.append(f"  dense because {r}: {c}")
+    if d.get("mean_density") is not None:
+        lines.append(f"density of sparse calls: mean {d['mean_density']:.3f}  min {d['min_density']:.3f}  "
+                     f"max {d['max_density']:.3f}")
+    lines.append(f"est. attention FLOPs saved: {100 * d.get('flops_saved_frac', 0):.1f}%   "
+                 f"attention wall time: {d.get('attention_time_s', 0):.3f} s")
+    if d.get("planned_dense_layers") or d.get("cap"):
+        lines.append(f"planned dense layers: {d.get('planned_dense_layers')}  key-cluster cap: {d.get('cap')}")
+    for lay in d.get("layouts", []):
+        lines.append(f"layout: {lay['family']} grid {lay['grid']} ({lay['n_vid']} video tokens), text {lay['n_txt']}"
+                     + (f" at {lay['text_slice']}" if lay.get("text_slice") else "")
+                     + (f", masked keys {lay['masked_keys']} ({lay['masked_keys_in_text']} in text)"
+                        if lay.get("masked_keys") is not None else "")
+                     + (f" [{lay['reason']}]" if lay.get("reason") else ""))
+    grid = d.get("density_grid") or []
+    if grid:
+        lines.append("density per layer x step (1.00 = dense, . = no call):")
+        for li, row in enumerate(grid):
+            cells = " ".join("  .  " if v is None else f"{v:.2f}".rjust(5) for v in row)
+            pl = d.get("per_layer", {}).get(str(li), {})
+            extra = ""
+            if pl.get("k_clusters") is not None or pl.get("q_clusters") is not None:
+                extra = f"   Cq {pl.get('q_clusters')} Ck {pl.get('k_clusters')}"
+            if pl.get("adaptive_count") is not None:
+                extra += f" (adaptive {pl['adaptive_count']})"
+            lines.append(f"  L{li:>3}: {cells}{extra}")
+    return "\n".join(lines)
+
+
+_CMAP = [(0.0, (0.267, 0.005, 0.329)), (0.25, (0.229, 0.322, 0.546)), (0.5, (0.128, 0.567, 0.551)),
+         (0.75, (0.369, 0.789, 0.383)), (1.0, (0.993, 0.906, 0.144))]
+
+
+def heatmap_image(d: Optional[dict], cell: int = 12, max_side: int = 1024) -> torch.Tensor:
+    """IMAGE [1, H, W, 3] float: layers (rows) x steps (columns), viridis-like colour of density
+    (dark = sparse, yellow = dense), grey = no call. Nearest-neighbour upscaled."""
+    grid = (d or {}).get("density_grid") or []
+    if not grid or not grid[0]:
+        return torch.full((1, 64, 64, 3), 0.5)
+    rows, cols = len(grid), len(grid[0])
+    vals = torch.tensor([[float("nan") if v is None else float(v) for v in row] for row in grid], dtype=torch.float32)
+    img = torch.empty(rows, cols, 3)
+    xs = torch.tensor([p for p, _ in _CMAP])
+    cs = torch.tensor([c for _, c in _CMAP])
+    v = vals.clamp(0, 1).nan_to_num(0.0)
+    idx = torch.clamp(torch.searchsorted(xs, v.flatten(), right=True) - 1, 0, len(_CMAP) - 2)
+    t = ((v.flatten() - xs[idx]) / (xs[idx + 1] - xs[idx])).unsqueeze(1)
+    col = cs[idx] * (1 - t) + cs[idx + 1] * t
+    img = col.view(rows, cols, 3)
+    img[torch.isnan(vals)] = torch.tensor([0.5, 0.5, 0.5])
+    scale = max(1, min(cell, max_side // max(rows, cols)))
+    img = img.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    return img.unsqueeze(0).contiguous()
+
+
+def stats_json(d: Optional[dict]) -> dict:
+    """JSON-able copy (floats/ints/str/lists/dicts only)."""
+    return json.loads(json.dumps(d if d is not None else {"summary": format_stats(None)}, default=str))
+
+
+__all__ = ["patch_model", "unpatch_model", "get_run", "run_stats", "format_stats", "heatmap_image", "stats_json",
+           "config_fields", "make_config", "preset_config", "parse_layer_rules", "detect_family",
+           "classify_call", "build_forward_context", "make_override", "AdaClusterRun", "ForwardContext",
+           "PRESETS", "FAMILIES"]

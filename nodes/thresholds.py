@@ -1,0 +1,84 @@
+"""AdaCluster Thresholds: every AdaClusterConfig knob as a widget -> ADACLUSTER_CONFIG."""
+from comfy_api.latest import io
+
+from . import patcher
+from .io_types import CATEGORY, AdaClusterConfigType
+
+# widget name -> (kind, kwargs). Names equal AdaClusterConfig field names, so an error from the
+# config ("top_k must be >= 1") names the widget too. k_clusters uses 0 for "adaptive" (None).
+WIDGETS = {
+    "q_clusters": ("int", dict(default=65, min=1, max=4096, tooltip="Query clusters Cq (k-means on L2-normalised queries). Clamped to the token count.")),
+    "k_clusters": ("int", dict(default=0, min=0, max=8192, tooltip="Fixed key clusters Ck; 0 = adaptive per layer (multi-stage clustering at the first sparse step).")),
+    "k_clusters_init": ("int", dict(default=200, min=1, max=4096, tooltip="Centroids per multi-stage round of the adaptive key clustering.")),
+    "tau_scale": ("float", dict(default=1.5, min=0.01, max=10.0, step=0.01, tooltip="tau = tau_scale x mean first-stage key distance: keys closer than tau to their centroid are accepted.")),
+    "max_stages": ("int", dict(default=10, min=1, max=100, tooltip="At most this many multi-stage clustering rounds.")),
+    "stage_iters": ("int", dict(default=3, min=1, max=100, tooltip="k-means iterations per multi-stage round.")),
+    "top_k": ("int", dict(default=128, min=1, max=8192, tooltip="Key clusters each query cluster attends to (tensorquest / centroid selection). >= key clusters = dense-equivalent.")),
+    "selection": ("combo", dict(options=["tensorquest", "top_p", "centroid"], default="tensorquest", tooltip="tensorquest: upper-bound score (paper); top_p: SVG2 cluster-size-weighted top-p; centroid: centroid score.")),
+    "top_p": ("float", dict(default=0.9, min=0.01, max=1.0, step=0.01, tooltip="Attention mass kept by selection=top_p.")),
+    "kmeans_iters_first": ("int", dict(default=10, min=1, max=100, tooltip="k-means iterations at the first sparse step (cold start).")),
+    "kmeans_iters_reuse": ("int", dict(default=2, min=1, max=100, tooltip="k-means iterations at later steps (warm-started from the previous step's centroids).")),
+    "warmup": ("float", dict(default=0.3, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the denoising schedule (by sigma, so split high/low samplers agree) that runs dense.")),
+    "dense_layer_fraction": ("float", dict(default=0.15, min=0.0, max=0.99, step=0.01, tooltip="Fraction of layers with the most key clusters (least compressible) kept dense.")),
+    "min_tokens": ("int", dict(default=1024, min=0, max=1 << 24, tooltip="Videos with fewer tokens than this run dense (clustering would cost more than it saves).")),
+    "calibration_dense": ("bool", dict(default=True, tooltip="The first sparse step runs dense while the adaptive key-cluster counts are measured (the paper's procedure).")),
+    "backend": ("combo", dict(options=["auto", "triton", "torch"], default="auto", tooltip="Kernel backend: auto = Triton on GPU (or TRITON_INTERPRET), torch reference otherwise.")),
+}
+
+
+def _inputs():
+    out = []
+    for name, (kind, kw) in WIDGETS.items():
+        if kind == "int":
+            out.append(io.Int.Input(name, **kw))
+        elif kind == "float":
+            out.append(io.Float.Input(name, **kw))
+        elif kind == "bool":
+            out.append(io.Boolean.Input(name, **kw))
+        else:
+            out.append(io.Combo.Input(name, **kw))
+    return out
+
+
+def build_config(**values):
+    """Widget values -> AdaClusterConfig (ValueError naming the field)."""
+    kw = {}
+    fields = patcher.config_fields()
+    for name, v in values.items():
+        if name not in fields:
+            raise ValueError(f"{name}: not an AdaClusterConfig field")
+        if name == "k_clusters":
+            v = None if v in (None, 0) else int(v)
+        kw[name] = v
+    return patcher.make_config(**kw)
+
+
+class AdaClusterThresholds(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AdaClusterThresholds",
+            display_name="AdaCluster Thresholds",
+            category=CATEGORY,
+            description="Every AdaCluster setting as a widget. Connect to AdaCluster Sparse Attention's config input "
+                        "(it then replaces the preset).",
+            inputs=_inputs(),
+            outputs=[AdaClusterConfigType.Output(display_name="config")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, **kwargs):
+        vals = {k: v for k, v in kwargs.items() if k in WIDGETS and v is not None}
+        try:
+            build_config(**vals)
+        except (ValueError, TypeError) as e:
+            return f"AdaCluster Thresholds: {e}"
+        return True
+
+    @classmethod
+    def execute(cls, **kwargs) -> io.NodeOutput:
+        try:
+            cfg = build_config(**{k: v for k, v in kwargs.items() if k in WIDGETS})
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"AdaCluster Thresholds: {e}") from None
+        return io.NodeOutput(cfg)

@@ -1,0 +1,482 @@
+#!/usr/bin/env python3
+"""Build the bundled example workflows in workflows/ (UI-format litegraph JSON + a .jpg card each).
+
+The graphs are written here in API format (class_type + inputs, the way /prompt takes them) plus
+a position per node; they are converted to the UI format the ComfyUI frontend opens with the
+input order, widget-vs-socket split and defaults taken from a running server's /object_info, so
+the widget values line up with the real node definitions (core and AdaCluster).
+
+    .venv/bin/python scripts/build_workflows.py                 # starts a throwaway ComfyUI (.comfyui/)
+    .venv/bin/python scripts/build_workflows.py --url http://127.0.0.1:8188   # use a running server
+    .venv/bin/python scripts/build_workflows.py --check         # exit 1 if workflows/ is stale
+    .venv/bin/python scripts/build_workflows.py --thumbs-only   # only redraw the .jpg cards
+
+The generated files are committed; rerun this after changing a node's inputs.
+The converter (`api_to_ui`) is also used by tests/browser to build the tiny UI graph it queues.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS_DIR = ROOT / "workflows"
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# Node types that exist only in the frontend (never in /object_info).
+FRONTEND_ONLY_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+# ------------------------------------------------------------------------------------ converter
+
+
+def _spec_type(spec) -> str:
+    t = spec[0]
+    return "COMBO" if isinstance(t, list) else str(t)
+
+
+def _spec_opts(spec) -> dict:
+    return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+
+
+def _is_widget(spec) -> bool:
+    return _spec_type(spec) in WIDGET_TYPES and not _spec_opts(spec).get("forceInput")
+
+
+def _default(spec):
+    opts = _spec_opts(spec)
+    if "default" in opts:
+        return opts["default"]
+    if isinstance(spec[0], list):
+        return spec[0][0] if spec[0] else ""
+    if opts.get("options"):
+        return opts["options"][0]
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(_spec_type(spec))
+
+
+def _is_link(v) -> bool:
+    return isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int)
+
+
+def api_to_ui(prompt: Dict[str, dict], object_info: dict, layout: Optional[Dict[str, dict]] = None,
+              extra_nodes: Sequence[dict] = (), groups: Sequence[dict] = (), strict: bool = True) -> dict:
+    """API-format prompt -> UI-format workflow (litegraph schema 0.4).
+
+    layout: node id -> {"pos": [x, y], "size": [w, h], "title": str, "color"/"bgcolor": str}.
+    extra_nodes: frontend-only nodes (MarkdownNote, Note) as {"type", "text", "pos", "size", "title"}.
+    strict: an input name the node does not have raises ValueError (catches drift between this
+    script and the node definitions); missing widget values take the node's defaults.
+    """
+    layout = layout or {}
+    ids = {k: i + 1 for i, k in enumerate(prompt)}
+    nodes: List[dict] = []
+    links: List[list] = []
+    out_links: Dict[tuple, List[int]] = {}
+    link_id = 0
+    infos = {}
+    for order, (k, n) in enumerate(prompt.items()):
+        ct = n["class_type"]
+        if ct not in object_info:
+            raise ValueError(f"node {k}: type {ct!r} is not in /object_info (is the pack loaded?)")
+        oi = object_info[ct]
+        infos[ids[k]] = oi
+        req, opt = oi["input"].get("required", {}), oi["input"].get("optional", {})
+        spec = {**req, **opt}
+        io_order = oi.get("input_order") or {"required": list(req), "optional": list(opt)}
+        names = list(io_order.get("required", [])) + list(io_order.get("optional", []))
+        unknown = sorted(set(n.get("inputs", {})) - set(names))
+        if unknown and strict:
+            raise ValueError(f"node {k} ({ct}): unknown input(s) {unknown}; it has {names}")
+        inputs, widgets = [], []
+        for name in names:
+            s = spec[name]
+            t = _spec_type(s)
+            v = n.get("inputs", {}).get(name)
+            if _is_link(v):
+                link_id += 1
+                src = ids[v[0]]
+                entry = {"name": name, "type": t, "link": link_id}
+                if _is_widget(s):
+                    entry["widget"] = {"name": name}
+                inputs.append(entry)
+                links.append([link_id, src, v[1], ids[k], len(inputs) - 1, t])
+                out_links.setdefault((src, v[1]), []).append(link_id)
+                if _is_widget(s):  # a widget driven by a link keeps a placeholder value
+                    widgets.append(_default(s))
+                    if _spec_opts(s).get("control_after_generate") or name in ("seed", "noise_seed"):
+                        widgets.append("fixed")
+            elif _is_widget(s):
+                widgets.append(_default(s) if v is None else v)
+                if _spec_opts(s).get("control_after_generate") or name in ("seed", "noise_seed"):
+                    widgets.append("fixed")  # the frontend's "control after generate" widget
+                if _spec_opts(s).get("image_upload"):
+                    widgets.append("image")  # LoadImage's upload button widget
+            else:  # an unconnected socket: listed so the node keeps it
+                inputs.append({"name": name, "type": t, "link": None})
+        lay = layout.get(k, {})
+        node = {"id": ids[k], "type": ct,
+                "pos": list(lay.get("pos", [40 + 340 * (order % 4), 60 + 320 * (order // 4)])),
+                "size": list(lay.get("size", [320, 160])), "flags": {}, "order": order,
+                "mode": lay.get("mode", 0), "inputs": inputs, "outputs": [],
+                "properties": {"Node name for S&R": ct}, "widgets_values": widgets}
+        title = lay.get("title") or n.get("_meta", {}).get("title")
+        if title:
+            node["title"] = title
+        for key in ("color", "bgcolor"):
+            if key in lay:
+                node[key] = lay[key]
+        nodes.append(node)
+    for nd in nodes:
+        oi = infos[nd["id"]]
+        nd["outputs"] = [{"name": nm, "type": t, "links": out_links.get((nd["id"], i), []), "slot_index": i}
+                         for i, (nm, t) in enumerate(zip(oi["output_name"], oi["output"]))]
+    next_id = len(nodes) + 1
+    for extra in extra_nodes:
+        nodes.append({"id": next_id, "type": extra.get("type", "MarkdownNote"), "pos": list(extra["pos"]),
+                      "size": list(extra.get("size", [400, 300])), "flags": {}, "order": len(nodes), "mode": 0,
+                      "inputs": [], "outputs": [], "properties": {}, "widgets_values": [extra["text"]],
+                      **({"title": extra["title"]} if extra.get("title") else {}),
+                      "color": extra.get("color", "#432"), "bgcolor": extra.get("bgcolor", "#653")})
+        next_id += 1
+    ui_groups = [{"id": i + 1, "title": g["title"], "bounding": list(g["bounding"]), "color": g.get("color", "#3f789e"),
+                  "font_size": 24, "flags": {}} for i, g in enumerate(groups)]
+    return {"last_node_id": next_id - 1, "last_link_id": link_id, "nodes": nodes,
+            "links": links, "groups": ui_groups, "config": {},
+            "extra": {"ds": {"scale": 0.6, "offset": [40, 40]}}, "version": 0.4}
+
+
+def missing_node_types(workflow: dict, object_info: dict) -> List[str]:
+    """Node types a UI workflow uses that the server does not know (frontend-only types excluded)."""
+    return sorted({n["type"] for n in workflow.get("nodes", [])} - set(object_info) - FRONTEND_ONLY_TYPES)
+
+
+# ------------------------------------------------------------------------------------ the graphs
+
+WAN_NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+                "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+                "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
+
+LAYER_RULES_EXAMPLE = ("# one rule per line: <layers>: dense | sparse | field=value\n"
+                       "# keep the first and the last block dense (they matter most for quality)\n"
+                       "0, -1: dense\n")
+
+ADACLUSTER_COLOR = {"color": "#2a4a3a", "bgcolor": "#3b6651"}
+
+
+def adacluster_nodes(top_k: int) -> dict:
+    """Thresholds -> (config) and Layer Overrides -> (layer_overrides) -> Sparse Attention; the
+    node ids 'shift' (the model to patch) and 'ks' (the sampler) come from the graph."""
+    return {
+        "thr": {"class_type": "AdaClusterThresholds", "inputs": {"top_k": top_k, "warmup": 0.3, "dense_layer_fraction": 0.15}},
+        "rules": {"class_type": "AdaClusterLayerOverrides", "inputs": {"rules": LAYER_RULES_EXAMPLE}},
+        "ada": {"class_type": "AdaClusterSparseAttention",
+                "inputs": {"model": ["shift", 0], "preset": "auto", "enabled": True,
+                           "config": ["thr", 0], "layer_overrides": ["rules", 0]}},
+    }
+
+
+def _note(model_line: str, extra: str = "") -> str:
+    return f"""## AdaCluster sparse attention
+
+{model_line}
+
+**Chain:** `AdaCluster Thresholds` → `AdaCluster Layer Overrides` → `AdaCluster Sparse Attention` (patches the MODEL) → sampler → `AdaCluster Stats` (shows what ran sparse and why).
+
+**Knobs**
+- **preset** (Sparse Attention): `auto` (balanced defaults of the detected model) / `quality` / `balanced` / `fast`. A connected **Thresholds** config replaces the preset: delete that link to go back to presets.
+- **top_k** (Thresholds): key clusters each query cluster attends to. Higher = closer to dense, slower.
+- **top_p** (with selection `top_p`): attention mass to keep (0.9). Higher = closer to dense.
+- **warmup**: fraction of the denoising (by sigma, from the start) that runs fully dense. The first steps set the layout of the video: keep them dense.
+- **dense_layer_fraction**: share of layers kept dense (those that cluster worst).
+- **Layer Overrides**: one rule per line, e.g. `0, -1: dense`, `10-19: top_k=64`, `*: kmeans_iters_reuse=1`.
+- **enabled = false** turns the patch off: the same graph then runs plain dense attention (A/B test).
+
+**Quality dropped?** (flicker, smeared detail, drifting faces) raise `top_k` (or `top_p`), raise `warmup` (0.4-0.5), add dense layers (`dense_layer_fraction` or rules like `0-2, -1: dense`), or switch to the `quality` preset.
+
+**Want more speed?** lower `top_k`, lower `warmup` (not below ~0.15), use the `fast` preset.
+
+**Stats node:** density (share of attention actually computed), speed-up estimate, per-layer heatmap, and the reasons calls stayed dense (warmup, short sequence, no Triton, unsupported layout...).
+{extra}"""
+
+
+def wan21_t2v() -> dict:
+    P = {
+        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "wan2.1_t2v_1.3B_fp16.safetensors", "weight_dtype": "default"}},
+        "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan", "device": "default"}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "wan_2.1_vae.safetensors"}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": "A red fox trotting through fresh snow in a birch forest at sunrise, soft golden light, the camera tracks alongside it, cinematic, highly detailed."}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": WAN_NEGATIVE}},
+        "latent": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 832, "height": 480, "length": 81, "batch_size": 1}},
+        "shift": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["unet", 0], "shift": 8.0}},
+        **adacluster_nodes(top_k=128),
+        "ks": {"class_type": "KSampler", "inputs": {"model": ["ada", 0], "seed": 42, "steps": 30, "cfg": 6.0,
+                                                     "sampler_name": "uni_pc", "scheduler": "simple",
+                                                     "positive": ["pos", 0], "negative": ["neg", 0],
+                                                     "latent_image": ["latent", 0], "denoise": 1.0}},
+        "stats": {"class_type": "AdaClusterStats", "inputs": {"model": ["ada", 0], "samples": ["ks", 0]}},
+        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["vae", 0]}},
+        "vid": {"class_type": "CreateVideo", "inputs": {"images": ["dec", 0], "fps": 16.0}},
+        "save": {"class_type": "SaveVideo", "inputs": {"video": ["vid", 0], "filename_prefix": "video/wan21_adacluster", "format": "auto", "codec": "auto"}},
+    }
+    L = {
+        "unet": {"pos": [40, 60], "size": [340, 90]},
+        "clip": {"pos": [40, 190], "size": [340, 110]},
+        "vae": {"pos": [40, 340], "size": [340, 60]},
+        "pos": {"pos": [420, 60], "size": [420, 180], "title": "Positive prompt", "color": "#232", "bgcolor": "#353"},
+        "neg": {"pos": [420, 280], "size": [420, 180], "title": "Negative prompt", "color": "#322", "bgcolor": "#533"},
+        "latent": {"pos": [420, 500], "size": [320, 130], "title": "Empty video latent 832x480, 81 frames"},
+        "shift": {"pos": [880, 60], "size": [300, 60]},
+        "ks": {"pos": [1580, 60], "size": [320, 470]},
+        "dec": {"pos": [1580, 580], "size": [220, 50]},
+        "vid": {"pos": [1580, 680], "size": [220, 60]},
+        "save": {"pos": [1940, 600], "size": [420, 420]},
+        "stats": {"pos": [1940, 60], "size": [440, 500]},
+    }
+    return dict(prompt=P, layout=L,
+                note=_note("**Wan 2.1 T2V 1.3B, 480p** (832×480, 81 frames, 30 steps). Put `wan2.1_t2v_1.3B_fp16.safetensors` in `models/diffusion_models`, "
+                           "`umt5_xxl_fp8_e4m3fn_scaled.safetensors` in `models/text_encoders`, `wan_2.1_vae.safetensors` in `models/vae`. "
+                           "The 14B model (`wan2.1_t2v_14B_fp16.safetensors`) works the same way."),
+                card=("Wan 2.1 T2V 1.3B", "480p · 81 frames", "#3b6651"))
+
+
+def wan22_ti2v_5b() -> dict:
+    P = {
+        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "wan2.2_ti2v_5B_fp16.safetensors", "weight_dtype": "default"}},
+        "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan", "device": "default"}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "wan2.2_vae.safetensors"}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": "A small sailboat crossing a turquoise bay on a windy afternoon, waves sparkling, gulls overhead, aerial drone shot slowly circling the boat."}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": WAN_NEGATIVE}},
+        "latent": {"class_type": "Wan22ImageToVideoLatent", "inputs": {"vae": ["vae", 0], "width": 1280, "height": 704, "length": 121, "batch_size": 1}},
+        "shift": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["unet", 0], "shift": 8.0}},
+        **adacluster_nodes(top_k=128),
+        "ks": {"class_type": "KSampler", "inputs": {"model": ["ada", 0], "seed": 42, "steps": 20, "cfg": 5.0,
+                                                     "sampler_name": "uni_pc", "scheduler": "simple",
+                                                     "positive": ["pos", 0], "negative": ["neg", 0],
+                                                     "latent_image": ["latent", 0], "denoise": 1.0}},
+        "stats": {"class_type": "AdaClusterStats", "inputs": {"model": ["ada", 0], "samples": ["ks", 0]}},
+        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["vae", 0]}},
+        "vid": {"class_type": "CreateVideo", "inputs": {"images": ["dec", 0], "fps": 24.0}},
+        "save": {"class_type": "SaveVideo", "inputs": {"video": ["vid", 0], "filename_prefix": "video/wan22_5b_adacluster", "format": "auto", "codec": "auto"}},
+    }
+    L = {
+        "unet": {"pos": [40, 60], "size": [340, 90]},
+        "clip": {"pos": [40, 190], "size": [340, 110]},
+        "vae": {"pos": [40, 340], "size": [340, 60]},
+        "pos": {"pos": [420, 60], "size": [420, 180], "title": "Positive prompt", "color": "#232", "bgcolor": "#353"},
+        "neg": {"pos": [420, 280], "size": [420, 180], "title": "Negative prompt", "color": "#322", "bgcolor": "#533"},
+        "latent": {"pos": [420, 500], "size": [320, 170], "title": "Video latent 1280x704, 121 frames (connect start_image for I2V)"},
+        "shift": {"pos": [880, 60], "size": [300, 60]},
+        "ks": {"pos": [1580, 60], "size": [320, 470]},
+        "dec": {"pos": [1580, 580], "size": [220, 50]},
+        "vid": {"pos": [1580, 680], "size": [220, 60]},
+        "save": {"pos": [1940, 600], "size": [420, 420]},
+        "stats": {"pos": [1940, 60], "size": [440, 500]},
+    }
+    return dict(prompt=P, layout=L,
+                note=_note("**Wan 2.2 TI2V-5B** (1280×704, 121 frames at 24 fps, 20 steps). Put `wan2.2_ti2v_5B_fp16.safetensors` in `models/diffusion_models`, "
+                           "`umt5_xxl_fp8_e4m3fn_scaled.safetensors` in `models/text_encoders`, `wan2.2_vae.safetensors` in `models/vae`. "
+                           "Text-to-video as is; for image-to-video connect a `Load Image` to `start_image` of the latent node.",
+                           "\n**Wan 2.2 A14B** (high + low noise models, two KSamplerAdvanced): put one `AdaCluster Sparse Attention` on each model; "
+                           "warmup is decided on the sigma value, so the split schedule is handled."),
+                card=("Wan 2.2 TI2V-5B", "1280x704 · 121 frames", "#3b5a66"))
+
+
+def hunyuan_t2v_720p() -> dict:
+    P = {
+        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "hunyuan_video_t2v_720p_bf16.safetensors", "weight_dtype": "default"}},
+        "clip": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors", "clip_name2": "llava_llama3_fp8_scaled.safetensors", "type": "hunyuan_video", "device": "default"}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "hunyuan_video_vae_bf16.safetensors"}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": "A cat walks on the grass in a sunlit garden, realistic style, shallow depth of field, the camera follows at ground level."}},
+        "guid": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 6.0}},
+        "latent": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 1280, "height": 720, "length": 129, "batch_size": 1}},
+        "shift": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["unet", 0], "shift": 7.0}},
+        **adacluster_nodes(top_k=94),
+        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 42}},
+        "guider": {"class_type": "BasicGuider", "inputs": {"model": ["ada", 0], "conditioning": ["guid", 0]}},
+        "sampler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "sched": {"class_type": "BasicScheduler", "inputs": {"model": ["ada", 0], "scheduler": "simple", "steps": 30, "denoise": 1.0}},
+        "ks": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["sampler", 0],
+                                                                  "sigmas": ["sched", 0], "latent_image": ["latent", 0]}},
+        "stats": {"class_type": "AdaClusterStats", "inputs": {"model": ["ada", 0], "samples": ["ks", 0]}},
+        "dec": {"class_type": "VAEDecodeTiled", "inputs": {"samples": ["ks", 0], "vae": ["vae", 0], "tile_size": 256, "overlap": 64,
+                                                           "temporal_size": 64, "temporal_overlap": 8}},
+        "vid": {"class_type": "CreateVideo", "inputs": {"images": ["dec", 0], "fps": 24.0}},
+        "save": {"class_type": "SaveVideo", "inputs": {"video": ["vid", 0], "filename_prefix": "video/hunyuan_adacluster", "format": "auto", "codec": "auto"}},
+    }
+    L = {
+        "unet": {"pos": [40, 60], "size": [340, 90]},
+        "clip": {"pos": [40, 190], "size": [340, 140]},
+        "vae": {"pos": [40, 370], "size": [340, 60]},
+        "pos": {"pos": [420, 60], "size": [420, 180], "title": "Prompt", "color": "#232", "bgcolor": "#353"},
+        "guid": {"pos": [420, 280], "size": [300, 60]},
+        "latent": {"pos": [420, 380], "size": [320, 130], "title": "Empty video latent 1280x720, 129 frames"},
+        "shift": {"pos": [880, 60], "size": [300, 60]},
+        "noise": {"pos": [1580, 60], "size": [300, 90]},
+        "guider": {"pos": [1580, 190], "size": [260, 50]},
+        "sampler": {"pos": [1580, 280], "size": [260, 60]},
+        "sched": {"pos": [1580, 380], "size": [300, 110]},
+        "ks": {"pos": [1580, 530], "size": [300, 110]},
+        "dec": {"pos": [1580, 680], "size": [300, 150]},
+        "vid": {"pos": [1580, 870], "size": [220, 60]},
+        "save": {"pos": [1940, 600], "size": [420, 420]},
+        "stats": {"pos": [1940, 60], "size": [440, 500]},
+    }
+    return dict(prompt=P, layout=L,
+                note=_note("**HunyuanVideo 1.0 T2V, 720p** (1280×720, 129 frames, 30 steps, embedded guidance 6). Put `hunyuan_video_t2v_720p_bf16.safetensors` in "
+                           "`models/diffusion_models`, `clip_l.safetensors` and `llava_llama3_fp8_scaled.safetensors` in `models/text_encoders`, "
+                           "`hunyuan_video_vae_bf16.safetensors` in `models/vae`. HunyuanVideo 1.5 models work with the same AdaCluster nodes.",
+                           "\nHunyuanVideo attends over text + video jointly: only the video-video part is made sparse; the text rows and columns stay dense."),
+                card=("HunyuanVideo T2V", "720p · 129 frames", "#5a3b66"))
+
+
+def _wire_adacluster(P: dict, L: dict) -> None:
+    """Lay the AdaCluster nodes out in one column, in the pack's colour."""
+    L.setdefault("thr", {"pos": [880, 160], "size": [320, 470]})
+    L.setdefault("rules", {"pos": [880, 680], "size": [320, 200]})
+    L.setdefault("ada", {"pos": [1220, 60], "size": [320, 150]})
+    for k in ("thr", "rules", "ada", "stats"):
+        L[k].update(ADACLUSTER_COLOR)
+
+
+WORKFLOWS = {
+    "wan21_t2v_1.3b_480p_adacluster": wan21_t2v,
+    "wan22_ti2v_5b_adacluster": wan22_ti2v_5b,
+    "hunyuan_video_t2v_720p_adacluster": hunyuan_t2v_720p,
+}
+
+
+def build_one(name: str, object_info: dict) -> dict:
+    g = WORKFLOWS[name]()
+    P, L = g["prompt"], g["layout"]
+    _wire_adacluster(P, L)
+    # groups: loaders / prompts / AdaCluster / sampling / outputs
+    groups = [{"title": "AdaCluster sparse attention", "bounding": [860, -10, 700, 910], "color": "#3f8e6a"}]
+    extra = [{"type": "MarkdownNote", "title": "AdaCluster: read me", "text": g["note"], "pos": [40, 480], "size": [360, 640]}]
+    wf = api_to_ui(P, object_info, layout=L, extra_nodes=extra, groups=groups)
+    missing = missing_node_types(wf, object_info)
+    if missing:
+        raise ValueError(f"{name}: node types unknown to the server: {missing}")
+    wf = {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "adacluster-comfyui/workflows/" + name)), "revision": 0, **wf}
+    wf["extra"]["adacluster"] = {"generated_by": "scripts/build_workflows.py", "card": list(g["card"])}
+    return wf
+
+
+# ------------------------------------------------------------------------------------ thumbnails
+
+
+def _font(size: int, bold: bool = False):
+    from PIL import ImageFont
+    names = (["DejaVuSans-Bold.ttf", "LiberationSans-Bold.ttf"] if bold else ["DejaVuSans.ttf", "LiberationSans-Regular.ttf"])
+    for n in names:
+        for d in ("/usr/share/fonts/truetype/dejavu/", "/usr/share/fonts/truetype/liberation/", ""):
+            try:
+                return ImageFont.truetype(d + n, size)
+            except OSError:
+                continue
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def draw_card(path: Path, title: str, subtitle: str, accent: str, size=(512, 384)) -> None:
+    """A small template card: title, subtitle and a diagram of the node chain + a sparse block mask."""
+    import random
+
+    from PIL import Image, ImageDraw
+    W, H = size
+    img = Image.new("RGB", size, "#1c1f24")
+    d = ImageDraw.Draw(img)
+    d.rectangle([0, 0, W, 6], fill=accent)
+    d.text((24, 22), title, font=_font(30, bold=True), fill="#f2f2f2")
+    d.text((24, 62), subtitle, font=_font(18), fill="#b8c0cc")
+    # node chain
+    boxes = ["Thresholds", "Layers", "Sparse Attn", "KSampler", "Stats"]
+    x, y, bw, bh, gap = 18, 112, 84, 34, 12
+    for i, label in enumerate(boxes):
+        fill = accent if i != 3 else "#3a3f48"
+        d.rounded_rectangle([x, y, x + bw, y + bh], radius=6, fill=fill, outline="#e6e6e6")
+        f = _font(12, bold=True)
+        tw = d.textlength(label, font=f)
+        d.text((x + (bw - tw) / 2, y + 10), label, font=f, fill="#ffffff")
+        if i < len(boxes) - 1:
+            d.line([x + bw, y + bh / 2, x + bw + gap, y + bh / 2], fill="#e6e6e6", width=2)
+        x += bw + gap
+    # block-sparse attention mask: query clusters x key clusters, a few kept per row
+    rng = random.Random(title)
+    n, cell, ox, oy = 16, 12, 24, 170
+    for r in range(n):
+        keep = {r} | set(rng.sample(range(n), 4))
+        for c in range(n):
+            col = accent if c in keep else "#2b3038"
+            d.rectangle([ox + c * cell, oy + r * cell, ox + c * cell + cell - 2, oy + r * cell + cell - 2], fill=col)
+    f = _font(16)
+    d.text((ox + n * cell + 24, oy + 10), "AdaCluster", font=_font(22, bold=True), fill="#f2f2f2")
+    for i, line in enumerate(["clustered block-sparse", "self-attention (Triton)", "", "query clusters x key clusters:",
+                              "keep top-k per row"]):
+        d.text((ox + n * cell + 24, oy + 44 + 20 * i), line, font=f, fill="#b8c0cc")
+    img.save(path, "JPEG", quality=85, optimize=True)
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def fetch_object_info(url: str) -> dict:
+    with urllib.request.urlopen(url.rstrip("/") + "/object_info", timeout=120) as r:
+        return json.loads(r.read())
+
+
+def object_info_from_throwaway_server() -> dict:
+    sys.path.insert(0, str(ROOT))
+    from tests.harness.comfy_server import ComfyServer  # dev-only helper (tests/harness)
+    py = ROOT / ".venv" / "bin" / "python"
+    with tempfile.TemporaryDirectory(prefix="adacluster_build_wf_") as base:
+        srv = ComfyServer(str(py if py.exists() else sys.executable), ROOT / ".comfyui", base,
+                          custom_nodes={"adacluster": ROOT}, extra_args=[])
+        with srv:
+            return srv.object_info()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", help="a running ComfyUI with this pack loaded (default: start a throwaway one)")
+    ap.add_argument("--out", default=str(WORKFLOWS_DIR))
+    ap.add_argument("--check", action="store_true", help="do not write; exit 1 when a file would change")
+    ap.add_argument("--thumbs-only", action="store_true")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if a.thumbs_only:
+        for name, fn in WORKFLOWS.items():
+            draw_card(out / f"{name}.jpg", *fn()["card"])
+        print("wrote", len(WORKFLOWS), "thumbnails to", out)
+        return 0
+    info = fetch_object_info(a.url) if a.url else object_info_from_throwaway_server()
+    stale = []
+    for name in WORKFLOWS:
+        wf = build_one(name, info)
+        text = json.dumps(wf, indent=1, ensure_ascii=False) + "\n"
+        path = out / f"{name}.json"
+        if a.check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(path.name)
+            continue
+        path.write_text(text, encoding="utf-8")
+        draw_card(out / f"{name}.jpg", *wf["extra"]["adacluster"]["card"])
+        print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: "
+              f"{len(wf['nodes'])} nodes, {len(wf['links'])} links (+ .jpg)")
+    if a.check:
+        if stale:
+            print("stale (rerun scripts/build_workflows.py):", ", ".join(stale))
+            return 1
+        print("workflows/ is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

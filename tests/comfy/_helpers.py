@@ -1,0 +1,95 @@
+"""Helpers for the AdaCluster node/patcher tests (test-only).
+
+* `load_nodes_module(name)`: import a module of the pack's `nodes/` package without ComfyUI's
+  module loader (the package is registered as `adacluster_pack_nodes`; ComfyUI's own top-level
+  `nodes.py` would shadow a plain `import nodes`).
+* `comfy_inprocess()`: make ComfyUI 0.3.75 (.comfyui/) importable in the pytest process, on CPU,
+  for synthetic calls through the patcher (real WanModel/HunyuanVideo modules, real ModelPatcher).
+* prompt helpers that insert the pack's nodes into the harness prompts and read the Stats node's
+  JSON payload back from /history.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NODES_DIR = REPO_ROOT / "nodes"
+COMFY_DIR = REPO_ROOT / ".comfyui"
+PKG = "adacluster_pack_nodes"
+
+# Thresholds that make the sparse path run on the tiny models (48 video tokens, 2 heads x 128)
+# quickly: no warmup, no token minimum, few clusters, the torch reference backend (the Triton
+# interpreter costs seconds per call; one test runs it explicitly).
+TINY = dict(q_clusters=8, k_clusters=0, k_clusters_init=16, tau_scale=1.5, max_stages=10, stage_iters=3,
+            top_k=4, selection="tensorquest", top_p=0.9, kmeans_iters_first=10, kmeans_iters_reuse=2,
+            warmup=0.0, dense_layer_fraction=0.0, min_tokens=0, calibration_dense=True, backend="torch")
+
+
+def load_nodes_module(name: str):
+    if PKG not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PKG, NODES_DIR / "__init__.py",
+                                                      submodule_search_locations=[str(NODES_DIR)])
+        pkg = importlib.util.module_from_spec(spec)
+        sys.modules[PKG] = pkg
+        spec.loader.exec_module(pkg)
+    return importlib.import_module(f"{PKG}.{name}")
+
+
+def comfy_inprocess() -> Optional[str]:
+    """Put .comfyui on sys.path (CPU mode). Returns None when usable, else why not."""
+    if not (COMFY_DIR / "main.py").is_file():
+        return f"no ComfyUI at {COMFY_DIR} (run scripts/setup_env.sh)"
+    if str(COMFY_DIR) not in sys.path:
+        sys.path.append(str(COMFY_DIR))
+    try:
+        import comfy.cli_args
+        comfy.cli_args.args.cpu = True
+        import comfy.model_management  # noqa: F401
+        import comfy.patcher_extension  # noqa: F401
+    except Exception as e:  # pragma: no cover
+        return f"ComfyUI not importable in-process: {type(e).__name__}: {e}"
+    return None
+
+
+def thresholds_node(**overrides) -> tuple:
+    vals = dict(TINY)
+    vals.update(overrides)
+    return ("AdaClusterThresholds", vals)
+
+
+def patch_chain(preset="auto", enabled=True, config: Optional[dict] = None, rules: Optional[str] = None):
+    """A prompt fragment: extra nodes + the AdaClusterSparseAttention spec wired to them.
+    Returns (extra_nodes: dict id->node, patch_spec for prompts.video_prompt(patch_nodes=[...]))."""
+    extra = {}
+    inputs = {"preset": preset, "enabled": enabled}
+    if config is not None:
+        extra["cfg"] = {"class_type": "AdaClusterThresholds", "inputs": dict(config)}
+        inputs["config"] = ["cfg", 0]
+    if rules is not None:
+        extra["rules"] = {"class_type": "AdaClusterLayerOverrides", "inputs": {"rules": rules}}
+        inputs["layer_overrides"] = ["rules", 0]
+    return extra, ("AdaClusterSparseAttention", inputs)
+
+
+def build(builder, *, save_name, preset="auto", enabled=True, config=None, rules=None, stats=True,
+          extra_patch=(), **kw) -> dict:
+    """Harness prompt with the AdaCluster patch (+ optional Thresholds / Layer Overrides) and a
+    Stats node (id "q1") after the sampler."""
+    extra, spec = patch_chain(preset, enabled, config, rules)
+    post = [("AdaClusterStats", {"model": ["p1", 0]})] if stats else []
+    p = builder(patch_nodes=[spec, *extra_patch], save_name=save_name, post_nodes=post, **kw)
+    p.update(extra)
+    return p
+
+
+def stats_of(entry: dict, node_id: str = "q1") -> dict:
+    out = entry["outputs"][node_id]
+    return out["adacluster_stats"][0]
+
+
+def text_of(entry: dict, node_id: str = "q1") -> str:
+    return entry["outputs"][node_id]["text"][0]

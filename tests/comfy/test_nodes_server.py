@@ -1,0 +1,248 @@
+"""AdaCluster nodes + patcher in the REAL ComfyUI 0.3.75 server (one per session, tests/conftest.py).
+
+Tiny random-weight models (2 layers, 2 heads x 128, 9 frames 64x64 -> grid 3x4x4 = 48 video tokens).
+Most runs use the torch reference backend (tests/comfy/_helpers.TINY); one runs the Triton kernels
+through TRITON_INTERPRET=1 (set by the harness for the server)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+import torch
+
+from tests.harness import prompts
+from tests.harness.comfy_server import PromptError
+from tests.harness.make_tiny_dits import FILENAMES
+
+from tests.comfy._helpers import TINY, build, stats_of, text_of, thresholds_node
+
+pytestmark = pytest.mark.server
+
+NODE_IDS = {
+    "AdaClusterSparseAttention": "AdaCluster Sparse Attention",
+    "AdaClusterThresholds": "AdaCluster Thresholds",
+    "AdaClusterLayerOverrides": "AdaCluster Layer Overrides",
+    "AdaClusterStats": "AdaCluster Stats",
+}
+N_VID = 48  # 9 frames, 64x64 -> latent 3x8x8 -> patch (1,2,2) -> 3x4x4
+
+
+def _latent(out_dir, name):
+    return torch.load(out_dir / f"{name}.pt")
+
+
+def _run(srv, prompt, timeout=300):
+    return srv.run_prompt(prompt, timeout=timeout)
+
+
+# ------------------------------------------------------------------------------------------ schema
+def test_nodes_registered_with_exact_ids(comfy_server):
+    info = comfy_server.object_info()
+    for nid, title in NODE_IDS.items():
+        assert nid in info, f"{nid} missing from /object_info"
+        assert info[nid]["display_name"] == title
+    sa = info["AdaClusterSparseAttention"]["input"]
+    assert sa["required"]["model"][0] == "MODEL"
+    assert sa["required"]["preset"][0] == ["auto", "quality", "balanced", "fast"] or \
+        sa["required"]["preset"][1].get("options") == ["auto", "quality", "balanced", "fast"]
+    assert sa["required"]["enabled"][0] == "BOOLEAN"
+    assert sa["optional"]["config"][0] == "ADACLUSTER_CONFIG"
+    assert sa["optional"]["layer_overrides"][0] == "ADACLUSTER_LAYERS"
+    assert info["AdaClusterSparseAttention"]["output"] == ["MODEL"]
+    assert info["AdaClusterThresholds"]["output"] == ["ADACLUSTER_CONFIG"]
+    lo = info["AdaClusterLayerOverrides"]
+    assert lo["output"] == ["ADACLUSTER_LAYERS"] and lo["input"]["optional"]["previous"][0] == "ADACLUSTER_LAYERS"
+    st = info["AdaClusterStats"]
+    assert st["output"] == ["STRING", "IMAGE"] and st["output_node"] is True
+    assert st["input"]["required"]["samples"][0] == "LATENT"
+
+
+def test_thresholds_cover_every_config_field(comfy_server):
+    from adacluster_core import AdaClusterConfig
+    req = comfy_server.object_info()["AdaClusterThresholds"]["input"]["required"]
+    fields = {f.name for f in dataclasses.fields(AdaClusterConfig)}
+    assert fields <= set(req), f"Thresholds lacks widgets for {sorted(fields - set(req))}"
+    for name, spec in req.items():
+        opts = spec[1] if len(spec) > 1 else {}
+        assert opts.get("tooltip"), f"widget {name} has no tooltip"
+
+
+# ------------------------------------------------------------------------------------------ exactness
+@pytest.mark.parametrize("family", ["wan21", "hunyuan"])
+def test_all_clusters_selected_reproduces_unpatched(comfy_server, test_out_dir, family):
+    """top_k >= key clusters: every key is attended, so the sparse kernel must reproduce dense."""
+    builder = prompts.BUILDERS[family]
+    kw = dict(steps=3, mask_pad=4) if family == "hunyuan" else dict(steps=3)
+    _run(comfy_server, builder(FILENAMES[family], save_name=f"ref_{family}", **kw))
+    cfg = dict(TINY, top_k=4096)
+    entry = _run(comfy_server, build(builder, save_name=f"allk_{family}", config=cfg, **kw))
+    ref, got = _latent(test_out_dir, f"ref_{family}"), _latent(test_out_dir, f"allk_{family}")
+    s = stats_of(entry)
+    assert s["sparse_calls"] > 0, text_of(entry)
+    assert s["min_density"] == pytest.approx(1.0, abs=1e-6), text_of(entry)
+    assert s["dense_reasons"].get("calibration", 0) > 0, "the first sparse step should calibrate (dense)"
+    err = (got - ref).abs().max().item()
+    assert err < 2e-3 * max(1.0, ref.abs().max().item()), f"{family}: max |patched - unpatched| = {err}"
+
+
+@pytest.mark.parametrize("family", ["wan21", "hunyuan", "wan22_5b", "hunyuan15"])
+def test_sparse_run_reports_density_below_one(comfy_server, test_out_dir, family):
+    entry = _run(comfy_server, build(prompts.BUILDERS[family], save_name=f"sparse_{family}", config=TINY, steps=3))
+    s = stats_of(entry)
+    lat = _latent(test_out_dir, f"sparse_{family}")
+    assert torch.isfinite(lat).all()
+    assert s["family"] == {"wan21": "wan", "wan22_5b": "wan"}.get(family, family)
+    assert s["sparse_calls"] > 0 and s["mean_density"] < 1.0, text_of(entry)
+    assert 0.0 < s["flops_saved_frac"] < 1.0
+    assert s["n_layers"] == (2 if family.startswith("wan") else s["n_layers"])
+    text = text_of(entry)
+    assert "AdaCluster:" in text and "density" in text and "FLOPs saved" in text
+    # heatmap preview was produced and the STRING output exists
+    out = entry["outputs"]["q1"]
+    assert out.get("images"), "no heatmap preview image"
+    grid = s["density_grid"]
+    assert len(grid) == s["n_layers"] and all(len(r) == len(s["sigmas"]) for r in grid)
+    if family.startswith("wan"):
+        assert s["dense_reasons"].get("cross-attn", 0) > 0
+
+
+def test_default_preset_runs_and_explains_dense(comfy_server, test_out_dir):
+    """The default profile (min_tokens 1024, warmup 0.3) on a 48-token video: runs, stays dense, says why."""
+    entry = _run(comfy_server, build(prompts.wan21_prompt, save_name="default_wan", steps=3))
+    s = stats_of(entry)
+    assert s["calls"] > 0 and s["sparse_calls"] == 0
+    assert set(s["dense_reasons"]) <= {"warmup", "few-tokens", "cross-attn"}, s["dense_reasons"]
+    assert s["dense_reasons"].get("warmup", 0) > 0 and s["dense_reasons"].get("few-tokens", 0) > 0
+    assert s["config"]["top_k"] == 128  # auto -> Wan balanced profile
+
+
+def test_triton_backend_runs_in_server(comfy_server, test_out_dir):
+    """The Triton kernels (TRITON_INTERPRET=1 on CPU) through the real server: 2 steps, 1 sparse step."""
+    entry = _run(comfy_server, build(prompts.wan21_prompt, save_name="triton_wan", steps=2, cfg=1.0,
+                                     config=dict(TINY, backend="auto")), timeout=600)
+    s = stats_of(entry)
+    assert s["sparse_calls"] > 0 and s["mean_density"] < 1.0, text_of(entry)
+
+
+# ------------------------------------------------------------------------------------------ Hunyuan text slice
+@pytest.mark.parametrize("family,n_txt", [("hunyuan", 16), ("hunyuan15", 16)])
+def test_hunyuan_text_slice_and_mask_placement(comfy_server, family, n_txt):
+    """0.3.75 concatenates [img, txt]: text must sit at [n_vid, n_vid + n_txt) and the padded
+    text keys of the model's mask must all fall inside that slice (the other order, [txt, img]
+    of ComfyUI >= 0.14, is covered by test_patcher_inprocess)."""
+    entry = _run(comfy_server, build(prompts.BUILDERS[family], save_name=f"mask_{family}", config=TINY,
+                                     steps=2, tokens=n_txt, mask_pad=5))
+    s = stats_of(entry)
+    lays = s["layouts"]
+    assert len(lays) == 1, lays
+    lay = lays[0]
+    assert lay["txt_first"] is False and lay["n_vid"] == N_VID and lay["n_txt"] == n_txt
+    assert lay["text_slice"] == [N_VID, N_VID + n_txt]
+    if lay["masked_keys"] is not None:  # HunyuanVideo builds the joint mask from attention_mask
+        assert lay["masked_keys"] == 5 and lay["masked_keys_in_text"] == 5, lay
+    else:
+        assert family == "hunyuan15", "HunyuanVideo 1.0 should pass the padded-text mask"
+    assert s["sparse_calls"] > 0
+    assert "text-only (refiner)" in s["dense_reasons"], s["dense_reasons"]
+
+
+# ------------------------------------------------------------------------------------------ bypass / state
+def test_enabled_false_is_bit_identical(comfy_server, test_out_dir):
+    _run(comfy_server, prompts.wan21_prompt(save_name="plain_wan_bit", steps=2))
+    _run(comfy_server, build(prompts.wan21_prompt, save_name="off_wan_bit", enabled=False, config=TINY, steps=2,
+                             stats=False))
+    a, b = _latent(test_out_dir, "plain_wan_bit"), _latent(test_out_dir, "off_wan_bit")
+    assert torch.equal(a, b), "enabled=false must not change a single bit"
+
+
+def test_two_patched_clones_sampled_alternately_do_not_share_state(comfy_server, test_out_dir):
+    """Two AdaCluster nodes (different configs) on one loader, two samplers in one prompt, run
+    twice: each model's stats only ever show its own config, and each result equals a solo run."""
+    solo = build(prompts.wan21_prompt, save_name="solo_a", config=dict(TINY, q_clusters=8), steps=3)
+    _run(comfy_server, solo)
+    p = build(prompts.wan21_prompt, save_name="alt_a", config=dict(TINY, q_clusters=8), steps=3)
+    # second patched clone of the same loader output + its own sampler/saver/stats
+    p["cfgB"] = {"class_type": "AdaClusterThresholds", "inputs": dict(TINY, q_clusters=5, top_k=3)}
+    p["pB"] = {"class_type": "AdaClusterSparseAttention",
+               "inputs": {"model": ["1", 0], "preset": "auto", "enabled": True, "config": ["cfgB", 0]}}
+    p["5B"] = dict(p["5"], inputs=dict(p["5"]["inputs"], model=["pB", 0]))
+    p["6B"] = {"class_type": "AdaClusterTestSaveLatent", "inputs": {"samples": ["5B", 0], "name": "alt_b"}}
+    p["qB"] = {"class_type": "AdaClusterStats", "inputs": {"model": ["pB", 0], "samples": ["5B", 0]}}
+    for seed in (1, 2, 1):  # the second pass re-samples both models (seed changes)
+        p["5"]["inputs"]["seed"] = seed
+        p["5B"]["inputs"]["seed"] = seed
+        entry = _run(comfy_server, p)
+    sa, sb = stats_of(entry, "q1"), stats_of(entry, "qB")
+    assert sa["config"]["q_clusters"] == 8 and sb["config"]["q_clusters"] == 5
+    qa = {v["q_clusters"] for v in sa["per_layer"].values() if v["q_clusters"] is not None}
+    qb = {v["q_clusters"] for v in sb["per_layer"].values() if v["q_clusters"] is not None}
+    assert qa == {8} and qb == {5}, (qa, qb)
+    assert sa["runs_completed"] == 3 and sb["runs_completed"] == 3
+    a, ref = _latent(test_out_dir, "alt_a"), _latent(test_out_dir, "solo_a")
+    assert torch.allclose(a, ref, atol=1e-5), (a - ref).abs().max()
+
+
+def test_twenty_runs_do_not_grow_memory(comfy_server):
+    p = build(prompts.wan21_prompt, save_name="mem_wan", config=TINY, steps=2)
+    rss, states = [], []
+    t0 = time.time()
+    for seed in range(20):
+        p["5"]["inputs"]["seed"] = 100 + seed
+        s = stats_of(_run(comfy_server, p))
+        assert s["retained_states"] == 0 and s["retained_state_bytes"] == 0, "caches survived the run"
+        states.append((s["n_states"], s["state_bytes_peak"], s["calls"]))
+        rss.append(s["rss_mb"])
+    assert len(set(states)) == 1, f"per-run state size changes between runs: {states}"
+    assert s["runs_completed"] >= 20
+    if rss[0] is not None:
+        growth = rss[-1] - rss[4]
+        assert growth < 64, f"RSS grew {growth:.1f} MB over 15 runs: {rss}"
+    assert time.time() - t0 < 300
+
+
+# ------------------------------------------------------------------------------------------ validation
+def test_bad_widget_value_rejected_naming_the_field(comfy_server):
+    p = build(prompts.wan21_prompt, save_name="bad_w", config=dict(TINY, top_k=0), steps=2)
+    with pytest.raises(PromptError) as ei:
+        comfy_server.queue_prompt(p)
+    assert "top_k" in str(ei.value)
+    p = build(prompts.wan21_prompt, save_name="bad_w2", config=dict(TINY, selection="nearest"), steps=2)
+    with pytest.raises(PromptError) as ei:
+        comfy_server.queue_prompt(p)
+    assert "selection" in str(ei.value)
+
+
+def test_bad_override_line_rejected_naming_the_line(comfy_server):
+    rules = "# keep the ends dense\n0, -1: dense\n1: topk=64\n"
+    p = build(prompts.wan21_prompt, save_name="bad_rule", config=TINY, rules=rules, steps=2)
+    with pytest.raises(PromptError) as ei:
+        comfy_server.queue_prompt(p)
+    msg = str(ei.value)
+    assert "line 3" in msg and "topk" in msg, msg
+    p = build(prompts.wan21_prompt, save_name="bad_rule2", config=TINY, rules="0-1: top_k=0", steps=2)
+    with pytest.raises(PromptError) as ei:
+        comfy_server.queue_prompt(p)
+    assert "line 1" in str(ei.value) and "top_k" in str(ei.value)
+
+
+def test_layer_overrides_apply_per_layer(comfy_server):
+    rules = "-1: dense\n0: top_k=2, q_clusters=4\n"
+    entry = _run(comfy_server, build(prompts.wan21_prompt, save_name="rules_wan", config=TINY, rules=rules, steps=3))
+    s = stats_of(entry)
+    pl = s["per_layer"]
+    assert pl["1"]["sparse"] == 0 and pl["1"]["dense_reasons"].get("layer-rule", 0) > 0, pl["1"]
+    assert pl["0"]["sparse"] > 0 and pl["0"]["q_clusters"] == 4, pl["0"]
+
+
+# ------------------------------------------------------------------------------------------ torch.compile
+def test_torch_compile_model_still_samples(comfy_server, test_out_dir):
+    """TorchCompileModel (inductor, CPU needs gcc) after the patch: the override is excluded from
+    the graph by torch.compiler.disable; the compiled model samples and AdaCluster still runs."""
+    compile_node = ("TorchCompileModel", {"backend": "inductor"})
+    entry = _run(comfy_server, build(prompts.wan21_prompt, save_name="compiled_wan", config=TINY, steps=2,
+                                     extra_patch=[compile_node]), timeout=600)
+    s = stats_of(entry)
+    lat = _latent(test_out_dir, "compiled_wan")
+    assert torch.isfinite(lat).all()
+    assert s["sparse_calls"] > 0, text_of(entry)

@@ -1,0 +1,142 @@
+"""Smoke tests against a REAL ComfyUI 0.3.75 server (one per session, see tests/conftest.py):
+the pack imports cleanly, every tiny model samples end to end, the pack's workflows are served,
+and the harness itself reports broken packs and dead servers."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import COMFY_DIR, PACK_DIR, PACK_NAME, REPO_ROOT, TEST_PACK_DIR, TEST_PACK_NAME
+from tests.harness import prompts
+from tests.harness.comfy_server import ComfyServer, ComfyServerError, PromptError, find_import_failures
+from tests.harness.make_tiny_dits import FILENAMES
+
+pytestmark = pytest.mark.server
+
+# the pack's real locations (tracebacks show them when ComfyUI resolved the symlink); not the
+# repo root itself, which also holds .comfyui/ and .venv/
+PACK_PATHS = [str(REPO_ROOT / "__init__.py"), str(REPO_ROOT / "nodes") + "/", str(REPO_ROOT / "adacluster_core") + "/"]
+
+
+def pack_node_types(object_info: dict) -> list:
+    """Node types registered by custom_nodes/<PACK_NAME> (python_module 'custom_nodes.adacluster')."""
+    return sorted(k for k, v in object_info.items() if str(v.get("python_module", "")) == f"custom_nodes.{PACK_NAME}")
+
+
+def test_pack_imports_without_errors(comfy_server):
+    failures = comfy_server.import_failures([PACK_NAME, TEST_PACK_NAME], paths=PACK_PATHS)
+    assert not failures, ("the pack failed to import in ComfyUI:\n" + "\n---\n".join(failures))
+    log = comfy_server.log_text()
+    assert f"custom_nodes/{PACK_NAME}" in log, "ComfyUI did not list the pack in its import times"
+    info = comfy_server.object_info()
+    assert "AdaClusterTestZeroConditioning" in info and "AdaClusterTestSaveLatent" in info
+    ours = pack_node_types(info)
+    if (PACK_DIR / "nodes" / "__init__.py").is_file():
+        assert ours, "nodes/ exists but /object_info lists no node whose python_module is the pack"
+        for name in ours:
+            assert info[name]["category"], f"{name} has no category"
+
+
+@pytest.mark.parametrize("family", ["wan21", "wan22_5b", "hunyuan", "hunyuan15"])
+def test_tiny_model_samples_end_to_end(comfy_server, test_out_dir, family):
+    save = f"smoke_{family}"
+    t0 = time.time()
+    entry = comfy_server.run_prompt(prompts.BUILDERS[family](FILENAMES[family], save_name=save), timeout=300)
+    wall = time.time() - t0
+    out = entry["outputs"]["6"]
+    assert out["shape"] == prompts.expected_latent_shape(family), out
+    lat = torch.load(test_out_dir / f"{save}.pt")
+    assert list(lat.shape) == prompts.expected_latent_shape(family)
+    assert torch.isfinite(lat).all(), f"{family}: non-finite latent"
+    assert lat.abs().max() > 0, f"{family}: all-zero latent (sampler did nothing)"
+    assert wall < 120, f"{family}: tiny sampling took {wall:.1f} s"
+
+
+def test_sampling_is_deterministic(comfy_server, test_out_dir):
+    # same seed twice -> bit-identical; a different seed -> a different latent
+    for name, seed in (("det_a", 3), ("det_b", 3), ("det_c", 4)):
+        comfy_server.run_prompt(prompts.wan21_prompt(seed=seed, save_name=name), timeout=300)
+    a, b, c = (torch.load(test_out_dir / f"{n}.pt") for n in ("det_a", "det_b", "det_c"))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_workflow_templates_lists_pack_workflows(comfy_server):
+    templates = comfy_server.get("/workflow_templates")
+    shipped = sorted(p.stem for p in (REPO_ROOT / "workflows").glob("*.json"))
+    assert shipped, "workflows/ has no .json workflow"
+    assert PACK_NAME in templates, f"/workflow_templates has no '{PACK_NAME}' entry: {templates}"
+    assert sorted(templates[PACK_NAME]) == shipped
+    for name in shipped:
+        wf = comfy_server.get(f"/api/workflow_templates/{PACK_NAME}/{name}.json")
+        wf = json.loads(wf) if isinstance(wf, (bytes, str)) else wf
+        assert wf.get("nodes") and "links" in wf, f"{name}.json is not a UI-format workflow"
+        known = comfy_server.object_info()
+        missing = sorted({n["type"] for n in wf["nodes"]} - set(known))
+        assert not missing, f"{name}.json uses node types this ComfyUI lacks: {missing}"
+
+
+def test_bad_prompt_reports_node_errors(comfy_server):
+    bad = prompts.wan21_prompt(model_name="does_not_exist.safetensors")
+    with pytest.raises(PromptError, match="does_not_exist|unet_name|Value not in list"):
+        comfy_server.run_prompt(bad, timeout=60)
+
+
+# ----------------------------------------------------------------- harness self-tests
+def test_checker_detects_a_broken_pack(comfy_install, tmp_path):
+    """A pack whose __init__ raises ImportError is reported by the same checker the pack test uses."""
+    broken = tmp_path / "broken_pack_src"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('adacluster harness self-test: deliberately broken')\n")
+    srv = ComfyServer(sys.executable, COMFY_DIR, tmp_path / "base",
+                      custom_nodes={"broken_pack": broken, TEST_PACK_NAME: TEST_PACK_DIR},
+                      extra_args=["--disable-all-custom-nodes", "--whitelist-custom-nodes", "broken_pack", TEST_PACK_NAME])
+    with srv:
+        failures = srv.import_failures(["broken_pack"])
+        clean = srv.import_failures([TEST_PACK_NAME])
+        assert "AdaClusterTestSaveLatent" in srv.object_info()
+    assert failures and any("IMPORT FAILED" in f for f in failures), srv.log_tail()
+    assert any("deliberately broken" in f for f in failures)
+    assert clean == []
+
+
+def test_checker_on_canned_logs():
+    log = ("Traceback (most recent call last):\n"
+           '  File "/x/custom_nodes/adacluster/nodes/__init__.py", line 3, in <module>\n'
+           "    from .sparse import Node\n"
+           "ModuleNotFoundError: No module named 'einops'\n"
+           "Cannot import /x/custom_nodes/adacluster module for custom nodes: No module named 'einops'\n"
+           "   0.0 seconds (IMPORT FAILED): /x/custom_nodes/adacluster\n"
+           "   0.0 seconds (IMPORT FAILED): /x/custom_nodes/adacluster_other\n")
+    found = find_import_failures(log, ["adacluster"])
+    assert len(found) == 3
+    assert find_import_failures(log, ["somethingelse"]) == []
+    assert find_import_failures("   0.0 seconds: /x/custom_nodes/adacluster\n", ["adacluster"]) == []
+
+
+def test_server_with_bad_flag_is_never_ready(comfy_install, tmp_path):
+    srv = ComfyServer(sys.executable, COMFY_DIR, tmp_path / "base", extra_args=["--no-such-flag"], ready_timeout=30)
+    t0 = time.time()
+    with pytest.raises(ComfyServerError, match="never became ready") as ei:
+        srv.start()
+    assert time.time() - t0 < 30
+    assert "unrecognized arguments" in str(ei.value)
+    assert not srv.alive()
+
+
+def test_server_on_a_busy_port_is_never_ready(comfy_install, tmp_path):
+    import socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))  # bound, not listening: ComfyUI cannot bind, our poll is refused
+    try:
+        srv = ComfyServer(sys.executable, COMFY_DIR, tmp_path / "base", port=s.getsockname()[1],
+                          extra_args=["--disable-all-custom-nodes"], ready_timeout=20)
+        with pytest.raises(ComfyServerError, match="never became ready"):
+            srv.start()
+        assert not srv.alive()
+    finally:
+        s.close()

@@ -1,0 +1,183 @@
+"""The bundled example workflows (workflows/*.json + .jpg) against a REAL ComfyUI 0.3.75 server:
+every node type they use exists in /object_info (zero missing), /workflow_templates lists each
+of them under the pack, the server serves the JSON and the thumbnail, every widget value fits
+the live node definition, and the files are what scripts/build_workflows.py generates."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.conftest import PACK_NAME, REPO_ROOT
+
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
+SHIPPED = sorted(p.stem for p in WORKFLOWS_DIR.glob("*.json"))
+EXPECTED = {"wan21_t2v_1.3b_480p_adacluster", "wan22_ti2v_5b_adacluster", "hunyuan_video_t2v_720p_adacluster"}
+MODEL_FILE_WIDGETS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name"}
+PACK_NODES = {"AdaClusterSparseAttention", "AdaClusterThresholds", "AdaClusterLayerOverrides", "AdaClusterStats"}
+
+
+def _build_module():
+    spec = importlib.util.spec_from_file_location("adacluster_build_workflows", REPO_ROOT / "scripts" / "build_workflows.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+BW = _build_module()
+
+
+def _load(name: str) -> dict:
+    return json.loads((WORKFLOWS_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy_server):
+    return comfy_server.object_info()
+
+
+# ------------------------------------------------------------------------------- offline checks
+
+def test_expected_workflows_are_bundled_with_thumbnails():
+    assert EXPECTED <= set(SHIPPED), f"missing bundled workflows: {sorted(EXPECTED - set(SHIPPED))}"
+    for name in SHIPPED:
+        jpg = WORKFLOWS_DIR / f"{name}.jpg"
+        assert jpg.is_file(), f"{name}.json has no same-name .jpg thumbnail"
+        assert jpg.read_bytes()[:3] == b"\xff\xd8\xff", f"{jpg.name} is not a JPEG"
+        assert jpg.stat().st_size < 200_000, f"{jpg.name} is {jpg.stat().st_size} bytes"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_workflow_is_ui_format_with_the_adacluster_chain_and_a_note(name):
+    wf = _load(name)
+    assert wf.get("version") == 0.4 and isinstance(wf.get("nodes"), list) and "links" in wf
+    types = [n["type"] for n in wf["nodes"]]
+    assert PACK_NODES <= set(types), f"{name}: lacks {sorted(PACK_NODES - set(types))}"
+    assert {"UNETLoader", "VAELoader"} <= set(types)
+    assert {"CLIPLoader", "DualCLIPLoader"} & set(types)
+    notes = [n for n in wf["nodes"] if n["type"] in ("MarkdownNote", "Note")]
+    assert notes, f"{name}: no note node explaining the knobs"
+    text = notes[0]["widgets_values"][0]
+    for word in ("top_k", "warmup", "preset", "Quality dropped", "speed"):
+        assert word in text, f"{name}: the note does not mention {word!r}"
+    by_id = {n["id"]: n for n in wf["nodes"]}
+    ids = set(by_id)
+    link_ids = set()
+    for link in wf["links"]:
+        lid, src, src_slot, dst, dst_slot, _t = link
+        assert src in ids and dst in ids, f"{name}: link {lid} joins unknown nodes"
+        assert by_id[dst]["inputs"][dst_slot]["link"] == lid, f"{name}: link {lid} is not on its target input"
+        assert lid in by_id[src]["outputs"][src_slot]["links"], f"{name}: link {lid} is not on its source output"
+        link_ids.add(lid)
+    assert len(link_ids) == len(wf["links"]) and wf["last_link_id"] >= max(link_ids)
+    assert wf["last_node_id"] >= max(ids)
+
+    # The AdaCluster chain: Thresholds -> config, Layer Overrides -> layer_overrides of Sparse
+    # Attention, whose MODEL feeds the sampler and the Stats node; Stats runs after sampling.
+    def src_type(node, input_name):
+        inp = next(i for i in node["inputs"] if i["name"] == input_name)
+        link = next(lk for lk in wf["links"] if lk[0] == inp["link"])
+        return by_id[link[1]]["type"]
+
+    ada = next(n for n in wf["nodes"] if n["type"] == "AdaClusterSparseAttention")
+    stats = next(n for n in wf["nodes"] if n["type"] == "AdaClusterStats")
+    assert src_type(ada, "config") == "AdaClusterThresholds"
+    assert src_type(ada, "layer_overrides") == "AdaClusterLayerOverrides"
+    assert src_type(stats, "model") == "AdaClusterSparseAttention"
+    assert src_type(stats, "samples") in ("KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced")
+
+
+# ------------------------------------------------------------------------------- server checks
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", SHIPPED)
+def test_workflow_uses_only_node_types_the_server_has(object_info, name):
+    wf = _load(name)
+    missing = BW.missing_node_types(wf, object_info)
+    assert missing == [], f"{name}.json uses node types this ComfyUI lacks: {missing}"
+    frontend_only = {n["type"] for n in wf["nodes"]} - set(object_info)
+    assert frontend_only <= BW.FRONTEND_ONLY_TYPES
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", SHIPPED)
+def test_widget_values_fit_the_live_node_definitions(object_info, name):
+    """Rebuild each node's widget list from /object_info and check count, types and combo/range
+    validity (model file combos excepted: the test server has no such files)."""
+    wf = _load(name)
+    for node in wf["nodes"]:
+        if node["type"] in BW.FRONTEND_ONLY_TYPES:
+            continue
+        oi = object_info[node["type"]]
+        req, opt = oi["input"].get("required", {}), oi["input"].get("optional", {})
+        spec = {**req, **opt}
+        order = oi.get("input_order") or {"required": list(req), "optional": list(opt)}
+        names = order.get("required", []) + order.get("optional", [])
+        expected = []  # (name, spec) per widget slot, control widgets as None
+        for n in names:
+            if BW._is_widget(spec[n]):
+                expected.append((n, spec[n]))
+                if BW._spec_opts(spec[n]).get("control_after_generate") or n in ("seed", "noise_seed"):
+                    expected.append((n + ":control", None))
+        vals = node["widgets_values"]
+        assert len(vals) == len(expected), (f"{name}: {node['type']} has {len(vals)} widget values, "
+                                            f"the node has {[e[0] for e in expected]}")
+        for (wname, s), v in zip(expected, vals):
+            where = f"{name}: {node['type']}.{wname}={v!r}"
+            if s is None:
+                assert v in ("fixed", "increment", "decrement", "randomize"), where
+                continue
+            t, opts = BW._spec_type(s), BW._spec_opts(s)
+            if t == "INT":
+                assert isinstance(v, int) and not isinstance(v, bool), where
+            elif t == "FLOAT":
+                assert isinstance(v, (int, float)) and not isinstance(v, bool), where
+            elif t == "BOOLEAN":
+                assert isinstance(v, bool), where
+            elif t == "STRING":
+                assert isinstance(v, str), where
+            elif t == "COMBO":
+                choices = s[0] if isinstance(s[0], list) else opts.get("options", [])
+                if wname in MODEL_FILE_WIDGETS:  # the test server has only the tiny models
+                    assert isinstance(v, str) and v.endswith(".safetensors"), where
+                else:
+                    assert v in choices, f"{where} not in {choices[:12]}"
+            if t in ("INT", "FLOAT"):
+                if "min" in opts:
+                    assert v >= opts["min"], where
+                if "max" in opts:
+                    assert v <= opts["max"], where
+
+
+@pytest.mark.server
+def test_workflow_templates_endpoint_lists_and_serves_every_workflow(comfy_server):
+    templates = comfy_server.get("/workflow_templates")
+    assert PACK_NAME in templates, f"/workflow_templates has no '{PACK_NAME}' entry: {templates}"
+    assert sorted(templates[PACK_NAME]) == SHIPPED
+    for name in SHIPPED:
+        # The frontend fetches exactly these two URLs (GraphView: fetchTemplateJson / thumbnail).
+        body = comfy_server.get(f"/api/workflow_templates/{PACK_NAME}/{name}.json")
+        wf = json.loads(body) if isinstance(body, (bytes, str)) else body
+        assert wf == _load(name)
+        jpg = comfy_server.get(f"/api/workflow_templates/{PACK_NAME}/{name}.jpg")
+        assert isinstance(jpg, bytes) and jpg[:3] == b"\xff\xd8\xff"
+
+
+@pytest.mark.server
+def test_bundled_workflows_are_up_to_date(object_info):
+    """workflows/*.json == what scripts/build_workflows.py generates from this server's /object_info
+    (a node input renamed or added without rerunning the script fails here)."""
+    for name in BW.WORKFLOWS:
+        fresh = json.loads(json.dumps(BW.build_one(name, object_info), ensure_ascii=False))
+        assert fresh == _load(name), f"workflows/{name}.json is stale: run .venv/bin/python scripts/build_workflows.py"
+
+
+@pytest.mark.server
+def test_web_extension_is_served(comfy_server):
+    exts = comfy_server.get("/extensions")
+    ours = [e for e in exts if e.startswith(f"/extensions/{PACK_NAME}/")]
+    assert f"/extensions/{PACK_NAME}/adacluster.js" in ours, exts
+    js = comfy_server.get(f"/extensions/{PACK_NAME}/adacluster.js")
+    js = js.decode() if isinstance(js, bytes) else js
+    assert "registerExtension" in js and "AdaClusterStats" in js

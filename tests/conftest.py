@@ -1,0 +1,105 @@
+"""Shared pytest fixtures. Run the suite with `bash scripts/test.sh` (it builds .venv/.comfyui).
+
+Fixtures:
+  repo_root      the clone (also put on sys.path so `tests.harness` and `adacluster_core` import)
+  tiny_models    {"wan21"|"wan22_5b"|"hunyuan"|"hunyuan15": path}: tiny random DiTs, once per session
+  test_out_dir   where the test-only AdaClusterTestSaveLatent node writes latents (session)
+  comfy_server   ONE real ComfyUI 0.3.75 server per session with this pack (as custom_nodes/adacluster)
+                 and tests/comfy_test_nodes loaded, the tiny models in models/diffusion_models.
+                 ADACLUSTER_SKIP_SERVER=1 skips the tests that need it; a missing .venv/.comfyui
+                 is an error (run scripts/setup_env.sh), never a silent skip.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.harness.comfy_server import ComfyServer, ComfyServerError  # noqa: E402
+from tests.harness.make_tiny_dits import make_all  # noqa: E402
+
+COMFY_DIR = REPO_ROOT / ".comfyui"
+PACK_NAME = "adacluster"                       # custom_nodes/<PACK_NAME> -> repo root
+TEST_PACK_NAME = "adacluster_test_nodes"       # custom_nodes/<TEST_PACK_NAME> -> tests/comfy_test_nodes
+TEST_PACK_DIR = REPO_ROOT / "tests" / "comfy_test_nodes"
+# Developer override: load another folder as custom_nodes/adacluster (e.g. a scratch copy while
+# nodes/ is being rewritten). Unset in CI.
+PACK_DIR = Path(os.environ.get("ADACLUSTER_PACK_DIR") or REPO_ROOT)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    return make_all(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def test_out_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("comfy_out")
+    os.environ["ADACLUSTER_TEST_OUT"] = str(d)  # inherited by servers started after this
+    return d
+
+
+def comfy_install_problem() -> str | None:
+    """None when ComfyUI can be started from this interpreter, else a message saying what to run."""
+    if not (COMFY_DIR / "main.py").is_file():
+        return f"no ComfyUI at {COMFY_DIR}: run `bash scripts/setup_env.sh` (or `bash scripts/test.sh`)"
+    try:
+        import aiohttp  # noqa: F401
+        import comfyui_frontend_package  # noqa: F401
+    except ImportError as e:
+        return (f"this Python ({sys.executable}) lacks ComfyUI's requirements ({e}): run the tests with "
+                "`bash scripts/test.sh` (it uses .venv/bin/python)")
+    return None
+
+
+@pytest.fixture(scope="session")
+def comfy_install() -> Path:
+    """The ComfyUI directory, for tests that start their own server: skip on
+    ADACLUSTER_SKIP_SERVER=1, FAIL (never skip) when the install is missing."""
+    if os.environ.get("ADACLUSTER_SKIP_SERVER") == "1":
+        pytest.skip("ADACLUSTER_SKIP_SERVER=1: real-ComfyUI server tests skipped")
+    problem = comfy_install_problem()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    return COMFY_DIR
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_install, tiny_models, test_out_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    srv = ComfyServer(sys.executable, COMFY_DIR, base,
+                      custom_nodes={PACK_NAME: PACK_DIR, TEST_PACK_NAME: TEST_PACK_DIR},
+                      env={"ADACLUSTER_TEST_OUT": str(test_out_dir), "TRITON_INTERPRET": "1"})
+    srv.prepare_base()
+    for path in tiny_models.values():
+        srv.add_model(path)
+    try:
+        srv.start()
+    except ComfyServerError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the ComfyUI log tail to failing tests that used the server."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and "comfy_server" in getattr(item, "fixturenames", ()):
+        srv = item.funcargs.get("comfy_server") if hasattr(item, "funcargs") else None
+        if isinstance(srv, ComfyServer):
+            rep.sections.append(("ComfyUI log tail " + str(srv.log_path), srv.log_tail(80)))
