@@ -268,6 +268,7 @@ D64_VARIANTS = [
     ("m0 lazy", (128, 64, 4, 3, 0, True)),
     ("m1 lazy", (128, 64, 4, 3, 1, True)),
     ("m2 lazy", (128, 64, 4, 3, 2, True)),
+    ("m2 BM128 BN64 w4 s3", (128, 64, 4, 3, 2, False)),
     ("m2 lazy w8", (128, 64, 8, 3, 2, True)),
     ("m0 lazy BN128 w8", (128, 128, 8, 3, 0, True)),
     ("m2 lazy BN128 w8", (128, 128, 8, 3, 2, True)),
@@ -322,8 +323,12 @@ def kernel_only(name, density, variants, log, Ck=256):
 
 # ------------------------------------------------------------------------------ full pipeline
 
-def full_pipeline(name, log, top_k=None, quick=False):
-    from . import AdaClusterConfig, ClusterState, sparse_attention
+def full_pipeline(name, log, top_k=None, target_density=None, quick=False, label=None):
+    """AdaCluster through the public API. Stages as the API runs them with a per-layer state:
+    call 1 = calibration (multi-stage key clustering, output dense), call 2 = first sparse
+    step (10 k-means iterations from the calibrated centroids), call 3+ = reuse (2 iterations).
+    The attention kernel is timed alone on the exact layout the API built (captured)."""
+    from . import AdaClusterConfig, ClusterState, api, sparse_attention
 
     H, N, D, text, grid, model = SHAPES[name]
     q, k, v, src = make_inputs(name)
@@ -333,49 +338,106 @@ def full_pipeline(name, log, top_k=None, quick=False):
     cfg = AdaClusterConfig.for_model(model)
     if top_k is not None:
         cfg = cfg.replace(top_k=top_k)
-    adr = (N - text, N) if text else None
-    kw = dict(config=cfg, always_dense_range=adr) if adr else dict(config=cfg)
+    kw = dict(config=cfg, always_dense_range=(N - text, N)) if text else dict(config=cfg)
 
-    # cold: first sparse step (fresh state -> multi-stage key clustering)
-    st0 = ClusterState()
-    out, stats = sparse_attention(q, k, v, state=st0, **kw)
+    captured = {}
+    orig = api._attention_kernel
+
+    def capturing(backend):
+        fn, nm = orig(backend)
+
+        def wrap(*a):
+            captured["args"] = a
+            return fn(*a)
+
+        return wrap, nm
+
+    # calibration call (fresh state): multi-stage key clustering + dense output
+    def calib():
+        st = ClusterState()
+        return sparse_attention(q, k, v, state=st, **kw), st
+
+    _, st_cal = calib()
     torch.cuda.synchronize()
-    rep = 3 if quick else 5
-    t_cold = _bench(lambda: sparse_attention(q, k, v, state=ClusterState(), **kw), warmup=1, rep=rep * 200)
-    # warm: reuse step
+    t_calib = _bench(lambda: calib(), warmup=1, rep=1)
+    Ck = int(st_cal.k_clusters or 0)
     st = ClusterState()
-    sparse_attention(q, k, v, state=st, **kw)
+    sparse_attention(q, k, v, state=st, **kw)  # calibration
+    if target_density is not None:  # headline runs: scale top_k to the target density
+        out, stats = sparse_attention(q, k, v, state=st, **kw)
+        d0 = float(stats["density"])
+        tk = max(1, int(round(cfg.top_k * target_density / max(d0, 1e-6))))
+        cfg = cfg.replace(top_k=min(tk, max(Ck, 1)))
+        kw["config"] = cfg
+        log(f"  [{name}] density {d0:.3f} at top_k={stats.get('top_k')} -> top_k={cfg.top_k} for {target_density}")
+        st.calls = 0
+
+    def first_sparse():
+        st.calls = 0
+        return sparse_attention(q, k, v, state=st, **kw)
+
+    out, stats = first_sparse()
+    torch.cuda.synchronize()
+    stage_first = stats.get("stage")
+    t_first = _bench(first_sparse, warmup=1, rep=50)
     sparse_attention(q, k, v, state=st, **kw)
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    out, stats = sparse_attention(q, k, v, state=st, **kw)
+    api._attention_kernel = capturing
+    try:
+        out, stats = sparse_attention(q, k, v, state=st, **kw)
+    finally:
+        api._attention_kernel = orig
     torch.cuda.synchronize()
     peak_extra = torch.cuda.max_memory_allocated() - base - out.numel() * out.element_size()
+    stage_reuse = stats.get("stage")
     t_warm = _bench(lambda: sparse_attention(q, k, v, state=st, **kw))
-    dens = float(stats.get("density", float("nan"))) if isinstance(stats, dict) else float("nan")
+    dens = float(stats["density"])
+    a = captured.get("args")
+    t_attn = tf_attn = float("nan")
+    if a is not None:
+        t_attn = _bench(lambda: varblock_attention(*a))
+        pairs = pairs_computed(a[4], a[5], a[6]).sum().item()
+        tf_attn = tflops(4.0 * pairs * D, t_attn)
+        del a, captured["args"]
     rows = torch.randperm(N, device=q.device)[:512]
     err = rel_err_rows(out[0], q[0], k[0], v[0], rows)
     err_sdpa = rel_err_rows(dense_cudnn(q, k, v)[0], q[0], k[0], v[0], rows)
-    # split on the same problem with the kernel-level pieces (own torch-op layout)
-    res = dict(shape=name, cudnn=t_cudnn, flash=t_flash, cold=t_cold, warm=t_warm, density=dens, err=err,
-               err_sdpa=err_sdpa, peak_extra_mb=peak_extra / 2**20, top_k=cfg.top_k,
-               stats={kk: (float(vv) if torch.is_tensor(vv) and vv.numel() == 1 else vv) for kk, vv in
-                      (stats.items() if isinstance(stats, dict) else [])})
-    log(f"[{name}] inputs={src} cuDNN {t_cudnn:.3f} flash {t_flash:.3f} cold {t_cold:.3f} warm {t_warm:.3f} ms "
-        f"density {dens:.3f} err {err:.2e} (cuDNN {err_sdpa:.2e}) peak extra {peak_extra / 2**20:.0f} MiB "
-        f"stats {res['stats']}")
+    res = dict(shape=label or name, cudnn=t_cudnn, flash=t_flash, calib=t_calib, first=t_first, warm=t_warm,
+               attn=t_attn, tf_attn=tf_attn, tf_cudnn=tflops(flops_dense, t_cudnn), density=dens, err=err,
+               err_sdpa=err_sdpa, peak_extra_mb=peak_extra / 2**20, top_k=cfg.top_k, Ck=int(stats.get("k_clusters", 0)),
+               dense=bool(stats.get("dense")), reason=stats.get("reason", ""))
+    log(f"[{res['shape']}] inputs={src} Ck={res['Ck']} top_k={cfg.top_k} stages {stage_first}/{stage_reuse} "
+        f"cuDNN {t_cudnn:.3f} flash {t_flash:.3f} calib {t_calib:.3f} first {t_first:.3f} reuse {t_warm:.3f} "
+        f"attn {t_attn:.3f} ms ({tf_attn:.0f} TFLOP/s vs cuDNN {res['tf_cudnn']:.0f}) density {dens:.3f} "
+        f"err {err:.2e} (cuDNN {err_sdpa:.2e}) peak extra {peak_extra / 2**20:.0f} MiB dense={res['dense']} {res['reason']}")
     return res
 
 
-def attention_split(name, log, top_k, Ck):
-    """Kernel time alone for the density the API realised (own layout at the same top_k/Ck)."""
-    H, N, D, text, grid, model = SHAPES[name]
-    q, k, v, _ = make_inputs(name)
-    lay = simple_layout(q[0], k[0], v[0], Ck=Ck, top_k=top_k, text=text)
-    pairs = pairs_computed(lay["q_offsets"], lay["range_start"], lay["range_end"]).sum().item()
-    t = _bench(lambda: varblock_attention(**lay))
-    return t, pairs / (H * N * N), tflops(4.0 * pairs * D, t)
+def prove_wan13b(log):
+    """sparse_attention on CUDA at Wan 1.3B's shape: all clusters selected == dense (within 2x
+    the bf16 SDPA error vs fp32); default config -> error and density."""
+    from . import AdaClusterConfig, ClusterState, sparse_attention
+
+    H, N, D = 12, 32760, 128
+    q, k, v, _ = make_inputs("wan1.3b")
+    rows = torch.randperm(N, device=q.device)[:512]
+    e_sdpa = rel_err_rows(dense_cudnn(q, k, v)[0], q[0], k[0], v[0], rows)
+    cfg = AdaClusterConfig.for_model("wan", k_clusters=200, top_k=200, calibration_dense=False)
+    out, st = sparse_attention(q, k, v, config=cfg, state=None)
+    e_all = rel_err_rows(out[0], q[0], k[0], v[0], rows)
+    ok = (not st["dense"]) and float(st["density"]) > 0.999 and e_all <= 2 * e_sdpa
+    log(f"prove wan1.3b all-selected: density {float(st['density']):.4f} attention={st['attention']} "
+        f"err {e_all:.2e} vs cuDNN {e_sdpa:.2e} -> {'OK' if ok else 'FAIL'}")
+    cfg = AdaClusterConfig.for_model("wan")
+    s = ClusterState()
+    for _ in range(3):
+        out, st = sparse_attention(q, k, v, config=cfg, state=s)
+    e = rel_err_rows(out[0], q[0], k[0], v[0], rows)
+    log(f"prove wan1.3b default config: stage {st['stage']} Ck {st['k_clusters']} top_k {st['top_k']} "
+        f"density {float(st['density']):.3f} err {e:.2e} (cuDNN {e_sdpa:.2e}) dense={st['dense']} {st['reason']}")
+    return ok
 
 
 # ------------------------------------------------------------------------------ main
@@ -389,6 +451,9 @@ def main(argv=None):
     ap.add_argument("--density", type=float, default=None, help="kernel-only target density")
     ap.add_argument("--ck", type=int, default=256, help="kernel-only key clusters")
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--prove", action="store_true", help="also run the Wan 1.3B correctness proof")
+    ap.add_argument("--prove-only", action="store_true")
+    ap.add_argument("--headline", default="", help="comma list of shapes for headline-density runs (wan14b,long)")
     ap.add_argument("--md", default=None, help="also write a markdown table to this file")
     args = ap.parse_args(argv)
     lines = []
@@ -416,26 +481,30 @@ def main(argv=None):
                 md.append(f"| {s} | {x['variant']} | {x['density']:.3f} | {r['cudnn']:.3f} | {x['ms']:.3f} | "
                           f"{x['tflops']:.0f} | {100 * x['eff']:.0f}% | {x['vs_ideal']:.2f} | {x['speedup']:.2f}x |")
             torch.cuda.empty_cache()
-    elif not args.check or args.shapes != ap.get_default("shapes"):
-        md += ["| shape | cuDNN ms | flash ms | AdaCluster cold ms | reuse ms | kernel ms | density | kernel TFLOP/s | reuse / (d·cuDNN) | speedup (reuse) | rel err (cuDNN) | peak extra MiB |",
-               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for s in shapes:
+    elif not args.prove_only:
+        if args.prove:
+            prove_wan13b(log)
+        md += ["| shape | Ck | top_k | density | cuDNN ms | flash ms | calib call ms | first sparse ms | reuse ms | attn kernel ms | cluster+select ms | kernel TFLOP/s (cuDNN) | reuse/(d·cuDNN) | speedup reuse | rel err (cuDNN bf16) | peak extra MiB |",
+               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        runs = [(s, None) for s in shapes] + [(s, HEADLINE_DENSITY[s]) for s in (args.headline.split(",") if args.headline else [])]
+        for s, td in runs:
             try:
-                r = full_pipeline(s, log, quick=args.quick)
+                r = full_pipeline(s, log, target_density=td, quick=args.quick,
+                                  label=(f"{s}@{td:.0%}" if td else None))
             except Exception as e:  # noqa: BLE001
                 import traceback
 
                 log(f"[{s}] FAILED: {type(e).__name__}: {e}")
                 log(traceback.format_exc()[-1500:])
                 continue
-            Ck = int(r["stats"].get("k_clusters", 256) or 256)
-            tk, dk, tfk = attention_split(s, log, r["top_k"], Ck)
-            d = r["density"] if r["density"] == r["density"] else dk
-            log(f"  kernel alone at top_k={r['top_k']}/Ck={Ck}: {tk:.3f} ms density {dk:.3f} {tfk:.0f} TFLOP/s")
-            md.append(f"| {s} | {r['cudnn']:.3f} | {r['flash']:.3f} | {r['cold']:.3f} | {r['warm']:.3f} | {tk:.3f} | "
-                      f"{d:.3f} | {tfk:.0f} | {r['warm'] / (d * r['cudnn']):.2f} | {r['cudnn'] / r['warm']:.2f}x | "
+            d = r["density"]
+            md.append(f"| {r['shape']} | {r['Ck']} | {r['top_k']} | {d:.3f} | {r['cudnn']:.2f} | {r['flash']:.2f} | "
+                      f"{r['calib']:.2f} | {r['first']:.2f} | {r['warm']:.2f} | {r['attn']:.2f} | {r['warm'] - r['attn']:.2f} | "
+                      f"{r['tf_attn']:.0f} ({r['tf_cudnn']:.0f}) | {r['warm'] / (d * r['cudnn']):.2f} | {r['cudnn'] / r['warm']:.2f}x | "
                       f"{r['err']:.2e} ({r['err_sdpa']:.2e}) | {r['peak_extra_mb']:.0f} |")
             torch.cuda.empty_cache()
+    else:
+        prove_wan13b(log)
     if md:
         log("")
         for l in md:

@@ -16,9 +16,9 @@ optionally followed by ``text_tokens`` prompt tokens. Per batch element:
    low frequencies (correlation length ``smooth`` × the spatial extent, ``smooth_t`` frames in
    time), mixed to ``D`` channels by a random matrix. Nearby tokens, in space and in time,
    carry similar content.
-2. **Semantic groups.** ``n_groups`` irregular segments ("objects"): each token belongs to the
-   group whose own smooth random field is largest at its position, so segments are blobs
-   that drift and deform over time. All tokens of a segment share a group embedding (weight
+2. **Semantic groups.** ``n_groups`` irregular segments ("objects"): warped Voronoi cells of
+   centres that move with the camera pan plus a motion of their own (the frame is periodic,
+   so none leaves it), with random sizes; a smooth random field warps the cell boundaries. All tokens of a segment share a group embedding (weight
    ``group_strength``); tokens of one object attend to each other wherever they are, which
    raster blocks cannot follow but clustering can.
 3. **Per-head projections with QK similarity.** ``q0 = c·Wq``, ``k0 = c·Wk`` with
@@ -37,15 +37,24 @@ optionally followed by ``text_tokens`` prompt tokens. Per batch element:
 6. **Text tokens** (optional, appended after the video tokens): independent random content
    drawn from a few "words", no RoPE, keys of the same norm as video keys.
 
+7. **QK-norm gains** (optional, ``channel_gain_sigma``, default 0): per-channel log-normal
+   gains after the RMS norm, as the learned weights of a trained model's QK-norm have. They
+   make a few channels dominate the scores; the fidelity benchmark reports this regime
+   separately because it changes the comparison between methods a lot.
+
 V is a separate projection of the same content plus noise, so the attention output is
 smooth where the map is.
 
-Calibration (defaults; measured with ``attention_peakedness`` on 256 sampled queries, bf16,
-H=2, seed 0; see docs/FIDELITY.md for the table at several sizes). At grid (6,16,16),
-N=1536: normalised entropy H/log N ≈ 0.78 (uniform = 1), the top 15 % of keys hold ≈ 65 %
-of the mass. At grid (13,30,52), N≈20K: the top 15 % hold ≈ 82 %. Video DiT heads cover a
-range around this (many heads need 10-30 % of keys for 90 % of the mass); ``temperature``
-moves the whole distribution (higher = more peaked).
+Calibration (defaults; ``attention_peakedness`` on 256 sampled queries, bf16, H=2, seed 0):
+
+    grid        N       entropy/log N   top-15 % mass   keys for 90 %   sink mass
+    (6,16,16)   1,536   0.64            0.91            0.14            0.12
+    (8,24,32)   6,144   0.72            0.88            0.18            0.05
+    (13,30,52)  20,280  0.75            0.88            0.18            0.03
+
+(uniform attention: 1.0 / 0.15 / 0.90; i.i.d. Gaussian q, k of the same norm: ≈0.93 / 0.48).
+Video DiT heads are reported to need roughly 10-30 % of keys for 90 % of the mass, which is
+where these defaults sit; ``temperature`` moves the whole distribution (higher = sharper).
 
 ``make_video_qkv`` -- real frames
 ---------------------------------
@@ -266,6 +275,7 @@ def make_structured_qkv(
         their extra key component (in units of sqrt(D)) along the query bias, whose weight
         is query_bias.
       noise: per-token i.i.d. noise added to q0/k0 before QK-norm.
+      channel_gain_sigma: spread of log-normal per-channel QK-norm gains (0 = none).
     Returns (q, k, v, info); info holds grid, n_video, text_tokens, positions [n_video, 3],
     groups int64 [B, n_video], sink_idx int64 [B, sink_keys], softmax scale.
     """

@@ -745,9 +745,20 @@ def _branch_count(fc, B):
 
 
 def _timed_dense(run, fc, layer, reason, func, args, kwargs, dense, q, k, heads, skip_reshape):
+    """Dense through ComfyUI's function (or the chained override). Recorded once per CFG branch,
+    like sparse calls, so counts/FLOPs/time are comparable (a batched cond+uncond call = 2)."""
     tm = _Timer(q.device)
     out = dense(func, args, kwargs)
-    run.record(layer, fc.step, None, False, reason, None, None, None, tm.stop(), _flops(q, k, heads, skip_reshape))
+    t = tm.stop()
+    fl = _flops(q, k, heads, skip_reshape)
+    nb = _branch_count(fc, q.shape[0])
+    if nb > 1:
+        if isinstance(t, tuple):
+        for i, br in enumerate(_branch_keys(fc.cond_or_uncond)):
+            run.record(layer, fc.step, br, False, reason, None, None, None, t if i == 0 else 0.0, fl // nb)
+    else:
+        br = _branch_keys(fc.cond_or_uncond)[0] if fc.cond_or_uncond else None
+        run.record(layer, fc.step, br, False, reason, None, None, None, t, fl)
     return out
 
 

@@ -354,7 +354,7 @@ def build_one(name: str, object_info: dict) -> dict:
     g = WORKFLOWS[name]()
     P, L = g["prompt"], g["layout"]
     _wire_adacluster(P, L)
-    # groups: loaders / prompts / AdaCluster / sampling / outputs
+    # one group frames the AdaCluster nodes; the note node sits under the loaders
     groups = [{"title": "AdaCluster sparse attention", "bounding": [860, -10, 700, 910], "color": "#3f8e6a"}]
     extra = [{"type": "MarkdownNote", "title": "AdaCluster: read me", "text": g["note"], "pos": [40, 480], "size": [360, 640]}]
     wf = api_to_ui(P, object_info, layout=L, extra_nodes=extra, groups=groups)
@@ -389,7 +389,7 @@ def draw_card(path: Path, title: str, subtitle: str, accent: str, size=(512, 384
     import random
 
     from PIL import Image, ImageDraw
-    W, H = size
+    W = size[0]
     img = Image.new("RGB", size, "#1c1f24")
     d = ImageDraw.Draw(img)
     d.rectangle([0, 0, W, 6], fill=accent)

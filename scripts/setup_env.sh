@@ -88,3 +88,8 @@ print(f"[setup_env] torch {torch.__version__}, torchvision {torchvision.__versio
 PY
 echo "$WANT" > "$STAMP"
 echo "[setup_env] ready in $(( $(date +%s) - T_START )) s: venv $VENV, ComfyUI $COMFY"
+
+# --- browser tests (pytest -m browser): Debian chromium + playwright; never fatal here -------------
+# scripts/setup_browser.sh is idempotent and exits 0 even when it cannot install; the browser
+# tests then fail with a message naming it. ADACLUSTER_SKIP_BROWSER_SETUP=1 skips it.
+bash "$ROOT/scripts/setup_browser.sh" || echo "[setup_env] scripts/setup_browser.sh failed; browser tests will fail" >&2

@@ -20,11 +20,15 @@ Kernel design (see docs/KERNEL_NOTES.md for measurements):
   programs do nothing. No host sync, no padding of clusters to the tile size.
 * query rows are gathered through ``perm_q`` and the output is scattered back through it
   (inverse permutation fused into the store).
-* "gather" mode (default): the selected ranges of a query cluster are treated as one
-  virtual concatenated key sequence; each BLOCK_N chunk computes its rows with a
-  [BLOCK_N, R] range lookup, so only the very last chunk is ragged (masked) and the loop
-  is one flat, software-pipelined loop across range boundaries.
-  "ranges" mode: loop over ranges, full chunks unmasked + one masked tail per range.
+* three loop modes (constexpr MODE; defaults per head dim chosen by measurement):
+  0 "ranges" (D=128 default): loop over the ranges, full BLOCK_N chunks unmasked (pipelined
+    tl.range) + one masked tail chunk per range;
+  1 "gather": the selected ranges are one virtual concatenated key sequence, each chunk
+    finds its rows with a [BLOCK_N, R] lookup, only the last chunk is ragged;
+  2 "flat" (D=64 default): one pipelined loop over every range's chunks (chunk -> range by
+    one packed [R] reduction), every chunk masked.
+* optional lazy rescale (LAZY): move the running max only when it grows by > 8 (log2);
+  measured slower on H200 (tile-wide max + branch per chunk), off by default.
 * online softmax in fp32 with exp2 (log2(e) folded into the scale), fp32 accumulator.
 
 The public entry point goes through the torch custom op ``adacluster::varblock_attention``
@@ -225,8 +229,8 @@ if HAS_TRITON:
 #   (one pipelined loop over every range's chunks, each chunk masked).
 # Chosen from the H200 measurements in docs/KERNEL_NOTES.md.
 _GPU_DEFAULTS = {
-    32: (128, 64, 4, 3, 0, False),
-    64: (128, 64, 4, 3, 0, False),
+    32: (128, 64, 4, 3, 2, False),
+    64: (128, 64, 4, 3, 2, False),
     128: (128, 64, 8, 3, 0, False),
     256: (64, 32, 8, 2, 0, False),
 }

@@ -102,6 +102,18 @@ def comfy_page(chromium, comfy_server):
     page.wait_for_function("() => window.app && window.app.graph && window.app.canvas && "
                            "window.app.extensions && window.app.extensions.length > 0", timeout=90_000)
     page.comfy_log = log  # type: ignore[attr-defined]
+    # Cosmetic, for the screenshots: close the "Introducing Nodes 2.0" banner if this frontend shows it.
+    try:
+        banner = page.get_by_text("Introducing Nodes 2.0")
+        if banner.count():
+            page.evaluate("""() => { const t = Array.from(document.querySelectorAll('*')).find(e =>
+                e.children.length === 0 && (e.innerText || '').includes('Introducing Nodes 2.0'));
+              let p = t; for (let i = 0; p && i < 4; i++, p = p.parentElement) {
+                const b = Array.from(p.querySelectorAll('button')).find(x => !(x.innerText || '').trim() ||
+                  /close|dismiss/i.test(x.getAttribute('aria-label') || ''));
+                if (b) { b.click(); return; } } }""")
+    except Exception:  # noqa: BLE001 - purely cosmetic
+        pass
     try:
         yield page
     finally:

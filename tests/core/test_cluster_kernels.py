@@ -44,8 +44,9 @@ def test_kmeans_assign_matches_ref(dtype, normalize, N, C, D):
 
 def test_kmeans_assign_strided_input_and_ties():
     from adacluster_core.kernels.kmeans_assign import kmeans_assign
-    x = torch.randn(2, 40, 3, 64).transpose(1, 2)  # [B, H, N, D] non-contiguous
-    c = torch.randn(6, 9, 64)
+    dev = device()
+    x = torch.randn(2, 40, 3, 64, device=dev).transpose(1, 2)  # [B, H, N, D] non-contiguous
+    c = torch.randn(6, 9, 64, device=dev)
     c[:, 5] = c[:, 2]  # duplicated centroid: ties must go to the lowest id
     lab = kmeans_assign(x, c)
     lab_r = ref.kmeans_assign_ref(x, c)
@@ -58,11 +59,12 @@ def test_kmeans_assign_strided_input_and_ties():
 def test_centroid_update_matches_ref(dtype, normalize):
     from adacluster_core.kernels.centroid_update import centroid_update
     G, N, C, D = 4, 150, 12, 64
-    x = torch.randn(G, N, D).to(dtype)
-    lab = torch.randint(0, C, (G, N), dtype=torch.int32)
+    dev = device()
+    x = torch.randn(G, N, D, device=dev).to(dtype)
+    lab = torch.randint(0, C, (G, N), dtype=torch.int32, device=dev)
     lab[:, :10] = C  # ignored tokens
     lab[lab == 3] = 4  # cluster 3 empty -> keeps its old centroid
-    old = torch.randn(G, C, D)
+    old = torch.randn(G, C, D, device=dev)
     new, cnt = centroid_update(x, lab, old, normalize=normalize)
     new_r, cnt_r = ref.centroid_update_ref(x, lab, old, normalize=normalize)
     assert torch.equal(cnt, cnt_r) and cnt.dtype == torch.int32
@@ -78,8 +80,9 @@ def test_centroid_update_matches_ref(dtype, normalize):
 def test_cluster_bounds_matches_ref(dtype):
     from adacluster_core.kernels.cluster_bounds import cluster_bounds
     B, H, N, C, D = 1, 2, 97, 10, 128
-    x = torch.randn(B, N, H, D).to(dtype).transpose(1, 2)  # strided
-    lab = torch.randint(0, C, (B * H, N), dtype=torch.int32)
+    dev = device()
+    x = torch.randn(B, N, H, D, device=dev).to(dtype).transpose(1, 2)  # strided
+    lab = torch.randint(0, C, (B * H, N), dtype=torch.int32, device=dev)
     lab[lab == 7] = C  # cluster 7 empty, those tokens ignored
     kmax, kmin = cluster_bounds(x, lab, C)
     kmax_r, kmin_r = ref.cluster_bounds_ref(x, lab, C)

@@ -1,0 +1,243 @@
+"""The real ComfyUI frontend (comfyui-frontend-package 1.32.9 with ComfyUI 0.3.75) in headless
+Debian Chromium, driven by Playwright, against the session's test server:
+
+1. the page loads and our web extension (web/adacluster.js) is registered;
+2. every bundled workflow opens from the template browser (Templates -> Extensions -> adacluster ->
+   click its card), the way a user opens it: zero missing node types (the frontend's own
+   missing-nodes hook never fires, every node has a registered type) and every widget value
+   survives the load;
+3. a tiny Wan graph (test-only zero conditioning + the tiny random-weight Wan 2.1 model) is loaded
+   into the page and queued with the Run button; the AdaCluster Stats node then shows its readout in
+   the text widget made by web/adacluster.js and the heatmap image preview.
+
+Screenshots: artifacts/browser/*.png. ADACLUSTER_UPDATE_DOCS_SCREENSHOT=1 also refreshes
+docs/screenshot_stats.png (the README picture) from the last one.
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import time
+
+import pytest
+
+from tests.conftest import PACK_NAME, REPO_ROOT
+from tests.harness import prompts
+from tests.harness.make_tiny_dits import FILENAMES
+
+pytestmark = [pytest.mark.browser, pytest.mark.server]
+
+WORKFLOWS = sorted(p.stem for p in (REPO_ROOT / "workflows").glob("*.json"))
+STATS_WIDGET = "adacluster_stats"
+DOCS_SCREENSHOT = REPO_ROOT / "docs" / "screenshot_stats.png"
+MODEL_FILE_WIDGETS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name"}
+
+
+def _build_workflows_module():
+    spec = importlib.util.spec_from_file_location("adacluster_build_workflows", REPO_ROOT / "scripts" / "build_workflows.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+BW = _build_workflows_module()
+
+# Records every call of the frontend's own "missing node types" hook (app.showMissingNodesError,
+# called by loadGraphData with the unknown types) and keeps the dialog behaviour.
+INSTALL_MISSING_HOOK = """() => {
+  if (window.__adaMissing) return;
+  window.__adaMissing = [];
+  const orig = app.showMissingNodesError?.bind(app);
+  app.showMissingNodesError = (types, ...rest) => { window.__adaMissing.push(types); return orig?.(types, ...rest); };
+}"""
+
+GRAPH_SUMMARY = """() => app.graph._nodes.map(n => ({
+  id: n.id, type: n.type, registered: !!LiteGraph.registered_node_types[n.type],
+  comfyClass: n.constructor?.comfyClass ?? null, hasErrors: !!n.has_errors,
+}))"""
+
+
+def _visible_texts(page, selector: str) -> list[str]:
+    return page.evaluate("""(sel) => Array.from(document.querySelectorAll(sel))
+        .filter(e => e.offsetParent !== null).map(e => e.innerText.trim()).filter(Boolean)""", selector)
+
+
+def _fit_view(page):
+    page.evaluate("""() => { try { app.extensionManager.command.execute('Comfy.Canvas.FitView'); }
+                             catch (e) { app.canvas.ds.reset?.(); } app.graph.setDirtyCanvas(true, true); }""")
+    page.wait_for_timeout(400)
+
+
+def _open_templates_dialog(page):
+    dialog = page.locator(".workflow-template-selector-dialog")
+    if not dialog.is_visible():  # a first visit opens it by itself; later visits need the sidebar button
+        page.locator("button[aria-label='Templates']").first.click()
+    dialog.wait_for(state="visible", timeout=30_000)
+    return dialog
+
+
+# ----------------------------------------------------------------------------------------- tests
+
+def test_frontend_loads_with_our_extension(comfy_page, artifacts_dir):
+    page = comfy_page
+    names = page.evaluate("() => app.extensions.map(e => e.name)")
+    assert "adacluster.stats" in names, f"web/adacluster.js not registered; extensions: {names}"
+    assert page.evaluate("() => !!LiteGraph.registered_node_types['AdaClusterStats']")
+    bad = page.comfy_log.errors_mentioning("adacluster")
+    assert not bad, "errors from the pack's web extension:\n" + "\n".join(bad)
+    page.screenshot(path=str(artifacts_dir / "00_frontend_loaded.png"))
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_bundled_workflow_opens_from_template_browser(comfy_page, artifacts_dir, name):
+    page = comfy_page
+    expected = json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text(encoding="utf-8"))
+    page.evaluate(INSTALL_MISSING_HOOK)
+    page.evaluate("() => { window.__adaMissing.length = 0; }")
+    toasts_before = set(_visible_texts(page, ".p-toast-message"))
+
+    dialog = _open_templates_dialog(page)
+    # Left navigation: EXTENSIONS -> <pack folder name>
+    dialog.get_by_text(PACK_NAME, exact=True).first.click()
+    card = page.locator(f"[data-testid='template-workflow-{name}']")
+    card.wait_for(state="visible", timeout=15_000)
+    thumb_ok = card.locator("img").first.evaluate("img => img.complete && img.naturalWidth > 0") \
+        if card.locator("img").count() else None
+    card.click()
+    dialog.wait_for(state="hidden", timeout=30_000)
+    page.wait_for_function("(n) => app.graph._nodes.length === n", arg=len(expected["nodes"]), timeout=30_000)
+    page.wait_for_timeout(500)
+
+    missing_calls = page.evaluate("() => window.__adaMissing")
+    assert missing_calls == [], f"{name}: the frontend reported missing node types: {missing_calls}"
+    nodes = page.evaluate(GRAPH_SUMMARY)
+    assert sorted(n["type"] for n in nodes) == sorted(n["type"] for n in expected["nodes"])
+    unregistered = sorted({n["type"] for n in nodes if not n["registered"]})
+    assert unregistered == [], f"{name}: node types without a registered class: {unregistered}"
+    new_toasts = [t for t in _visible_texts(page, ".p-toast-message") if t not in toasts_before]
+    assert not [t for t in new_toasts if "invalid" in t.lower() or "missing" in t.lower() or "error" in t.lower()], \
+        f"{name}: the frontend complained while loading: {new_toasts}"
+    dialogs = [t for t in _visible_texts(page, "[role=dialog]") if "missing" in t.lower()]
+    assert not dialogs, f"{name}: a missing-nodes/models dialog opened: {dialogs}"
+
+    # Widget values survive the load (the file's widget order matches the live node definitions).
+    saved = page.evaluate("() => app.graph.serialize()")
+    by_id = {n["id"]: n for n in expected["nodes"]}
+    for n in saved["nodes"]:
+        want = by_id[n["id"]].get("widgets_values", [])
+        got = n.get("widgets_values", [])
+        if n["type"] in ("UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader"):
+            continue  # model file combos: the test server only has the tiny models
+        assert got == want, f"{name}: {n['type']} widgets changed on load: {want} -> {got}"
+    stats = [n for n in saved["nodes"] if n["type"] == "AdaClusterStats"]
+    assert stats and stats[0].get("widgets_values", []) == [], "the stats text widget must not be serialized"
+    has_widget = page.evaluate("(w) => app.graph._nodes.filter(n => n.type === 'AdaClusterStats')"
+                               ".every(n => n.widgets?.some(x => x.name === w))", STATS_WIDGET)
+    assert has_widget, "web/adacluster.js did not add the stats text widget to AdaClusterStats"
+    if thumb_ok is not None:
+        assert thumb_ok, f"{name}: the template card's .jpg thumbnail did not load"
+
+    _fit_view(page)
+    page.screenshot(path=str(artifacts_dir / f"10_template_{name}.png"))
+
+
+def _tiny_ui_workflow(object_info: dict) -> dict:
+    """The demo-sized Wan 2.1 graph with the AdaCluster chain, as a UI workflow (what a user
+    would have on the canvas): zero conditioning, 9 frames of 64x64, 2 steps; AdaCluster with
+    min_tokens 0 and no warmup so the tiny model actually goes sparse."""
+    p = prompts.wan21_prompt(model_name=FILENAMES["wan21"], steps=2, frames=9, size=64, save_name="browser_tiny")
+    p["thr"] = {"class_type": "AdaClusterThresholds",
+                "inputs": {"q_clusters": 4, "k_clusters": 8, "top_k": 2, "warmup": 0.0, "dense_layer_fraction": 0.0,
+                           "min_tokens": 0, "calibration_dense": False}}
+    p["ada"] = {"class_type": "AdaClusterSparseAttention",
+                "inputs": {"model": ["1", 0], "preset": "auto", "enabled": True, "config": ["thr", 0]}}
+    p["5"]["inputs"]["model"] = ["ada", 0]
+    p["stats"] = {"class_type": "AdaClusterStats", "inputs": {"model": ["ada", 0], "samples": ["5", 0]}}
+    layout = {"1": {"pos": [40, 40], "size": [320, 90]}, "3": {"pos": [40, 180], "size": [320, 150]},
+              "4": {"pos": [40, 380], "size": [320, 150]}, "thr": {"pos": [400, 40], "size": [320, 470]},
+              "ada": {"pos": [760, 40], "size": [300, 150]}, "5": {"pos": [760, 240], "size": [300, 270]},
+              "6": {"pos": [760, 560], "size": [300, 80]}, "stats": {"pos": [1100, 40], "size": [640, 440]}}
+    return BW.api_to_ui(p, object_info, layout=layout)
+
+
+def _click_run(page) -> str:
+    """Queue like a user: the Run button of the action bar; app.queuePrompt(0, 1) if it can't be found."""
+    for loc in (page.get_by_role("button", name="Run", exact=True), page.locator("button:has-text('Run')"),
+                page.locator("button.comfy-queue-btn")):
+        try:
+            if loc.count() and loc.first.is_visible():
+                loc.first.click()
+                return "button"
+        except Exception:  # noqa: BLE001 - try the next way
+            continue
+    page.evaluate("() => app.queuePrompt(0, 1)")
+    return "app.queuePrompt"
+
+
+def test_queue_tiny_graph_shows_stats_readout(comfy_page, comfy_server, artifacts_dir):
+    page = comfy_page
+    wf = _tiny_ui_workflow(comfy_server.object_info())
+    page.evaluate("async (wf) => { await app.loadGraphData(wf, true, true, 'adacluster_browser_tiny'); }", wf)
+    page.wait_for_function("(n) => app.graph._nodes.length === n", arg=len(wf["nodes"]))
+    page.wait_for_timeout(500)
+    stats_id = next(n["id"] for n in wf["nodes"] if n["type"] == "AdaClusterStats")
+
+    t0 = time.time()
+    how = _click_run(page)
+    try:
+        page.wait_for_function(
+            """([id, w]) => { const n = app.graph.getNodeById(id);
+                const x = n?.widgets?.find(v => v.name === w);
+                return !!x && typeof x.value === 'string' && x.value.includes('density'); }""",
+            arg=[stats_id, STATS_WIDGET], timeout=420_000, polling=500)
+    except Exception:
+        page.screenshot(path=str(artifacts_dir / "20_tiny_run_FAILED.png"))
+        raise AssertionError(f"the Stats readout never appeared (queued via {how}).\nbrowser console:\n"
+                             f"{page.comfy_log.tail()}\nserver log:\n{comfy_server.log_tail(40)}")
+    wall = time.time() - t0
+
+    text = page.evaluate("([id, w]) => app.graph.getNodeById(id).widgets.find(v => v.name === w).value",
+                         [stats_id, STATS_WIDGET])
+    assert "AdaCluster" in text and "sparse" in text and "density" in text, text
+    shown = page.evaluate("""([id, w]) => { const x = app.graph.getNodeById(id).widgets.find(v => v.name === w);
+                                            const el = x.element || x.inputEl; return el ? el.value : null; }""",
+                          [stats_id, STATS_WIDGET])
+    assert shown is None or shown == text, "the textarea on the node does not show the readout"
+    # The heatmap: the ui `images` output reaches the node and the image actually decodes.
+    page.wait_for_function("""(id) => { const n = app.graph.getNodeById(id);
+        return n.imgs && n.imgs.length > 0 && n.imgs[0].complete && n.imgs[0].naturalWidth > 0; }""",
+                           arg=stats_id, timeout=30_000)
+    src = page.evaluate("(id) => app.graph.getNodeById(id).imgs[0].src", stats_id)
+    assert "/view?" in src and "type=temp" in src, src
+
+    # Screenshot: the Stats node (readout + heatmap) next to the sampler and the patch node.
+    clip = page.evaluate("""(id) => { const n = app.graph.getNodeById(id); const ds = app.canvas.ds;
+        ds.scale = 1.0; ds.offset[0] = -n.pos[0] + 500; ds.offset[1] = -n.pos[1] + 170;
+        app.graph.setDirtyCanvas(true, true);
+        const r = app.canvas.canvas.getBoundingClientRect();
+        return {x: r.left + 130, y: r.top + 125, width: Math.min(n.size[0] + 390, r.width - 140),
+                height: Math.min(n.size[1] + 60, r.height - 135)}; }""", stats_id)
+    page.wait_for_timeout(800)
+    shot = artifacts_dir / "20_tiny_run_stats.png"
+    page.screenshot(path=str(shot))
+    page.screenshot(path=str(artifacts_dir / "20_tiny_run_stats_node.png"), clip=clip)
+    full = artifacts_dir / "21_tiny_run_graph.png"
+    _fit_view(page)
+    page.screenshot(path=str(full))
+    (artifacts_dir / "tiny_run_stats.txt").write_text(f"queued via {how}; readout after {wall:.1f} s\n\n{text}\n")
+    if os.environ.get("ADACLUSTER_UPDATE_DOCS_SCREENSHOT") == "1":
+        _save_docs_screenshot(artifacts_dir / "20_tiny_run_stats_node.png")
+
+
+def _save_docs_screenshot(src):
+    """Copy a screenshot to docs/screenshot_stats.png, palette-quantised to stay < 300 KB."""
+    from PIL import Image
+    img = Image.open(src).convert("RGB")
+    for colors in (256, 128, 64):
+        buf = io.BytesIO()
+        img.quantize(colors=colors).save(buf, "PNG", optimize=True)
+        if buf.tell() < 300_000:
+            break
+    DOCS_SCREENSHOT.write_bytes(buf.getvalue())
