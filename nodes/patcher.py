@@ -752,8 +752,7 @@ def _timed_dense(run, fc, layer, reason, func, args, kwargs, dense, q, k, heads,
     t = tm.stop()
     fl = _flops(q, k, heads, skip_reshape)
     nb = _branch_count(fc, q.shape[0])
-    if nb > 1:
-        if isinstance(t, tuple):
+    if nb > 1:  # the whole time goes to the first branch's record
         for i, br in enumerate(_branch_keys(fc.cond_or_uncond)):
             run.record(layer, fc.step, br, False, reason, None, None, None, t if i == 0 else 0.0, fl // nb)
     else:

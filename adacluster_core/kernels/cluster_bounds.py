@@ -24,8 +24,8 @@ def _cluster_bounds_kernel(
 ):
     g = tl.program_id(0)
     c = tl.program_id(1)
-    b = g // H
-    h = g % H
+    b = (g // H).to(tl.int64)
+    h = (g % H).to(tl.int64)
     start = tl.load(OFFS + g * sog + c)
     end = tl.load(OFFS + g * sog + c + 1)
     rd = tl.arange(0, BLOCK_D)

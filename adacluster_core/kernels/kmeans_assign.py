@@ -23,8 +23,8 @@ def _kmeans_assign_kernel(
 ):
     g = tl.program_id(0)
     pid_n = tl.program_id(1)
-    b = g // H
-    h = g % H
+    b = (g // H).to(tl.int64)
+    h = (g % H).to(tl.int64)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rd = tl.arange(0, BLOCK_D)
     mn = rn < N

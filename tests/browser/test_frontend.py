@@ -103,8 +103,15 @@ def test_bundled_workflow_opens_from_template_browser(comfy_page, artifacts_dir,
     dialog.get_by_text(PACK_NAME, exact=True).first.click()
     card = page.locator(f"[data-testid='template-workflow-{name}']")
     card.wait_for(state="visible", timeout=15_000)
-    thumb_ok = card.locator("img").first.evaluate("img => img.complete && img.naturalWidth > 0") \
-        if card.locator("img").count() else None
+    thumb_ok = None
+    if card.locator("img").count():  # the .jpg card, served from /api/workflow_templates/<pack>/
+        try:
+            page.wait_for_function("""(sel) => { const i = document.querySelector(sel + ' img');
+                return i && i.complete && i.naturalWidth > 0; }""",
+                                   arg=f"[data-testid='template-workflow-{name}']", timeout=15_000)
+            thumb_ok = True
+        except Exception:  # noqa: BLE001 - reported by the assertion below
+            thumb_ok = False
     card.click()
     dialog.wait_for(state="hidden", timeout=30_000)
     page.wait_for_function("(n) => app.graph._nodes.length === n", arg=len(expected["nodes"]), timeout=30_000)
