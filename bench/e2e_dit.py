@@ -176,6 +176,7 @@ def timed(fn, reps=1):
     return ts[len(ts) // 2], out
 
 
+@torch.inference_mode()
 def bench_model(comfy, patch_mod, name, spec, args, device):
     print(f"\n=== {name}: building ({spec}) ===", flush=True)
     t0 = time.time()

@@ -293,7 +293,7 @@ def plot(rows, inputs, path, title):
         return plot_pil(rows, inputs, path, title)
     if not inputs:
         return
-    fig, axes = plt.subplots(2, len(inputs), figsize=(4.6 * len(inputs), 8), squeeze=False)
+    fig, axes = plt.subplots(2, len(inputs), figsize=(max(7.0, 4.6 * len(inputs)), 8), squeeze=False)
     for j, name in enumerate(inputs):
         for i, key in enumerate(("rel_l2", "recall")):
             ax = axes[i][j]
@@ -442,7 +442,7 @@ def main(argv=None):
     plot(rows, s_inputs + r_inputs, os.path.join(args.out, "fidelity_structured.png"),
          "AdaCluster vs block top-k on structured inputs (make_structured_qkv), H=2, D=128")
     plot(rows, v_inputs, os.path.join(args.out, "fidelity_video.png"),
-         f"AdaCluster vs block top-k on video Q/K/V ({clip_desc})")
+         f"AdaCluster vs block top-k on video Q/K/V\n{clip_desc}")
     with open(os.path.join(args.out, "fidelity_results.json"), "w") as f:
         json.dump(dict(rows=rows, summary=summ, peakedness=peaks, k_clusters=kcs), f, indent=1)
     ratios = [s["ratio"] for s in summ if s["method"] == "tensorquest" and s["input"] in s_inputs]

@@ -2,8 +2,8 @@
 from comfy_api.latest import io
 
 from . import patcher
-from .layer_rules import LayerRules
 from .io_types import CATEGORY, AdaClusterLayersType
+from .layer_rules import LayerRules
 
 EXAMPLE = """# one rule per line: LAYERS: ACTION[, ACTION...]
 # LAYERS: 3 | 0-2 | -1 (last) | 20- (to the end) | *     ACTION: dense | sparse | field=value

@@ -19,13 +19,13 @@ Errors are ValueError whose message starts with the line number: "line 3: unknow
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 # Fields that may be overridden per layer, with the python types their values must have.
 # (warmup / dense_layer_fraction are run-wide and not per layer.) The patcher passes the
 # authoritative list derived from AdaClusterConfig; this is the default for direct use.
-DEFAULT_FIELDS: Dict[str, tuple] = {
+DEFAULT_FIELDS: dict[str, tuple] = {
     "q_clusters": (int,),
     "k_clusters": (int, type(None)),
     "k_clusters_init": (int,),
@@ -51,12 +51,12 @@ _WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 @dataclass(frozen=True)
 class Rule:
     line: int                                   # 1-based line number in its source text
-    selectors: Tuple[Tuple[Optional[int], Optional[int]], ...]  # (start, stop) inclusive; None = open / all
-    mode: Optional[str] = None                  # "dense" | "sparse" | None
-    overrides: Tuple[Tuple[str, object], ...] = ()
+    selectors: tuple[tuple[int | None, int | None], ...]  # (start, stop) inclusive; None = open / all
+    mode: str | None = None                  # "dense" | "sparse" | None
+    overrides: tuple[tuple[str, object], ...] = ()
     text: str = ""
 
-    def matches(self, layer: int, n_layers: Optional[int]) -> bool:
+    def matches(self, layer: int, n_layers: int | None) -> bool:
         for a, b in self.selectors:
             lo = _resolve_index(a, n_layers, default=0)
             hi = _resolve_index(b, n_layers, default=None)
@@ -76,20 +76,20 @@ class Rule:
 @dataclass(frozen=True)
 class LayerRules:
     """An ordered list of rules (the value carried by the ADACLUSTER_LAYERS type)."""
-    rules: Tuple[Rule, ...] = ()
+    rules: tuple[Rule, ...] = ()
     source: str = ""
 
-    def chain(self, later: "LayerRules") -> "LayerRules":
+    def chain(self, later: LayerRules) -> LayerRules:
         """`self` first, then `later` (later rules win)."""
         return LayerRules(self.rules + later.rules, (self.source + "\n" + later.source).strip("\n"))
 
     def __len__(self) -> int:
         return len(self.rules)
 
-    def resolve(self, layer: int, n_layers: Optional[int]) -> Tuple[Optional[str], Dict[str, object]]:
+    def resolve(self, layer: int, n_layers: int | None) -> tuple[str | None, dict[str, object]]:
         """(mode, overrides) for one layer: mode "dense"/"sparse"/None; overrides merged in order."""
-        mode: Optional[str] = None
-        ov: Dict[str, object] = {}
+        mode: str | None = None
+        ov: dict[str, object] = {}
         for r in self.rules:
             if r.matches(layer, n_layers):
                 if r.mode is not None:
@@ -97,7 +97,7 @@ class LayerRules:
                 ov.update(r.overrides)
         return mode, ov
 
-    def table(self, n_layers: int) -> Dict[int, Tuple[Optional[str], Dict[str, object]]]:
+    def table(self, n_layers: int) -> dict[int, tuple[str | None, dict[str, object]]]:
         """Resolved rules for layers 0..n_layers-1 (only layers some rule touches)."""
         out = {}
         for layer in range(n_layers):
@@ -110,7 +110,7 @@ class LayerRules:
         return "\n".join(r.text for r in self.rules)
 
 
-def _resolve_index(i: Optional[int], n_layers: Optional[int], default):
+def _resolve_index(i: int | None, n_layers: int | None, default):
     if i is None:
         return default
     if i < 0:
@@ -126,7 +126,7 @@ def _parse_index(tok: str, line_no: int) -> int:
     return int(tok)
 
 
-def _parse_selector(sel: str, line_no: int) -> Tuple[Optional[int], Optional[int]]:
+def _parse_selector(sel: str, line_no: int) -> tuple[int | None, int | None]:
     s = sel.strip()
     if not s:
         raise ValueError(f"line {line_no}: empty layer selector")
@@ -183,10 +183,10 @@ def _type_names(types: tuple) -> str:
     return " or ".join("none" if t is type(None) else t.__name__ for t in types)
 
 
-def parse_rules(text: str, fields: Optional[Mapping[str, tuple]] = None, first_line: int = 1) -> LayerRules:
+def parse_rules(text: str, fields: Mapping[str, tuple] | None = None, first_line: int = 1) -> LayerRules:
     """Parse the override text. `fields`: overridable field name -> accepted python types."""
     fields = DEFAULT_FIELDS if fields is None else fields
-    rules: List[Rule] = []
+    rules: list[Rule] = []
     for offset, raw in enumerate((text or "").splitlines()):
         line_no = first_line + offset
         line = raw.split("#", 1)[0].strip()
@@ -196,8 +196,8 @@ def parse_rules(text: str, fields: Optional[Mapping[str, tuple]] = None, first_l
             raise ValueError(f"line {line_no}: expected 'LAYERS: ACTION' (e.g. '0-2, -1: dense'), got '{line}'")
         lhs, rhs = line.split(":", 1)
         selectors = tuple(_parse_selector(s, line_no) for s in lhs.split(","))
-        mode: Optional[str] = None
-        overrides: Dict[str, object] = {}
+        mode: str | None = None
+        overrides: dict[str, object] = {}
         actions = [a.strip() for a in rhs.split(",")]
         if not any(actions):
             raise ValueError(f"line {line_no}: missing action after ':' (dense, sparse or field=value)")
@@ -239,11 +239,18 @@ def max_positive_index(rules: LayerRules) -> int:
     return m
 
 
-def iter_rule_overrides(rules: LayerRules) -> Iterable[Tuple[int, Dict[str, object]]]:
+def iter_rule_overrides(rules: LayerRules) -> Iterable[tuple[int, dict[str, object]]]:
     for r in rules.rules:
         if r.overrides:
             yield r.line, dict(r.overrides)
 
 
-__all__ = ["Rule", "LayerRules", "parse_rules", "DEFAULT_FIELDS", "RUN_WIDE_FIELDS",
-           "max_positive_index", "iter_rule_overrides"]
+__all__ = [
+    "DEFAULT_FIELDS",
+    "RUN_WIDE_FIELDS",
+    "LayerRules",
+    "Rule",
+    "iter_rule_overrides",
+    "max_positive_index",
+    "parse_rules",
+]

@@ -24,7 +24,6 @@ whether ComfyUI batched them. Key-cluster counts are shared per layer.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -32,22 +31,21 @@ import math
 import os
 import time
 from collections import Counter, defaultdict
-from typing import Any, Dict, List, Optional, Tuple
-
-import torch
+from typing import Any
 
 import comfy.patcher_extension as pe
+import torch
 
 # ComfyUI loads the repo as the package `custom_nodes/<pack>`, so the core is a sibling
 # subpackage; tests (and a pip-installed core) import it top-level.
 try:
     from ..adacluster_core import AdaClusterConfig, ClusterState, sparse_attention
-    from ..adacluster_core.clustering import plan_layers
     from ..adacluster_core import api as _core_api
+    from ..adacluster_core.clustering import plan_layers
 except ImportError:
     from adacluster_core import AdaClusterConfig, ClusterState, sparse_attention
-    from adacluster_core.clustering import plan_layers
     from adacluster_core import api as _core_api
+    from adacluster_core.clustering import plan_layers
 
 from .layer_rules import LayerRules, parse_rules
 
@@ -70,7 +68,7 @@ _STRICT_ENV = "ADACLUSTER_STRICT"  # "1": re-raise kernel errors instead of fall
 # ------------------------------------------------------------------------------------------------
 # config helpers (the nodes use these; they never import adacluster_core themselves)
 # ------------------------------------------------------------------------------------------------
-def config_fields() -> Dict[str, Any]:
+def config_fields() -> dict[str, Any]:
     """AdaClusterConfig field name -> default."""
     return {f.name: f.default for f in dataclasses.fields(AdaClusterConfig)}
 
@@ -84,7 +82,7 @@ def preset_config(family: str, preset: str) -> AdaClusterConfig:
     return AdaClusterConfig.for_model(_CORE_MODEL.get(family, "wan"), preset)
 
 
-def _layer_field_types() -> Dict[str, tuple]:
+def _layer_field_types() -> dict[str, tuple]:
     out = {}
     for f in dataclasses.fields(AdaClusterConfig):
         if f.name in ("warmup", "dense_layer_fraction", "calibration_dense"):
@@ -123,19 +121,19 @@ def parse_layer_rules(text: str) -> LayerRules:
 # ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class ForwardContext:
-    run: "AdaClusterRun"
-    family: Optional[str]
+    run: AdaClusterRun
+    family: str | None
     reason: str = ""                 # why this forward stays dense entirely ("" = may go sparse)
-    grid: Tuple[int, ...] = ()
+    grid: tuple[int, ...] = ()
     n_vid: int = 0
     n_txt: int = 0                   # joint text tokens (Hunyuan/CogVideoX) / Wan context length
-    ctx_lens: Tuple[int, ...] = ()   # Wan cross-attention key lengths
+    ctx_lens: tuple[int, ...] = ()   # Wan cross-attention key lengths
     txt_first: bool = True
     n_layers: int = 0
     sigma: float = float("nan")
     step: int = -1
     phase: str = "sparse"            # warmup | calibration | sparse
-    cond_or_uncond: Tuple[int, ...] = ()
+    cond_or_uncond: tuple[int, ...] = ()
     self_calls: int = 0              # per-forward self-attention counter (layer id fallback)
     calls: int = 0                   # all attention calls in this forward
     calls_per_block: int = 2         # Wan: self + cross (+ cross img)
@@ -152,7 +150,7 @@ class ForwardContext:
 class AdaClusterRun:
     """Per patched model: config, rules, and the state/stats of the current sampling run."""
 
-    def __init__(self, config: Optional[AdaClusterConfig], layer_rules: Optional[LayerRules], preset: str,
+    def __init__(self, config: AdaClusterConfig | None, layer_rules: LayerRules | None, preset: str,
                  previous_override=None):
         self.user_config = config
         self.rules = layer_rules or LayerRules()
@@ -161,7 +159,7 @@ class AdaClusterRun:
         self.model_sampling = None
         self.override = None             # set by patch_model
         self.runs_completed = 0
-        self.last_run: Optional[dict] = None
+        self.last_run: dict | None = None
         self._warned: set = set()
         self._reset_run()
 
@@ -174,20 +172,20 @@ class AdaClusterRun:
 
     # ---------------------------------------------------------------- lifecycle
     def _reset_run(self):
-        self.states: Dict[Tuple[int, str], ClusterState] = {}
-        self.counts: Dict[int, int] = {}
+        self.states: dict[tuple[int, str], ClusterState] = {}
+        self.counts: dict[int, int] = {}
         self.planned_dense: set = set()
-        self.cap: Optional[int] = None
+        self.cap: int | None = None
         self.plan_reason: str = ""
         self.phase = "warmup"
-        self.calib_sigma: Optional[float] = None
-        self.warmup_sigma: Optional[float] = None
-        self.family: Optional[str] = None
-        self.config: Optional[AdaClusterConfig] = None
-        self.layer_cfg: Dict[Tuple[int, int], AdaClusterConfig] = {}
-        self.sigma_steps: Dict[float, int] = {}
-        self.records: List[tuple] = []
-        self.layouts: Dict[tuple, dict] = {}
+        self.calib_sigma: float | None = None
+        self.warmup_sigma: float | None = None
+        self.family: str | None = None
+        self.config: AdaClusterConfig | None = None
+        self.layer_cfg: dict[tuple[int, int], AdaClusterConfig] = {}
+        self.sigma_steps: dict[float, int] = {}
+        self.records: list[tuple] = []
+        self.layouts: dict[tuple, dict] = {}
         self.forwards = 0
         self.override_calls = 0
         self.n_layers = 0
@@ -243,7 +241,7 @@ class AdaClusterRun:
                     self.warmup_sigma = None
         return self.config
 
-    def cfg_for_layer(self, layer: int, n_tokens: int, n_layers: int) -> Tuple[Optional[str], AdaClusterConfig]:
+    def cfg_for_layer(self, layer: int, n_tokens: int, n_layers: int) -> tuple[str | None, AdaClusterConfig]:
         mode, ov = self.rules.resolve(layer, n_layers) if len(self.rules) else (None, {})
         key = (layer, n_tokens)
         cfg = self.layer_cfg.get(key)
@@ -290,7 +288,7 @@ class AdaClusterRun:
 
     def plan(self):
         """After the calibration step: choose dense layers and the cap from the per-layer counts."""
-        counts: Dict[int, Optional[int]] = {}
+        counts: dict[int, int | None] = {}
         for (layer, _branch), st in self.states.items():
             if st.k_clusters is not None:
                 prev = counts.get(layer)
@@ -372,7 +370,7 @@ class AdaClusterRun:
         layers = sorted({r[0] for r in recs if r[0] is not None and r[0] >= 0})
         n_layers = max(self.n_layers, (layers[-1] + 1) if layers else 0)
         grid = [[None] * n_steps for _ in range(n_layers)]
-        acc: Dict[Tuple[int, int], List[float]] = defaultdict(list)
+        acc: dict[tuple[int, int], list[float]] = defaultdict(list)
         for i, r in enumerate(recs):
             layer, step = r[0], r[1]
             if layer is None or layer < 0 or step is None or step < 0 or layer >= n_layers or step >= n_steps:
@@ -380,7 +378,7 @@ class AdaClusterRun:
             acc[(layer, step)].append(float(dens[i]) if r[3] and dens[i] is not None else 1.0)
         for (layer, step), v in acc.items():
             grid[layer][step] = round(sum(v) / len(v), 4)
-        per_layer: Dict[int, dict] = {}
+        per_layer: dict[int, dict] = {}
         for i, r in enumerate(recs):
             layer = r[0]
             if layer is None or layer < 0:
@@ -439,7 +437,7 @@ class AdaClusterRun:
         }
 
 
-def _plan_layers(counts: Dict[int, Optional[int]], fraction: float, n_tokens: int):
+def _plan_layers(counts: dict[int, int | None], fraction: float, n_tokens: int):
     dense, cap = plan_layers(counts, fraction, n_tokens)
     return set(dense), (int(cap) if cap else None)
 
@@ -447,7 +445,7 @@ def _plan_layers(counts: Dict[int, Optional[int]], fraction: float, n_tokens: in
 # ------------------------------------------------------------------------------------------------
 # model family / layout
 # ------------------------------------------------------------------------------------------------
-def detect_family(dm) -> Tuple[Optional[str], str]:
+def detect_family(dm) -> tuple[str | None, str]:
     """(family, reason) from the DiT object: wan / hunyuan / hunyuan15 / cogvideox, or (None, why)."""
     name = type(dm).__name__
     if hasattr(dm, "double_blocks") and hasattr(dm, "txt_in") and hasattr(dm, "single_blocks"):
@@ -466,7 +464,7 @@ def detect_family(dm) -> Tuple[Optional[str], str]:
     return None, f"unsupported-model ({name})"
 
 
-def _patch3(dm, family) -> Tuple[int, ...]:
+def _patch3(dm, family) -> tuple[int, ...]:
     if family == "cogvideox":
         p = int(getattr(dm, "patch_size", 2))
         pt = getattr(dm, "patch_size_t", None)
@@ -590,7 +588,7 @@ def _diffusion_model_wrapper_factory(run: AdaClusterRun):
 # ------------------------------------------------------------------------------------------------
 # the attention override
 # ------------------------------------------------------------------------------------------------
-def _branch_keys(cond_or_uncond: Tuple[int, ...]) -> List[str]:
+def _branch_keys(cond_or_uncond: tuple[int, ...]) -> list[str]:
     seen: Counter = Counter()
     out = []
     for c in cond_or_uncond:
@@ -684,7 +682,7 @@ def make_override(run: AdaClusterRun, previous=None):
     @torch.compiler.disable
     def adacluster_attention_override(func, *args, **kwargs):
         to = kwargs.get("transformer_options") or {}
-        fc: Optional[ForwardContext] = to.get(FWD_KEY)
+        fc: ForwardContext | None = to.get(FWD_KEY)
         if fc is None or fc.run is not run:
             return dense(func, args, kwargs)
         run.override_calls += 1
@@ -723,7 +721,7 @@ def _flops(q, k, heads, skip_reshape) -> int:
 
 
 class _Timer:
-    __slots__ = ("cuda", "t0", "ev")
+    __slots__ = ("cuda", "ev", "t0")
 
     def __init__(self, device):
         self.cuda = device.type == "cuda"
@@ -865,7 +863,7 @@ def _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, ma
 # ------------------------------------------------------------------------------------------------
 # patching
 # ------------------------------------------------------------------------------------------------
-def get_run(model) -> Optional[AdaClusterRun]:
+def get_run(model) -> AdaClusterRun | None:
     to = getattr(model, "model_options", {}).get("transformer_options", {})
     r = to.get(HOLDER_KEY)
     return r if isinstance(r, AdaClusterRun) else None
@@ -896,7 +894,7 @@ def unpatch_model(model):
     return m
 
 
-def patch_model(model, config: Optional[AdaClusterConfig] = None, layer_rules: Optional[LayerRules] = None,
+def patch_model(model, config: AdaClusterConfig | None = None, layer_rules: LayerRules | None = None,
                 enabled: bool = True, preset: str = "auto"):
     """Clone `model` and route its video self-attention through AdaCluster. enabled=False returns the
     input unchanged (or, if it already carries an AdaCluster patch, a clone with that patch removed)."""
@@ -940,7 +938,7 @@ def patch_model(model, config: Optional[AdaClusterConfig] = None, layer_rules: O
 # ------------------------------------------------------------------------------------------------
 # stats readout (AdaCluster Stats node)
 # ------------------------------------------------------------------------------------------------
-def run_stats(model) -> Optional[dict]:
+def run_stats(model) -> dict | None:
     run = get_run(model)
     if run is None:
         return None
@@ -954,7 +952,7 @@ def run_stats(model) -> Optional[dict]:
     return d
 
 
-def _rss_mb() -> Optional[float]:
+def _rss_mb() -> float | None:
     try:
         with open("/proc/self/statm") as f:
             pages = int(f.read().split()[1])
@@ -963,7 +961,7 @@ def _rss_mb() -> Optional[float]:
         return None
 
 
-def format_stats(d: Optional[dict]) -> str:
+def format_stats(d: dict | None) -> str:
     if d is None:
         return "AdaCluster: the MODEL input is not patched by AdaCluster Sparse Attention."
     lines = [d.get("summary", "")]
@@ -1006,7 +1004,7 @@ _CMAP = [(0.0, (0.267, 0.005, 0.329)), (0.25, (0.229, 0.322, 0.546)), (0.5, (0.1
          (0.75, (0.369, 0.789, 0.383)), (1.0, (0.993, 0.906, 0.144))]
 
 
-def heatmap_image(d: Optional[dict], cell: int = 12, max_side: int = 1024) -> torch.Tensor:
+def heatmap_image(d: dict | None, cell: int = 12, max_side: int = 1024) -> torch.Tensor:
     """IMAGE [1, H, W, 3] float: layers (rows) x steps (columns), viridis-like colour of density
     (dark = sparse, yellow = dense), grey = no call. Nearest-neighbour upscaled."""
     grid = (d or {}).get("density_grid") or []
@@ -1028,12 +1026,29 @@ def heatmap_image(d: Optional[dict], cell: int = 12, max_side: int = 1024) -> to
     return img.unsqueeze(0).contiguous()
 
 
-def stats_json(d: Optional[dict]) -> dict:
+def stats_json(d: dict | None) -> dict:
     """JSON-able copy (floats/ints/str/lists/dicts only)."""
     return json.loads(json.dumps(d if d is not None else {"summary": format_stats(None)}, default=str))
 
 
-__all__ = ["patch_model", "unpatch_model", "get_run", "run_stats", "format_stats", "heatmap_image", "stats_json",
-           "config_fields", "make_config", "preset_config", "parse_layer_rules", "detect_family",
-           "classify_call", "build_forward_context", "make_override", "AdaClusterRun", "ForwardContext",
-           "PRESETS", "FAMILIES"]
+__all__ = [
+    "FAMILIES",
+    "PRESETS",
+    "AdaClusterRun",
+    "ForwardContext",
+    "build_forward_context",
+    "classify_call",
+    "config_fields",
+    "detect_family",
+    "format_stats",
+    "get_run",
+    "heatmap_image",
+    "make_config",
+    "make_override",
+    "parse_layer_rules",
+    "patch_model",
+    "preset_config",
+    "run_stats",
+    "stats_json",
+    "unpatch_model",
+]

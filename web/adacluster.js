@@ -53,6 +53,8 @@ function makeTextWidget(node) {
     el.title = "AdaCluster stats (read-only). Copy it into an issue when reporting quality or speed problems.";
   }
   widget.serialize = false; // never stored in the workflow nor sent to the server
+  // Room for the readout (grows with its line count, see showStats); the heatmap preview gets the rest.
+  if (widget.options) widget.options.getMinHeight = () => node.adaclusterTextHeight ?? 140;
   return widget;
 }
 
@@ -74,6 +76,10 @@ function showStats(node, message) {
   if (el && el.value !== text) el.value = text;
   // Keep the last readout on the node object too, so tests and other extensions can read it.
   node.adaclusterStats = { text, message };
+  const lines = text ? text.split("\n").length : 0;
+  node.adaclusterTextHeight = Math.min(360, Math.max(140, 14 * lines + 24));
+  const min = node.computeSize?.();
+  if (min) node.setSize([Math.max(node.size[0], min[0]), Math.max(node.size[1], min[1])]);
   node.setDirtyCanvas?.(true, true);
   app.graph?.setDirtyCanvas?.(true, true);
 }

@@ -14,7 +14,6 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODES_DIR = REPO_ROOT / "nodes"
@@ -39,7 +38,7 @@ def load_nodes_module(name: str):
     return importlib.import_module(f"{PKG}.{name}")
 
 
-def comfy_inprocess() -> Optional[str]:
+def comfy_inprocess() -> str | None:
     """Put .comfyui on sys.path (CPU mode). Returns None when usable, else why not."""
     if not (COMFY_DIR / "main.py").is_file():
         return f"no ComfyUI at {COMFY_DIR} (run scripts/setup_env.sh)"
@@ -48,8 +47,8 @@ def comfy_inprocess() -> Optional[str]:
     try:
         import comfy.cli_args
         comfy.cli_args.args.cpu = True
-        import comfy.model_management  # noqa: F401
-        import comfy.patcher_extension  # noqa: F401
+        import comfy.model_management
+        import comfy.patcher_extension
     except Exception as e:  # pragma: no cover
         return f"ComfyUI not importable in-process: {type(e).__name__}: {e}"
     return None
@@ -61,7 +60,7 @@ def thresholds_node(**overrides) -> tuple:
     return ("AdaClusterThresholds", vals)
 
 
-def patch_chain(preset="auto", enabled=True, config: Optional[dict] = None, rules: Optional[str] = None):
+def patch_chain(preset="auto", enabled=True, config: dict | None = None, rules: str | None = None):
     """A prompt fragment: extra nodes + the AdaClusterSparseAttention spec wired to them.
     Returns (extra_nodes: dict id->node, patch_spec for prompts.video_prompt(patch_nodes=[...]))."""
     extra = {}

@@ -11,11 +11,10 @@ import time
 import pytest
 import torch
 
+from tests.comfy._helpers import TINY, build, stats_of, text_of
 from tests.harness import prompts
 from tests.harness.comfy_server import PromptError
 from tests.harness.make_tiny_dits import FILENAMES
-
-from tests.comfy._helpers import TINY, build, stats_of, text_of, thresholds_node
 
 pytestmark = pytest.mark.server
 
@@ -245,6 +244,7 @@ def test_layer_overrides_apply_per_layer(comfy_server):
 
 
 # ------------------------------------------------------------------------------------------ torch.compile
+@pytest.mark.slow  # inductor on CPU (gcc): ~50 s
 def test_torch_compile_model_still_samples(comfy_server, test_out_dir):
     """TorchCompileModel (inductor, CPU needs gcc) after the patch: the override is excluded from
     the graph by torch.compiler.disable; the compiled model samples and AdaCluster still runs."""

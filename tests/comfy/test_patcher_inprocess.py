@@ -5,7 +5,6 @@ tiny WanModel forward. The server tests (test_nodes_server.py) cover the real sa
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
@@ -306,3 +305,23 @@ def test_real_wan_forward_with_wrapper_and_chained_override():
     assert "AdaCluster: 48 attention calls, 6 sparse" in s["summary"]
     img = P.heatmap_image(s)
     assert img.shape[0] == 1 and img.shape[-1] == 3 and img.shape[1] == 3 * img.shape[2] // 4
+
+
+def test_warmup_follows_global_sigma_for_split_samplers():
+    """Wan 2.2 A14B: the low-noise model's sampler starts mid-schedule. Warmup is decided on the
+    global sigma (model_sampling.percent_to_sigma), so a model that only sees sigma < the warmup
+    sigma never warms up, whatever its own step index; the high-noise one warms up first."""
+    class MS:
+        @staticmethod
+        def percent_to_sigma(p):
+            return 1.0 - p
+
+    patcher = type("Patcher", (), {"model": type("M", (), {"model_sampling": MS()})()})()
+    low = P.AdaClusterRun(_cfg(warmup=0.3, k_clusters=None, calibration_dense=True), None, "auto")
+    low.begin(patcher)
+    low.resolve_config("wan")
+    assert [low.phase_for(s) for s in (0.5, 0.3, 0.1)] == ["calibration", "sparse", "sparse"]
+    high = P.AdaClusterRun(_cfg(warmup=0.3, k_clusters=None, calibration_dense=True), None, "auto")
+    high.begin(patcher)
+    high.resolve_config("wan")
+    assert [high.phase_for(s) for s in (1.0, 0.85, 0.7, 0.6)] == ["warmup", "warmup", "calibration", "sparse"]
