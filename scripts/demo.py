@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,48 +25,68 @@ from tests.harness import prompts  # noqa: E402
 from tests.harness.comfy_server import ComfyServer, ComfyServerError, PromptError  # noqa: E402
 from tests.harness.make_tiny_dits import FILENAMES, make_all  # noqa: E402
 
-SPARSE_NODE = "AdaClusterSparseAttention"
-STATS_NODE = "AdaClusterStats"
 
 
 def log(msg):
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def default_inputs(node_info: dict) -> dict:
-    """Required widget inputs of a node at their defaults (sockets are wired by the caller)."""
+WORKFLOW = ROOT / "workflows" / "wan21_t2v_1.3b_480p_adacluster.json"
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def workflow_widgets(workflow: dict, node_type: str, info: dict) -> dict:
+    """Widget values of `node_type` in a UI-format workflow, as {input name: value}, using the
+    server's /object_info input order (what the frontend does when it queues the graph)."""
+    node = next((n for n in workflow["nodes"] if n["type"] == node_type), None)
+    if node is None:
+        return {}
+    spec = info[node_type]["input"]
+    order = info[node_type].get("input_order", {})
+    names = order.get("required", list(spec.get("required", {}))) + order.get("optional", list(spec.get("optional", {})))
+    allspec = {**spec.get("required", {}), **spec.get("optional", {})}
+    vals = list(node.get("widgets_values") or [])
     out = {}
-    req = node_info.get("input", {}).get("required", {})
-    for name, spec in req.items():
-        t = spec[0]
-        opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-        if isinstance(t, list):
-            out[name] = opts.get("default", t[0] if t else None)
-        elif t == "COMBO":
-            out[name] = opts.get("default", (opts.get("options") or [None])[0])
-        elif t in ("INT", "FLOAT", "STRING", "BOOLEAN"):
-            if "default" in opts:
-                out[name] = opts["default"]
+    for name in names:
+        t = allspec[name][0]
+        if (isinstance(t, list) or t in WIDGET_TYPES) and vals:
+            out[name] = vals.pop(0)
+        elif name in spec.get("required", {}) and "default" in (allspec[name][1] if len(allspec[name]) > 1 else {}):
+            out[name] = allspec[name][1]["default"]   # a widget newer than the workflow file
     return out
+
+
+def save_latent_preview(latent_pt: Path, png: Path):
+    """Middle frame of the sampled latent, first three channels normalised to RGB."""
+    import torch
+    from PIL import Image
+    x = torch.load(latent_pt, map_location="cpu").float()
+    x = x[0, :3, x.shape[2] // 2]
+    x = (x - x.amin(dim=(1, 2), keepdim=True)) / (x.amax(dim=(1, 2), keepdim=True) - x.amin(dim=(1, 2), keepdim=True) + 1e-6)
+    img = (x.permute(1, 2, 0).numpy() * 255).astype("uint8")
+    Image.fromarray(img).resize((img.shape[1] * 16, img.shape[0] * 16), Image.NEAREST).save(png)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "artifacts" / "demo"))
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--frames", type=int, default=17)
     ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=6, help="blocks of the tiny Wan model")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--backend", default="torch", choices=["torch", "triton", "auto"],
+                    help="torch: reference kernels (fast on CPU); triton: the Triton kernels through the interpreter (slow)")
     ap.add_argument("--dense", action="store_true", help="do not insert the AdaCluster nodes")
-    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--timeout", type=float, default=1500)
     a = ap.parse_args(argv)
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="adacluster_demo_"))
     t0 = time.time()
-    log(f"generating a tiny random-weight Wan 2.1 T2V checkpoint in {work}")
-    models = make_all(work / "models", only=["wan21"])
+    log(f"generating a tiny random-weight Wan 2.1 T2V checkpoint ({a.layers} blocks) in {work}")
+    models = make_all(work / "models", layers=a.layers, only=["wan21"])
 
     os.environ["ADACLUSTER_TEST_OUT"] = str(out)
     srv = ComfyServer(sys.executable, ROOT / ".comfyui", work / "base",
@@ -80,37 +101,41 @@ def main(argv=None) -> int:
         log(f"ComfyUI ready on {srv.url} in {srv.started_in_s:.1f} s")
         failures = srv.import_failures(["adacluster"], paths=[str(ROOT / "nodes") + "/", str(ROOT / "__init__.py")])
         if failures:
-            log("ERROR: the AdaCluster pack failed to import (the graph still runs dense; exit code 3):\n"
-                + "\n".join(failures[:3]))
+            log("ERROR: the AdaCluster pack failed to import (exit code 3):\n" + "\n".join(failures[:3]))
+            return 3
         info = srv.object_info()
         patch, post = [], []
-        if not a.dense and SPARSE_NODE in info:
-            patch = [(SPARSE_NODE, default_inputs(info[SPARSE_NODE]))]
-            log(f"graph: UNETLoader -> {SPARSE_NODE} -> KSampler")
-            if STATS_NODE in info:
-                req = info[STATS_NODE].get("input", {}).get("required", {})
-                stats_inputs = default_inputs(info[STATS_NODE])
-                lat = next((n for n, s in req.items() if s[0] == "LATENT"), None)
-                model_in = next((n for n, s in req.items() if s[0] == "MODEL"), None)
-                if lat:
-                    stats_inputs["__latent_input__"] = lat
-                    if model_in:
-                        stats_inputs[model_in] = ["p1", 0]
-                    post = [(STATS_NODE, stats_inputs)]
-                    log(f"graph: KSampler -> {STATS_NODE}")
-        else:
-            log(f"graph: UNETLoader -> KSampler (dense: {'--dense' if a.dense else SPARSE_NODE + ' not available yet'})")
+        if not a.dense:
+            # the AdaCluster chain of the bundled Wan 2.1 workflow, with its widget values; only
+            # min_tokens and the backend are adapted to the tiny CPU model
+            wf = json.loads(WORKFLOW.read_text())
+            thr = workflow_widgets(wf, "AdaClusterThresholds", info)
+            n_tok = ((a.frames - 1) // 4 + 1) * (a.size // 16) ** 2
+            thr.update(min_tokens=min(int(thr.get("min_tokens", 1024)), n_tok), backend=a.backend,
+                       q_clusters=min(int(thr.get("q_clusters", 65)), max(1, n_tok // 8)),
+                       k_clusters_init=min(int(thr.get("k_clusters_init", 200)), max(1, n_tok // 4)))
+            rules = workflow_widgets(wf, "AdaClusterLayerOverrides", info)
+            sa = workflow_widgets(wf, "AdaClusterSparseAttention", info)
+            log(f"AdaCluster chain from {WORKFLOW.name}: Thresholds {thr}")
+            log(f"  Layer Overrides: {rules.get('rules', '').strip().splitlines()[-1] if rules.get('rules') else '-'}")
+            extra = {"thr": ["AdaClusterThresholds", thr], "ovr": ["AdaClusterLayerOverrides", rules]}
+            patch = [("AdaClusterSparseAttention", {**sa, "config": ["thr", 0], "layer_overrides": ["ovr", 0]})]
+            post = [("AdaClusterStats", {"model": ["p1", 0]})]
         p = prompts.wan21_prompt(steps=a.steps, seed=a.seed, frames=a.frames, size=a.size,
                                  save_name="demo_wan21_latent", patch_nodes=patch, post_nodes=post)
+        if not a.dense:
+            for nid, (cls, inputs) in extra.items():
+                p[nid] = {"class_type": cls, "inputs": inputs}
         (out / "demo_prompt_api.json").write_text(json.dumps(p, indent=1))
-        log(f"running Wan 2.1 tiny graph: {a.frames} frames {a.size}x{a.size}, {a.steps} steps ...")
+        log(f"running the graph: {a.frames} frames {a.size}x{a.size} ({n_tok if not a.dense else '?'} video tokens), "
+            f"{a.steps} steps, CFG 2 ...")
         t1 = time.time()
         last = [0.0]
 
         def progress(elapsed):
             if elapsed - last[0] >= 5:
                 last[0] = elapsed
-                log(f"  ... still sampling ({elapsed:.0f} s)")
+                log(f"  ... sampling ({elapsed:.0f} s)")
 
         entry = srv.run_prompt(p, timeout=a.timeout, on_poll=progress)
         log(f"sampling done in {time.time() - t1:.1f} s")
@@ -118,8 +143,33 @@ def main(argv=None) -> int:
         (out / "demo_outputs.json").write_text(json.dumps(outputs, indent=1, default=str))
         for nid, o in outputs.items():
             for t in o.get("text", []):
-                log(f"node {nid}: {str(t)[:400]}")
-        rc = 3 if failures else 0
+                print("\n" + str(t) + "\n", flush=True)
+            for im in o.get("images", []):
+                q = urllib.parse.urlencode({"filename": im["filename"], "subfolder": im.get("subfolder", ""),
+                                            "type": im.get("type", "temp")})
+                (out / "stats_heatmap.png").write_bytes(srv.get(f"/view?{q}"))
+                log(f"stats heatmap (layers x steps): {out / 'stats_heatmap.png'}")
+        lat = out / "demo_wan21_latent.pt"
+        if lat.exists():
+            save_latent_preview(lat, out / "latent_preview.png")
+            log(f"latent preview (middle frame, channels 0-2): {out / 'latent_preview.png'}")
+        if not a.dense:
+            # the same graph with the switch off: the dense reference to compare the latent with
+            pd = json.loads(json.dumps(p))
+            pd["p1"]["inputs"]["enabled"] = False
+            pd["6"]["inputs"]["name"] = "demo_wan21_latent_dense"
+            pd.pop("q1", None)
+            log("running the same graph with enabled=false (dense reference) ...")
+            srv.run_prompt(pd, timeout=a.timeout, on_poll=progress)
+            import torch
+            xs = torch.load(out / "demo_wan21_latent.pt").float()
+            xd = torch.load(out / "demo_wan21_latent_dense.pt").float()
+            rel = float((xs - xd).norm() / xd.norm().clamp_min(1e-12))
+            log(f"sampled latent vs dense reference: relative L2 difference {rel:.4f}")
+        summary = [ln for ln in srv.log_text().splitlines() if "AdaCluster:" in ln]
+        if summary:
+            log("run summary from the server log: " + summary[0].split("AdaCluster:", 1)[1].strip())
+        rc = 0
     except (ComfyServerError, PromptError) as e:
         log(f"FAILED: {e}")
     finally:
