@@ -214,8 +214,7 @@ def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: f
     Nt = r1 - r0
     Nv = N - Nt
     qv, _ = _split(q, r0, r1)
-    kv, kt = _split(k, r0, r1)
-    vv, vt = _split(v, r0, r1)
+    kv, _ = _split(k, r0, r1)
 
     ignore = masked_t = None
     if masked is not None:
@@ -269,25 +268,34 @@ def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: f
     if warm_q and warm_k:
         stage = "reuse"
     rq = clustering.kmeans(qv, cq0.reshape(G, Cq, D), iq, normalize=True, backend=backend)
-    rk = clustering.kmeans(kv, ck0.reshape(G, Ck, D), ik, ignore=ignore, backend=backend)
-
-    # ---- bounds + selection ---------------------------------------------------------------
     need_bounds = cfg.selection == "tensorquest"
-    kmax = kmin = None
-    if need_bounds:
-        kmax, kmin = clustering.bounds(kv, rk.labels, Ck, perm=rk.perm, offsets=rk.offsets, backend=backend)
+    # the TensorQuest bounds come out of the last k-means update (same pass over the keys)
+    rk = clustering.kmeans(kv, ck0.reshape(G, Ck, D), ik, ignore=ignore, backend=backend, with_bounds=need_bounds)
+
+    # ---- selection ------------------------------------------------------------------------
+    kmax, kmin = rk.kmax, rk.kmin
     q_norm = None
     if cfg.selection == "top_p":
         nrm = qv.float().norm(dim=-1).reshape(G, Nv)
         q_norm = torch.zeros(G, Cq + 1, device=dev).scatter_add_(1, rq.labels.long(), nrm)[:, :Cq]
         q_norm = q_norm / rq.counts.clamp_min(1).float()
     sel = select_clusters(cfg.selection, cq=rq.centroids, ck=rk.centroids, kmax=kmax, kmin=kmin,
-                          k_counts=rk.counts, top_k=cfg.top_k, top_p=cfg.top_p, scale=sc, q_norm=q_norm)
+                          k_counts=rk.counts, top_k=cfg.top_k, top_p=cfg.top_p, scale=sc, q_norm=q_norm,
+                          max_density=cfg.max_density)
     k_off = rk.offsets[:, :Ck + 1]
     rs, re = selected_key_ranges(sel, k_off)  # [G, Cq, S]
 
     # ---- permuted buffers and ranges ------------------------------------------------------
     perm_k = rk.perm  # [G, Nv], ignored keys last
+
+    def to_orig(p):  # row of the clustered part (kv / qv) -> row of the full sequence
+        p = p.to(torch.int64)
+        if Nt == 0 or r1 == N:
+            return p
+        if r0 == 0:
+            return p + r1
+        return torch.where(p < r0, p, p + Nt)
+
     if Nt > 0:
         if masked_t is not None:
             tperm = torch.argsort(masked_t.to(torch.int8), dim=1, stable=True)
@@ -295,8 +303,8 @@ def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: f
         else:
             tperm = torch.arange(Nt, device=dev).view(1, Nt).expand(G, Nt)
             n_t = torch.full((G,), Nt, dtype=torch.int32, device=dev)
-        k_perm = torch.cat([_gather_rows(kv, perm_k), _gather_rows(kt, tperm)], 1)
-        v_perm = torch.cat([_gather_rows(vv, perm_k), _gather_rows(vt, tperm)], 1)
+        # one row index into the full k / v: clustered keys by cluster, then the dense keys
+        kidx = torch.cat([to_orig(perm_k), r0 + tperm.to(torch.int64)], 1)
         ex_s = torch.full((G, Cq, 1), Nv, dtype=torch.int32, device=dev)
         ex_e = (Nv + n_t).view(G, 1, 1).expand(G, Cq, 1).to(torch.int32)
         rs, re = torch.cat([rs, ex_s], -1), torch.cat([re, ex_e], -1)
@@ -309,20 +317,19 @@ def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: f
         d_e[:, 0, 1] = Nv + n_t
         rs, re = torch.cat([rs, d_s], 1), torch.cat([re, d_e], 1)
         # query permutation over all N rows: clustered rows (original ids) then dense rows
-        pv = rq.perm.to(torch.int64)
-        if r0 == 0:
-            pv = pv + r1
-        elif r1 < N:
-            pv = torch.where(pv < r0, pv, pv + Nt)
         pt = (r0 + torch.arange(Nt, device=dev)).view(1, Nt).expand(G, Nt)
-        perm_q = torch.cat([pv, pt], 1).to(torch.int32)
+        perm_q = torch.cat([to_orig(rq.perm), pt], 1).to(torch.int32)
         q_off = torch.cat([rq.offsets[:, :Cq + 1],
                            torch.full((G, 1), N, dtype=torch.int32, device=dev)], 1)
     else:
-        k_perm = _gather_rows(kv, perm_k)
-        v_perm = _gather_rows(vv, perm_k)
+        kidx = perm_k
         perm_q = rq.perm
         q_off = rq.offsets[:, :Cq + 1]
+    if backend == "triton":
+        from .kernels.gather_rows import gather_kv
+        k_perm, v_perm = gather_kv(k, v, kidx)
+    else:
+        k_perm, v_perm = _gather_rows(k, kidx), _gather_rows(v, kidx)
 
     attn, attn_name = _attention_kernel(backend)
     q3 = q.reshape(G, N, D)

@@ -323,7 +323,7 @@ def kernel_only(name, density, variants, log, Ck=256):
 
 # ------------------------------------------------------------------------------ full pipeline
 
-def full_pipeline(name, log, top_k=None, target_density=None, quick=False, label=None):
+def full_pipeline(name, log, top_k=None, target_density=None, quick=False, label=None, max_density=None):
     """AdaCluster through the public API. Stages as the API runs them with a per-layer state:
     call 1 = calibration (multi-stage key clustering, output dense), call 2 = first sparse
     step (10 k-means iterations from the calibrated centroids), call 3+ = reuse (2 iterations).
@@ -338,6 +338,10 @@ def full_pipeline(name, log, top_k=None, target_density=None, quick=False, label
     cfg = AdaClusterConfig.for_model(model)
     if top_k is not None:
         cfg = cfg.replace(top_k=top_k)
+    if max_density is not None:
+        cfg = cfg.replace(max_density=max_density)
+    if target_density is not None:  # headline runs: the density budget is the target
+        cfg = cfg.replace(max_density=target_density)
     kw = dict(config=cfg, always_dense_range=(N - text, N)) if text else dict(config=cfg)
 
     captured = {}
@@ -363,15 +367,6 @@ def full_pipeline(name, log, top_k=None, target_density=None, quick=False, label
     Ck = int(st_cal.k_clusters or 0)
     st = ClusterState()
     sparse_attention(q, k, v, state=st, **kw)  # calibration
-    if target_density is not None:  # headline runs: scale top_k to the target density
-        out, stats = sparse_attention(q, k, v, state=st, **kw)
-        d0 = float(stats["density"])
-        tk = max(1, int(round(cfg.top_k * target_density / max(d0, 1e-6))))
-        cfg = cfg.replace(top_k=min(tk, max(Ck, 1)))
-        kw["config"] = cfg
-        log(f"  [{name}] density {d0:.3f} at top_k={stats.get('top_k')} -> top_k={cfg.top_k} for {target_density}")
-        st.calls = 0
-
     def first_sparse():
         st.calls = 0
         return sparse_attention(q, k, v, state=st, **kw)
@@ -406,9 +401,9 @@ def full_pipeline(name, log, top_k=None, target_density=None, quick=False, label
     err_sdpa = rel_err_rows(dense_cudnn(q, k, v)[0], q[0], k[0], v[0], rows)
     res = dict(shape=label or name, cudnn=t_cudnn, flash=t_flash, calib=t_calib, first=t_first, warm=t_warm,
                attn=t_attn, tf_attn=tf_attn, tf_cudnn=tflops(flops_dense, t_cudnn), density=dens, err=err,
-               err_sdpa=err_sdpa, peak_extra_mb=peak_extra / 2**20, top_k=cfg.top_k, Ck=int(stats.get("k_clusters", 0)),
+               err_sdpa=err_sdpa, peak_extra_mb=peak_extra / 2**20, top_k=cfg.top_k, max_density=cfg.max_density, Ck=int(stats.get("k_clusters", 0)),
                dense=bool(stats.get("dense")), reason=stats.get("reason", ""))
-    log(f"[{res['shape']}] inputs={src} Ck={res['Ck']} top_k={cfg.top_k} stages {stage_first}/{stage_reuse} "
+    log(f"[{res['shape']}] inputs={src} Ck={res['Ck']} top_k={cfg.top_k} max_density={cfg.max_density} stages {stage_first}/{stage_reuse} "
         f"cuDNN {t_cudnn:.3f} flash {t_flash:.3f} calib {t_calib:.3f} first {t_first:.3f} reuse {t_warm:.3f} "
         f"attn {t_attn:.3f} ms ({tf_attn:.0f} TFLOP/s vs cuDNN {res['tf_cudnn']:.0f}) density {dens:.3f} "
         f"err {err:.2e} (cuDNN {err_sdpa:.2e}) peak extra {peak_extra / 2**20:.0f} MiB dense={res['dense']} {res['reason']}")
@@ -424,7 +419,7 @@ def prove_wan13b(log):
     q, k, v, _ = make_inputs("wan1.3b")
     rows = torch.randperm(N, device=q.device)[:512]
     e_sdpa = rel_err_rows(dense_cudnn(q, k, v)[0], q[0], k[0], v[0], rows)
-    cfg = AdaClusterConfig.for_model("wan", k_clusters=200, top_k=200, calibration_dense=False)
+    cfg = AdaClusterConfig.for_model("wan", k_clusters=200, top_k=200, calibration_dense=False, max_density=1.0)
     out, st = sparse_attention(q, k, v, config=cfg, state=None)
     e_all = rel_err_rows(out[0], q[0], k[0], v[0], rows)
     ok = (not st["dense"]) and float(st["density"]) > 0.999 and e_all <= 2 * e_sdpa
@@ -454,6 +449,7 @@ def main(argv=None):
     ap.add_argument("--prove", action="store_true", help="also run the Wan 1.3B correctness proof")
     ap.add_argument("--prove-only", action="store_true")
     ap.add_argument("--headline", default="", help="comma list of shapes for headline-density runs (wan14b,long)")
+    ap.add_argument("--unbudgeted", default="", help="comma list of shapes also run with max_density=1.0 (no cap)")
     ap.add_argument("--md", default=None, help="also write a markdown table to this file")
     args = ap.parse_args(argv)
     lines = []
@@ -484,13 +480,15 @@ def main(argv=None):
     elif not args.prove_only:
         if args.prove:
             prove_wan13b(log)
-        md += ["| shape | Ck | top_k | density | cuDNN ms | flash ms | calib call ms | first sparse ms | reuse ms | attn kernel ms | cluster+select ms | kernel TFLOP/s (cuDNN) | reuse/(d·cuDNN) | speedup reuse | rel err (cuDNN bf16) | peak extra MiB |",
+        md += ["| shape | Ck | top_k / max_density | density | cuDNN ms | flash ms | calib call ms | first sparse ms | reuse ms | attn kernel ms | cluster+select ms | kernel TFLOP/s (cuDNN) | reuse/(d·cuDNN) | speedup reuse | rel err (cuDNN bf16) | peak extra MiB |",
                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        runs = [(s, None) for s in shapes] + [(s, HEADLINE_DENSITY[s]) for s in (args.headline.split(",") if args.headline else [])]
-        for s, td in runs:
+        runs = [(s, None, None) for s in shapes]
+        runs += [(s, HEADLINE_DENSITY[s], None) for s in (args.headline.split(",") if args.headline else [])]
+        runs += [(s, None, 1.0) for s in (args.unbudgeted.split(",") if args.unbudgeted else [])]
+        for s, td, mdn in runs:
             try:
-                r = full_pipeline(s, log, target_density=td, quick=args.quick,
-                                  label=(f"{s}@{td:.0%}" if td else None))
+                r = full_pipeline(s, log, target_density=td, quick=args.quick, max_density=mdn,
+                                  label=(f"{s}@{td:.0%}" if td else (f"{s} (max_density 1)" if mdn else None)))
             except Exception as e:  # noqa: BLE001
                 import traceback
 
@@ -498,7 +496,7 @@ def main(argv=None):
                 log(traceback.format_exc()[-1500:])
                 continue
             d = r["density"]
-            md.append(f"| {r['shape']} | {r['Ck']} | {r['top_k']} | {d:.3f} | {r['cudnn']:.2f} | {r['flash']:.2f} | "
+            md.append(f"| {r['shape']} | {r['Ck']} | {r['top_k']} / {r['max_density']:g} | {d:.3f} | {r['cudnn']:.2f} | {r['flash']:.2f} | "
                       f"{r['calib']:.2f} | {r['first']:.2f} | {r['warm']:.2f} | {r['attn']:.2f} | {r['warm'] - r['attn']:.2f} | "
                       f"{r['tf_attn']:.0f} ({r['tf_cudnn']:.0f}) | {r['warm'] / (d * r['cudnn']):.2f} | {r['cudnn'] / r['warm']:.2f}x | "
                       f"{r['err']:.2e} ({r['err_sdpa']:.2e}) | {r['peak_extra_mb']:.0f} |")

@@ -30,12 +30,17 @@ def assign(x, centroids, *, normalize=False, return_dist=False, backend="torch")
     return ref.kmeans_assign_ref(x, centroids, normalize=normalize, return_dist=return_dist)
 
 
-def update(x, labels, old, *, normalize=False, perm=None, offsets=None, backend="torch"):
-    """Segment means: (centroids float32 [G, C, D], counts int32 [G, C])."""
+def update(x, labels, old, *, normalize=False, perm=None, offsets=None, backend="torch", with_bounds=False):
+    """Segment means: (centroids float32 [G, C, D], counts int32 [G, C]); with_bounds=True
+    also (kmax, kmin) float32 [G, C, D] of the raw rows (fused into the same pass on triton)."""
     if backend == "triton":
         from .kernels.centroid_update import centroid_update
-        return centroid_update(x, labels, old, normalize=normalize, perm=perm, offsets=offsets)
-    return ref.centroid_update_ref(x, labels, old, normalize=normalize)
+        return centroid_update(x, labels, old, normalize=normalize, perm=perm, offsets=offsets,
+                               bounds=with_bounds)
+    c, n = ref.centroid_update_ref(x, labels, old, normalize=normalize)
+    if with_bounds:
+        return (c, n) + tuple(ref.cluster_bounds_ref(x, labels, old.shape[1]))
+    return c, n
 
 
 def bounds(x, labels, num_clusters, *, perm=None, offsets=None, backend="torch"):
@@ -85,25 +90,36 @@ class KMeansResult(NamedTuple):
     counts: torch.Tensor     # int32 [G, C]
     perm: torch.Tensor       # int32 [G, N] from sort_by_cluster(labels, C + 1)
     offsets: torch.Tensor    # int32 [G, C + 2]; cluster c = rows offsets[c]:offsets[c+1]
+    kmax: Optional[torch.Tensor] = None  # float32 [G, C, D] (kmeans(..., with_bounds=True))
+    kmin: Optional[torch.Tensor] = None
 
 
 def kmeans(x: torch.Tensor, init: torch.Tensor, iters: int, *, normalize: bool = False,
-           ignore: Optional[torch.Tensor] = None, backend: str = "torch") -> KMeansResult:
+           ignore: Optional[torch.Tensor] = None, backend: str = "torch",
+           with_bounds: bool = False) -> KMeansResult:
     """Lloyd iterations (assign, then update) from `init` float32 [G, C, D].
 
     The returned centroids are the means of the returned labels (the last update), so the
-    layout (perm / offsets) and the centroids are consistent. No host synchronisation.
+    layout (perm / offsets) and the centroids are consistent. with_bounds=True also returns the
+    per-cluster Kmax / Kmin of the raw rows (TensorQuest), computed in the last update's pass.
+    No host synchronisation.
     """
     C = init.shape[1]
     c = init.float()
     lab = perm = offs = cnt = None
-    for _ in range(max(1, int(iters))):
+    kmax = kmin = None
+    n_it = max(1, int(iters))
+    for it in range(n_it):
         lab = assign(x, c, normalize=normalize, backend=backend)
         if ignore is not None:
             lab = torch.where(ignore, torch.full_like(lab, C), lab)
         perm, offs = sort_by_cluster(lab, C + 1)
-        c, cnt = update(x, lab, c, normalize=normalize, perm=perm, offsets=offs, backend=backend)
-    return KMeansResult(lab, c, cnt, perm, offs)
+        if with_bounds and it == n_it - 1:
+            c, cnt, kmax, kmin = update(x, lab, c, normalize=normalize, perm=perm, offsets=offs,
+                                        backend=backend, with_bounds=True)
+        else:
+            c, cnt = update(x, lab, c, normalize=normalize, perm=perm, offsets=offs, backend=backend)
+    return KMeansResult(lab, c, cnt, perm, offs, kmax, kmin)
 
 
 # ---- multi-stage adaptive key clustering ----------------------------------------------------

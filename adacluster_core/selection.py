@@ -80,13 +80,40 @@ def select_top_p(cq, ck, k_counts: torch.Tensor, p: float, scale: float,
     return torch.where(keep, idx, torch.full_like(idx, -1)).to(torch.int32)
 
 
+def apply_density_budget(sel: torch.Tensor, k_counts: torch.Tensor, max_density: float) -> torch.Tensor:
+    """Cap each query cluster's selection at a key budget (static shapes, no host sync).
+
+    sel: int [G, Cq, S] key-cluster ids in decreasing score order, -1 slots after the valid ones
+    (the output of the selectors above). k_counts: int [G, Ck] cluster sizes. Keeps the prefix
+    whose cumulative key count is <= floor(max_density x sum(k_counts[g])) (at least the first
+    valid cluster); dropped slots become -1. max_density >= 1 returns sel unchanged.
+    """
+    if max_density >= 1.0 or sel.numel() == 0:
+        return sel
+    G, Cq, S = sel.shape
+    Ck = k_counts.shape[-1]
+    valid = sel >= 0
+    cnt = k_counts.to(torch.int64)
+    n = torch.gather(cnt.unsqueeze(1).expand(G, Cq, Ck), 2, sel.clamp_min(0).to(torch.int64))
+    n = torch.where(valid, n, torch.zeros_like(n))
+    cum = torch.cumsum(n, dim=-1)
+    budget = torch.floor(cnt.sum(-1).to(torch.float64) * float(max_density)).to(torch.int64)
+    keep = valid & (cum <= budget.view(G, 1, 1))
+    keep[..., 0] = valid[..., 0]
+    return torch.where(keep, sel, torch.full_like(sel, -1))
+
+
 def select_clusters(method: str, *, cq, ck, kmax, kmin, k_counts, top_k: int, top_p: float,
-                    scale: float, q_norm=None) -> torch.Tensor:
-    """Dispatch on `AdaClusterConfig.selection`."""
+                    scale: float, q_norm=None, max_density: float = 1.0) -> torch.Tensor:
+    """Dispatch on `AdaClusterConfig.selection`, then apply the density budget (needs k_counts)."""
     if method == "tensorquest":
-        return select_tensorquest(cq, kmax, kmin, top_k, k_counts)
-    if method == "centroid":
-        return select_centroid(cq, ck, top_k, k_counts)
-    if method == "top_p":
-        return select_top_p(cq, ck, k_counts, top_p, scale, q_norm)
-    raise ValueError(f"selection must be one of ('tensorquest', 'top_p', 'centroid'), got {method!r}")
+        sel = select_tensorquest(cq, kmax, kmin, top_k, k_counts)
+    elif method == "centroid":
+        sel = select_centroid(cq, ck, top_k, k_counts)
+    elif method == "top_p":
+        sel = select_top_p(cq, ck, k_counts, top_p, scale, q_norm)
+    else:
+        raise ValueError(f"selection must be one of ('tensorquest', 'top_p', 'centroid'), got {method!r}")
+    if k_counts is not None and max_density < 1.0:
+        sel = apply_density_budget(sel, k_counts, max_density)
+    return sel

@@ -1,12 +1,14 @@
-"""The ComfyExtension listing the pack's four nodes."""
+"""The ComfyExtension listing the pack's nodes."""
 from comfy_api.latest import ComfyExtension, io
 
+from .capture import AdaClusterCapture
 from .layer_overrides import AdaClusterLayerOverrides
 from .sparse_attention import AdaClusterSparseAttention
 from .stats import AdaClusterStats
 from .thresholds import AdaClusterThresholds
 
-NODES = [AdaClusterSparseAttention, AdaClusterThresholds, AdaClusterLayerOverrides, AdaClusterStats]
+NODES = [AdaClusterSparseAttention, AdaClusterThresholds, AdaClusterLayerOverrides, AdaClusterStats,
+         AdaClusterCapture]
 
 
 class AdaClusterExtension(ComfyExtension):

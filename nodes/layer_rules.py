@@ -245,12 +245,82 @@ def iter_rule_overrides(rules: LayerRules) -> Iterable[tuple[int, dict[str, obje
             yield r.line, dict(r.overrides)
 
 
+# ------------------------------------------------------------------------------------------------
+# index selections ("0-2, -1", "*") for probe layers / steps and the capture node
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Selection:
+    """A set of layer (or step) indices in the selector grammar of the rules: `N`, `A-B`, `A-`,
+    `*`, negative = from the end (needs the count; unknown count -> a negative index never matches)."""
+    selectors: tuple[tuple[int | None, int | None], ...] = ((0, None),)
+    text: str = "*"
+
+    def matches(self, i: int, n: int | None = None) -> bool:
+        return Rule(line=0, selectors=self.selectors).matches(i, n)
+
+
+def parse_selection(text: str, what: str = "layers") -> Selection:
+    """'0-2, -1' / '*' / '' (= all) -> Selection. ValueError names `what`."""
+    t = (text or "").strip()
+    if not t:
+        return Selection()
+    try:
+        sels = tuple(_parse_selector(s, 1) for s in t.split(","))
+    except ValueError as e:
+        raise ValueError(f"{what}: {str(e).replace('line 1: ', '')}") from None
+    return Selection(sels, t)
+
+
+# ------------------------------------------------------------------------------------------------
+# tuner profiles (adacluster_core.tune writes them) -> rules text
+# ------------------------------------------------------------------------------------------------
+PROFILE_FORMAT = "adacluster-profile/1"
+PROFILE_LAYER_FIELDS = ("q_clusters", "k_clusters", "top_k", "selection", "top_p", "max_density")
+
+
+def _fmt_value(v) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def profile_to_rules_text(profile: Mapping) -> str:
+    """The per-layer rules of a tuner profile as override text (one line per layer).
+    Layer entries: {"mode": "dense"} or {"mode": "sparse", "top_k": .., "selection": .., ...}."""
+    if not isinstance(profile, Mapping) or profile.get("format") != PROFILE_FORMAT:
+        raise ValueError(f"not an AdaCluster profile (expected format '{PROFILE_FORMAT}')")
+    layers = profile.get("layers")
+    if not isinstance(layers, Mapping):
+        raise ValueError("profile has no 'layers' object")
+    lines = [f"# profile: target error {profile.get('target_error')} ({profile.get('source', '')})"]
+    for key in sorted(layers, key=lambda x: int(x)):
+        ent = layers[key]
+        layer = int(key)
+        if not isinstance(ent, Mapping):
+            raise ValueError(f"profile layer {key}: expected an object")
+        mode = ent.get("mode", "sparse")
+        if mode == "dense":
+            lines.append(f"{layer}: dense")
+            continue
+        if mode != "sparse":
+            raise ValueError(f"profile layer {key}: mode must be dense or sparse, got {mode!r}")
+        acts = ["sparse"] + [f"{f}={_fmt_value(ent[f])}" for f in PROFILE_LAYER_FIELDS if f in ent]
+        lines.append(f"{layer}: " + ", ".join(acts))
+    return "\n".join(lines) + "\n"
+
+
 __all__ = [
     "DEFAULT_FIELDS",
+    "PROFILE_FORMAT",
     "RUN_WIDE_FIELDS",
     "LayerRules",
     "Rule",
+    "Selection",
     "iter_rule_overrides",
     "max_positive_index",
     "parse_rules",
+    "parse_selection",
+    "profile_to_rules_text",
 ]

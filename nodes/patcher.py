@@ -24,6 +24,7 @@ whether ComfyUI batched them. Key-cluster counts are shared per layer.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -47,7 +48,7 @@ except ImportError:
     from adacluster_core import api as _core_api
     from adacluster_core.clustering import plan_layers
 
-from .layer_rules import LayerRules, parse_rules
+from .layer_rules import LayerRules, Selection, parse_rules, parse_selection
 
 log = logging.getLogger("AdaCluster")
 
@@ -117,6 +118,96 @@ def parse_layer_rules(text: str) -> LayerRules:
 
 
 # ------------------------------------------------------------------------------------------------
+# probe mode
+# ------------------------------------------------------------------------------------------------
+PROBE_MODES = ("off", "on")
+PROBE_MAX_ROWS = 256   # query rows per (batch, head) used for the dense softmax mass of the recall
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSpec:
+    """Which sparse calls the probe measures (layers x steps, selector grammar of the rules)."""
+    layers: Selection = dataclasses.field(default_factory=Selection)
+    steps: Selection = dataclasses.field(default_factory=Selection)
+    max_rows: int = PROBE_MAX_ROWS
+
+    def wants(self, layer: int, step: int, n_layers: int | None, n_steps: int | None) -> bool:
+        return self.layers.matches(layer, n_layers or None) and step >= 0 and self.steps.matches(step, n_steps)
+
+    def describe(self) -> str:
+        return f"layers {self.layers.text or '*'}, steps {self.steps.text or '*'}"
+
+
+def make_probe(mode: str = "off", layers: str = "*", steps: str = "*", max_rows: int = PROBE_MAX_ROWS):
+    """ProbeSpec or None (mode off). ValueError naming the widget on bad selections."""
+    if mode not in PROBE_MODES:
+        raise ValueError(f"probe must be one of {PROBE_MODES}, got {mode!r}")
+    if mode == "off":
+        return None
+    return ProbeSpec(parse_selection(layers, "probe_layers"), parse_selection(steps, "probe_steps"), int(max_rows))
+
+
+def _mass_recall(Q, K, cfg, state_copy, scale, txt_range, km, max_rows):
+    """Attention-mass recall of a sparse call, exact for the keys the call computed.
+
+    The call is replayed (same inputs, a copy of the layer's ClusterState taken before the real
+    call, so clustering and selection are the same) with one extra SENTINEL token in the
+    always-dense range: q = k = 0 (logit 0 for every query) and values that read the normaliser:
+    real keys carry v = e0, the sentinel v = e1. For query i the kernel then returns
+    a_i = Z_S/(Z_S + 1) in channel 0 and b_i = 1/(Z_S + 1) in channel 1, where
+    Z_S = sum over the computed keys of exp(scale q_i.k_j). So log Z_S = log a - log b, and
+    recall_i = Z_S / Z with log Z = logsumexp over all (unmasked) keys, computed in fp32 for at
+    most `max_rows` evenly spaced video query rows per (batch, head). Text rows (attend
+    everything) are excluded. Returns a 0-dim tensor (mean over rows) or None when the layout
+    has no place for the sentinel. Exactness limits: the output dtype's precision (bf16 ~1e-2
+    relative) and b underflowing when logits exceed ~80 (such rows are skipped)."""
+    B, H, L, D = Q.shape
+    if txt_range is None:
+        pos, rng, vid = "end", (L, L + 1), (0, L)
+    elif txt_range[0] == 0:
+        pos, rng, vid = "start", (0, txt_range[1] + 1), (txt_range[1], L)
+    elif txt_range[1] == L:
+        pos, rng, vid = "end", (txt_range[0], L + 1), (0, txt_range[0])
+    else:
+        return None
+    z = Q.new_zeros(B, H, 1, D)
+    vr = torch.zeros_like(Q)
+    vr[..., 0] = 1
+    vs = z.clone()
+    vs[..., 1] = 1
+
+    def cat(a, b):
+        return torch.cat([b, a], 2) if pos == "start" else torch.cat([a, b], 2)
+
+    km2 = None
+    if km is not None:
+        pad = km.new_zeros(km.shape[:-1] + (1,))
+        km2 = torch.cat([pad, km], -1) if pos == "start" else torch.cat([km, pad], -1)
+    o2, _ = sparse_attention(cat(Q, z), cat(K, z), cat(vr, vs), config=cfg, state=state_copy, scale=scale,
+                             always_dense_range=rng, key_mask=km2)
+    nv = vid[1] - vid[0]
+    r = min(nv, max(1, int(max_rows)))
+    idx = torch.linspace(vid[0], vid[1] - 1, r, device=Q.device).round().long().unique()
+    off = 1 if pos == "start" else 0
+    a = o2[:, :, idx + off, 0].float()
+    b = o2[:, :, idx + off, 1].float()
+    log_zs = torch.log(a) - torch.log(b)
+    sc = float(scale) if scale is not None else D ** -0.5
+    logits = (Q[:, :, idx].float() @ K.float().transpose(-1, -2)) * sc        # [B, H, r, L]
+    if km is not None:
+        logits = logits.masked_fill((km.float() <= -1e4).reshape(km.shape[0], 1, 1, L), float("-inf"))
+    rec = torch.exp(log_zs - torch.logsumexp(logits, -1)).clamp(0.0, 1.0)
+    ok = torch.isfinite(log_zs) | (a == 0)
+    rec = torch.where(ok, rec.nan_to_num(0.0), torch.zeros_like(rec))
+    return rec.sum() / ok.sum().clamp_min(1)
+
+
+def _rel_err(o, ref):
+    o, ref = o.float(), ref.float()
+    return (o - ref).norm() / ref.norm().clamp_min(1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
 # per-forward context
 # ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
@@ -132,6 +223,7 @@ class ForwardContext:
     n_layers: int = 0
     sigma: float = float("nan")
     step: int = -1
+    n_steps: int | None = None       # sampler steps (from transformer_options["sample_sigmas"])
     phase: str = "sparse"            # warmup | calibration | sparse
     cond_or_uncond: tuple[int, ...] = ()
     self_calls: int = 0              # per-forward self-attention counter (layer id fallback)
@@ -151,8 +243,9 @@ class AdaClusterRun:
     """Per patched model: config, rules, and the state/stats of the current sampling run."""
 
     def __init__(self, config: AdaClusterConfig | None, layer_rules: LayerRules | None, preset: str,
-                 previous_override=None):
+                 previous_override=None, probe: ProbeSpec | None = None):
         self.user_config = config
+        self.probe = probe
         self.rules = layer_rules or LayerRules()
         self.preset = preset if preset in PRESETS else "auto"
         self.previous = previous_override
@@ -185,6 +278,7 @@ class AdaClusterRun:
         self.layer_cfg: dict[tuple[int, int], AdaClusterConfig] = {}
         self.sigma_steps: dict[float, int] = {}
         self.records: list[tuple] = []
+        self.probes: list[tuple] = []     # (layer, step, branch, rel_err, recall, density) 0-dim tensors ok
         self.layouts: dict[tuple, dict] = {}
         self.forwards = 0
         self.override_calls = 0
@@ -397,6 +491,16 @@ class AdaClusterRun:
         for layer, c in self.counts.items():
             per_layer.setdefault(layer, {"sparse": 0, "dense": 0, "q_clusters": None, "k_clusters": None,
                                          "dense_reasons": {}})["adaptive_count"] = int(c)
+        # the realised per-layer settings (config after rules; what the sparse calls used)
+        for (layer, _n), cfg in self.layer_cfg.items():
+            if layer in per_layer:
+                mode = self.rules.resolve(layer, n_layers)[0] if len(self.rules) else None
+                sets = {"mode": mode}
+                for f in ("q_clusters", "k_clusters", "top_k", "selection", "top_p", "max_density"):
+                    if hasattr(cfg, f):
+                        sets[f] = getattr(cfg, f)
+                per_layer[layer]["settings"] = sets
+        probe = self._summarize_probe(n_layers, n_steps)
         wall = (time.perf_counter() - self.t_start) if self.t_start else None
         reason_txt = ", ".join(f"{k} {v}" for k, v in reasons.most_common())
         summary = (f"AdaCluster: {n} attention calls, {len(sparse_idx)} sparse"
@@ -434,7 +538,49 @@ class AdaClusterRun:
             "state_bytes_peak": self.state_bytes_peak,
             "n_states": len(self.states),
             "runs_completed": self.runs_completed + 1,
+            "probe": probe,
         }
+
+    def _summarize_probe(self, n_layers: int, n_steps: int) -> dict | None:
+        if self.probe is None:
+            return None
+        rows = self.probes
+        vals = []
+        for r in rows:
+            vals += [r[3], r[4] if r[4] is not None else float("nan"), r[5] if r[5] is not None else float("nan")]
+        flat = [torch.as_tensor(v).detach().float().reshape(()).cpu() for v in vals]
+        nums = torch.stack(flat).tolist() if flat else []
+        recs = [(r[0], r[1], r[2], nums[3 * i], nums[3 * i + 1], nums[3 * i + 2]) for i, r in enumerate(rows)]
+        err_grid = [[None] * n_steps for _ in range(n_layers)]
+        rec_grid = [[None] * n_steps for _ in range(n_layers)]
+        acc: dict[tuple[int, int], list] = defaultdict(list)
+        per: dict[int, list] = defaultdict(list)
+        for layer, step, _br, e, rc, d in recs:
+            per[layer].append((e, rc, d))
+            if 0 <= layer < n_layers and 0 <= step < n_steps:
+                acc[(layer, step)].append((e, rc))
+        for (layer, step), v in acc.items():
+            err_grid[layer][step] = round(max(e for e, _ in v), 5)
+            rs = [rc for _, rc in v if math.isfinite(rc)]
+            rec_grid[layer][step] = round(min(rs), 5) if rs else None
+        layers = []
+        for layer, v in per.items():
+            rs = [rc for _, rc, _ in v if math.isfinite(rc)]
+            ds = [d for _, _, d in v if math.isfinite(d)]
+            layers.append({"layer": layer, "calls": len(v), "error_mean": sum(e for e, _, _ in v) / len(v),
+                           "error_max": max(e for e, _, _ in v),
+                           "recall_mean": (sum(rs) / len(rs)) if rs else None, "recall_min": min(rs) if rs else None,
+                           "density_mean": (sum(ds) / len(ds)) if ds else None})
+        layers.sort(key=lambda x: -x["error_max"])
+        errs = [e for *_, e, _, _ in recs]
+        return {"spec": self.probe.describe(), "max_rows": self.probe.max_rows, "calls": len(recs),
+                "max_error": max(errs) if errs else None,
+                "mean_error": (sum(errs) / len(errs)) if errs else None,
+                "error_grid": err_grid, "recall_grid": rec_grid,
+                "worst_layers": layers,     # sorted by error_max, worst first
+                "recall_definition": "fraction of the dense softmax mass of each video query row on the keys the "
+                                     "sparse call computed (exact, sentinel-token replay; mean over <= max_rows "
+                                     "rows per head)"}
 
 
 def _plan_layers(counts: dict[int, int | None], fraction: float, n_tokens: int):
@@ -540,6 +686,9 @@ def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> For
     run.n_layers = max(run.n_layers, fc.n_layers)
     cou = to.get("cond_or_uncond")
     fc.cond_or_uncond = tuple(int(c) for c in cou) if cou else ()
+    ss = to.get("sample_sigmas")
+    if isinstance(ss, torch.Tensor) and ss.ndim == 1 and ss.numel() > 1:
+        fc.n_steps = int(ss.numel()) - 1
     sig = to.get("sigmas")
     if isinstance(sig, torch.Tensor) and sig.numel():
         fc.sigma = float(sig.detach().float().max())
@@ -786,6 +935,24 @@ def _check_mask(run, fc, mask, B, L, txt_range, vid_start):
     return km, reason
 
 
+def _probe_call(run, layer, step, br, Q, K, o, ref, stats, st_before, cfg, scale, txt_range, km):
+    """Record relative L2 error and attention-mass recall of one sparse call (never raises)."""
+    try:
+        err = _rel_err(o, ref)
+        is_dense = bool(stats.get("dense", False)) if isinstance(stats, dict) else False
+        if is_dense:
+            rec = 1.0
+        else:
+            rec = _mass_recall(Q, K, cfg, st_before, scale, txt_range, km, run.probe.max_rows)
+        dens = stats.get("density") if isinstance(stats, dict) and not is_dense else 1.0
+        run.probes.append((layer, step, br, err, rec, dens))
+    except Exception as e:
+        if os.environ.get(_STRICT_ENV) == "1":
+            raise
+        run.warn_once(("probe-error", type(e).__name__), "AdaCluster: probe measurement failed (%s: %s)",
+                      type(e).__name__, e)
+
+
 def _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, mask, skip_reshape):
     B, H, L, D, vid_start, txt_range = layout
     heads = H
@@ -823,6 +990,13 @@ def _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, ma
     scale = kwargs.get("scale", None)
     bs = B // nb
     outs = []
+    probing = run.probe is not None and run.probe.wants(layer, fc.step, fc.n_layers, fc.n_steps)
+    dense_out = dense_bhld = None
+    if probing:
+        # the dense result is what goes on (errors do not compound); the sparse one is measured
+        dense_out = dense(func, args, kwargs)
+        dense_bhld = dense_out if kwargs.get("skip_output_reshape", False) else \
+            dense_out.reshape(B, L, H, D).transpose(1, 2)
     try:
         for i, br in enumerate(branches):
             sl = slice(i * bs, (i + 1) * bs)
@@ -833,10 +1007,14 @@ def _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, ma
             if key_mask is not None:
                 km = key_mask if key_mask.shape[0] == 1 else key_mask[sl]
                 km = km.expand(bs, 1, L)
+            st_before = copy.deepcopy(st) if probing else None
             tm = _Timer(q.device)
             o, stats = sparse_attention(Q[sl], K[sl], V[sl], config=cfg, state=st, scale=scale,
                                         always_dense_range=txt_range, key_mask=km)
             t = tm.stop()
+            if probing:
+                _probe_call(run, layer, fc.step, br, Q[sl], K[sl], o, dense_bhld[sl], stats, st_before, cfg,
+                            scale, txt_range, km)
             is_dense = bool(stats.get("dense", False)) if isinstance(stats, dict) else False
             reason = ""
             if is_dense:
@@ -854,6 +1032,8 @@ def _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, ma
                       "falling back to dense for this call", type(e).__name__, e)
         return _timed_dense(run, fc, layer, f"error {type(e).__name__}", func, args, kwargs, dense, q, k, heads,
                             skip_reshape)
+    if dense_out is not None:
+        return dense_out
     O = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)   # [B, H, L, D]
     if kwargs.get("skip_output_reshape", False):
         return O
@@ -895,7 +1075,7 @@ def unpatch_model(model):
 
 
 def patch_model(model, config: AdaClusterConfig | None = None, layer_rules: LayerRules | None = None,
-                enabled: bool = True, preset: str = "auto"):
+                enabled: bool = True, preset: str = "auto", probe: ProbeSpec | None = None):
     """Clone `model` and route its video self-attention through AdaCluster. enabled=False returns the
     input unchanged (or, if it already carries an AdaCluster patch, a clone with that patch removed)."""
     if not enabled:
@@ -909,7 +1089,7 @@ def patch_model(model, config: AdaClusterConfig | None = None, layer_rules: Laye
         _unpatch(m, earlier)
     to = m.model_options.setdefault("transformer_options", {})
     previous = to.get(OVERRIDE_KEY)
-    run = AdaClusterRun(config, layer_rules, preset, previous_override=previous)
+    run = AdaClusterRun(config, layer_rules, preset, previous_override=previous, probe=probe)
     override = make_override(run, previous)
     run.override = override
     to[OVERRIDE_KEY] = override
@@ -997,6 +1177,31 @@ def format_stats(d: dict | None) -> str:
             if pl.get("adaptive_count") is not None:
                 extra += f" (adaptive {pl['adaptive_count']})"
             lines.append(f"  L{li:>3}: {cells}{extra}")
+    pr = d.get("probe")
+    if pr:
+        lines.append(f"probe ({pr.get('spec')}): {pr.get('calls', 0)} calls measured against dense "
+                     "(dense output passed on)")
+        if pr.get("calls"):
+            lines.append(f"  rel. L2 error: mean {pr['mean_error']:.4f}  max {pr['max_error']:.4f}")
+            lines.append("  worst layers first:")
+            lines.append(f"  {'layer':>6} {'calls':>5} {'err max':>8} {'err mean':>8} {'recall min':>10} "
+                         f"{'recall mean':>11} {'density':>7}")
+
+            def f(x):
+                return "-" if x is None else f"{x:.4f}"
+            for w in pr.get("worst_layers", []):
+                lines.append(f"  {'L' + str(w['layer']):>6} {w['calls']:>5} {f(w['error_max']):>8} "
+                             f"{f(w['error_mean']):>8} {f(w['recall_min']):>10} {f(w['recall_mean']):>11} "
+                             f"{f(w['density_mean']):>7}")
+            eg, rg = pr.get("error_grid") or [], pr.get("recall_grid") or []
+            if eg:
+                lines.append("  error / recall per layer x step (. = not probed):")
+                for li, (er, rr) in enumerate(zip(eg, rg)):
+                    if all(v is None for v in er):
+                        continue
+                    cells = " ".join("     .     " if e is None else
+                                     f"{e:.3f}/{'-' if r is None else f'{r:.3f}'}".rjust(11) for e, r in zip(er, rr))
+                    lines.append(f"  L{li:>3}: {cells}")
     return "\n".join(lines)
 
 
@@ -1004,12 +1209,12 @@ _CMAP = [(0.0, (0.267, 0.005, 0.329)), (0.25, (0.229, 0.322, 0.546)), (0.5, (0.1
          (0.75, (0.369, 0.789, 0.383)), (1.0, (0.993, 0.906, 0.144))]
 
 
-def heatmap_image(d: dict | None, cell: int = 12, max_side: int = 1024) -> torch.Tensor:
+def heatmap_image(d: dict | None, cell: int = 12, max_side: int = 1024, min_side: int = 256) -> torch.Tensor:
     """IMAGE [1, H, W, 3] float: layers (rows) x steps (columns), viridis-like colour of density
     (dark = sparse, yellow = dense), grey = no call. Nearest-neighbour upscaled."""
     grid = (d or {}).get("density_grid") or []
     if not grid or not grid[0]:
-        return torch.full((1, 64, 64, 3), 0.5)
+        return torch.full((1, min_side, min_side, 3), 0.5)
     rows, cols = len(grid), len(grid[0])
     vals = torch.tensor([[float("nan") if v is None else float(v) for v in row] for row in grid], dtype=torch.float32)
     img = torch.empty(rows, cols, 3)
@@ -1021,7 +1226,9 @@ def heatmap_image(d: dict | None, cell: int = 12, max_side: int = 1024) -> torch
     col = cs[idx] * (1 - t) + cs[idx + 1] * t
     img = col.view(rows, cols, 3)
     img[torch.isnan(vals)] = torch.tensor([0.5, 0.5, 0.5])
-    scale = max(1, min(cell, max_side // max(rows, cols)))
+    # at least `min_side` px on the short side (tiny models: 2 layers x 3 steps), at most max_side long
+    scale = max(cell, math.ceil(min_side / max(1, min(rows, cols))))
+    scale = max(1, min(scale, max_side // max(rows, cols)))
     img = img.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
     return img.unsqueeze(0).contiguous()
 
@@ -1034,8 +1241,10 @@ def stats_json(d: dict | None) -> dict:
 __all__ = [
     "FAMILIES",
     "PRESETS",
+    "PROBE_MODES",
     "AdaClusterRun",
     "ForwardContext",
+    "ProbeSpec",
     "build_forward_context",
     "classify_call",
     "config_fields",
@@ -1045,6 +1254,7 @@ __all__ = [
     "heatmap_image",
     "make_config",
     "make_override",
+    "make_probe",
     "parse_layer_rules",
     "patch_model",
     "preset_config",

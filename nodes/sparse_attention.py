@@ -28,11 +28,33 @@ class AdaClusterSparseAttention(io.ComfyNode):
                                            tooltip="From AdaCluster Thresholds; replaces the preset."),
                 AdaClusterLayersType.Input("layer_overrides", optional=True,
                                            tooltip="From AdaCluster Layer Overrides: per-layer dense/sparse/fields."),
+                io.Combo.Input("probe", options=list(patcher.PROBE_MODES), default="off", optional=True,
+                               tooltip="Diagnostics. on: for the chosen layers/steps the call ALSO runs dense "
+                                       "attention, passes the dense result on (errors do not compound; the run "
+                                       "is slower than dense) and records the sparse result's relative L2 error "
+                                       "and attention-mass recall; AdaCluster Stats shows them, worst layers first."),
+                io.String.Input("probe_layers", default="*", optional=True,
+                                tooltip="Layers to probe: '*', '0-3, -1' (layer-rule selector grammar)."),
+                io.String.Input("probe_steps", default="*", optional=True,
+                                tooltip="Sampling steps to probe (0 = first step): '*', '2-', '0, -1'."),
             ],
             outputs=[io.Model.Output(tooltip="The patched model (a clone; the input is untouched).")],
         )
 
     @classmethod
-    def execute(cls, model, preset="auto", enabled=True, config=None, layer_overrides=None) -> io.NodeOutput:
+    def validate_inputs(cls, probe="off", probe_layers="*", probe_steps="*", **kwargs):
+        try:
+            patcher.make_probe(probe or "off", probe_layers or "*", probe_steps or "*")
+        except ValueError as e:
+            return f"AdaCluster Sparse Attention: {e}"
+        return True
+
+    @classmethod
+    def execute(cls, model, preset="auto", enabled=True, config=None, layer_overrides=None, probe="off",
+                probe_layers="*", probe_steps="*") -> io.NodeOutput:
+        try:
+            spec = patcher.make_probe(probe or "off", probe_layers or "*", probe_steps or "*")
+        except ValueError as e:
+            raise ValueError(f"AdaCluster Sparse Attention: {e}") from None
         return io.NodeOutput(patcher.patch_model(model, config=config, layer_rules=layer_overrides,
-                                                 enabled=enabled, preset=preset))
+                                                 enabled=enabled, preset=preset, probe=spec))

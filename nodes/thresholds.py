@@ -26,15 +26,55 @@ WIDGETS = {
 }
 
 
+# fields that may or may not exist in the installed core (added later): used only when they do
+OPTIONAL_WIDGETS = {
+    "max_density": ("float", dict(default=0.25, min=0.01, max=1.0, step=0.01, tooltip="Density budget: per query cluster the best key clusters are kept while their keys stay <= max_density x the clustered keys (1.0 = no cap, the paper's selection).")),
+}
+
+
+def _auto_widgets() -> dict:
+    """Widgets for config fields added to AdaClusterConfig after this table was written (so every
+    field always has a widget): kind from the default's type; a None default maps to 0 = none."""
+    out = {}
+    for name, default in patcher.config_fields().items():
+        if name in WIDGETS:
+            continue
+        if name in OPTIONAL_WIDGETS:
+            kind, kw = OPTIONAL_WIDGETS[name]
+            out[name] = (kind, dict(kw, default=default if default is not None else kw["default"]))
+            continue
+        tip = f"AdaClusterConfig.{name} (default {default!r}; see docs/ALGORITHM.md)."
+        if isinstance(default, bool):
+            out[name] = ("bool", dict(default=default, tooltip=tip))
+        elif isinstance(default, int):
+            out[name] = ("int", dict(default=default, min=0, max=1 << 24, tooltip=tip))
+        elif isinstance(default, float):
+            out[name] = ("float", dict(default=default, min=0.0, max=1e6, step=0.01, tooltip=tip))
+        elif default is None:
+            out[name] = ("float", dict(default=0.0, min=0.0, max=1e6, step=0.01,
+                                       tooltip=tip + " 0 = none (off)."))
+        else:
+            out[name] = ("string", dict(default=str(default), tooltip=tip))
+    return out
+
+
+def all_widgets() -> dict:
+    """WIDGETS, then widgets of fields added later, APPENDED (ComfyUI stores widget values by
+    position: appending keeps saved workflows loading, the new widget taking its default)."""
+    return {**WIDGETS, **_auto_widgets()}
+
+
 def _inputs():
     out = []
-    for name, (kind, kw) in WIDGETS.items():
+    for name, (kind, kw) in all_widgets().items():
         if kind == "int":
             out.append(io.Int.Input(name, **kw))
         elif kind == "float":
             out.append(io.Float.Input(name, **kw))
         elif kind == "bool":
             out.append(io.Boolean.Input(name, **kw))
+        elif kind == "string":
+            out.append(io.String.Input(name, **kw))
         else:
             out.append(io.Combo.Input(name, **kw))
     return out
@@ -49,6 +89,8 @@ def build_config(**values):
             raise ValueError(f"{name}: not an AdaClusterConfig field")
         if name == "k_clusters":
             v = None if v in (None, 0) else int(v)
+        elif fields[name] is None and name not in WIDGETS and v in (0, 0.0, "", "none"):
+            v = None
         kw[name] = v
     return patcher.make_config(**kw)
 
@@ -68,7 +110,8 @@ class AdaClusterThresholds(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, **kwargs):
-        vals = {k: v for k, v in kwargs.items() if k in WIDGETS and v is not None}
+        names = all_widgets()
+        vals = {k: v for k, v in kwargs.items() if k in names and v is not None}
         try:
             build_config(**vals)
         except (ValueError, TypeError) as e:
@@ -78,7 +121,8 @@ class AdaClusterThresholds(io.ComfyNode):
     @classmethod
     def execute(cls, **kwargs) -> io.NodeOutput:
         try:
-            cfg = build_config(**{k: v for k, v in kwargs.items() if k in WIDGETS})
+            names = all_widgets()
+            cfg = build_config(**{k: v for k, v in kwargs.items() if k in names})
         except (ValueError, TypeError) as e:
             raise ValueError(f"AdaCluster Thresholds: {e}") from None
         return io.NodeOutput(cfg)

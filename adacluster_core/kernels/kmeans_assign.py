@@ -4,6 +4,8 @@ Reference: `adacluster_core.reference.kmeans_assign_ref`.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -13,13 +15,13 @@ from ._common import as_bhnd, interpreting, next_pow2
 
 @triton.jit
 def _kmeans_assign_kernel(
-    X, C, LAB, DIST,
+    X, C, CD, CC, LAB, DIST,
     H, N, NC, D,
     sxb, sxh, sxn, sxd,
     scg, scc,
     slg, sdg,
     NORMALIZE: tl.constexpr, RETURN_DIST: tl.constexpr, DOT_FP32: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     g = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -42,16 +44,14 @@ def _kmeans_assign_kernel(
 
     best = tl.full([BLOCK_N], float("inf"), tl.float32)
     best_i = tl.zeros([BLOCK_N], tl.int32)
-    for c0 in range(0, NC, BLOCK_C):
+    for c0 in tl.range(0, NC, BLOCK_C, num_stages=NUM_STAGES):
         rc = c0 + tl.arange(0, BLOCK_C)
         mc = rc < NC
-        c_ptrs = C + g * scg + rc[:, None] * scc + rd[None, :]
-        c = tl.load(c_ptrs, mask=mc[:, None] & md[None, :], other=0.0)
-        cc = tl.sum(c * c, axis=1)
-        if DOT_FP32:
-            dot = tl.dot(xd, tl.trans(c))
-        else:
-            dot = tl.dot(xd, tl.trans(c.to(x_raw.dtype)))  # [BLOCK_N, BLOCK_C] fp32
+        # CD: the centroids already in the GEMM dtype, CC: their fp32 squared norms (host-side
+        # once per call instead of once per program)
+        c = tl.load(CD + g * scg + rc[:, None] * scc + rd[None, :], mask=mc[:, None] & md[None, :], other=0.0)
+        cc = tl.load(CC + g * NC + rc, mask=mc, other=0.0)
+        dot = tl.dot(xd, tl.trans(c))  # [BLOCK_N, BLOCK_C] fp32
         score = cc[None, :] - 2.0 * dot
         score = tl.where(mc[None, :], score, float("inf"))
         tmin = tl.min(score, axis=1)
@@ -69,6 +69,20 @@ def _kmeans_assign_kernel(
         diff = xf - cb
         d = tl.sqrt(tl.sum(diff * diff, axis=1))
         tl.store(DIST + g * sdg + rn, d, mask=mn)
+
+
+# (BLOCK_N, BLOCK_C, num_warps, num_stages) per BLOCK_D on the GPU; ADACLUSTER_ASSIGN_CONFIG
+# "bn,bc,w,s" overrides (benchmarking). Measured: docs/KERNEL_NOTES.md.
+# H200, wan14b (40x75600x128): K vs 400 centroids / normalised Q vs 65: (64,64,4,1) 1.17/0.60 ms,
+# (128,64,8,2) 1.30/1.02, (128,128,4,2) 1.04/0.56 (best of 11 configs).
+_GPU_CONFIG = {64: (128, 128, 4, 2), 128: (128, 128, 4, 2)}
+
+
+def _gpu_config(block_d: int) -> tuple:
+    env = os.environ.get("ADACLUSTER_ASSIGN_CONFIG")
+    if env:
+        return tuple(int(t) for t in env.split(","))
+    return _GPU_CONFIG.get(block_d, (64, 64, 4, 1))
 
 
 def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, *, normalize: bool = False,
@@ -92,23 +106,23 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, *, normalize: bool =
     if x4.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         x4 = x4.float()
     BLOCK_D = max(16, next_pow2(D))
+    # fp32 inputs use an fp32 (tf32 on GPU) GEMM; the interpreter mishandles bf16 casts
+    dot_fp32 = (x4.dtype == torch.float32) or interpreting()
+    cd = c if dot_fp32 else c.to(x4.dtype)
+    cc = (c * c).sum(-1).contiguous()  # [G, NC] fp32
     if interpreting():
-        BLOCK_N, BLOCK_C, nw = 64, 64, 4
+        BLOCK_N, BLOCK_C, nw, ns = 64, 64, 4, 1
     else:
-        BLOCK_N = 128 if BLOCK_D <= 64 else 64
-        BLOCK_C = 64
-        nw = 4
+        BLOCK_N, BLOCK_C, nw, ns = _gpu_config(BLOCK_D)
     BLOCK_C = min(BLOCK_C, max(16, next_pow2(NC)))
     grid = (G, triton.cdiv(N, BLOCK_N))
     _kmeans_assign_kernel[grid](
-        x4, c, lab, dist,
+        x4, c, cd, cc, lab, dist,
         H, N, NC, D,
         x4.stride(0), x4.stride(1), x4.stride(2), x4.stride(3),
         c.stride(0), c.stride(1),
         lab.stride(0), dist.stride(0),
-        NORMALIZE=bool(normalize), RETURN_DIST=bool(return_dist),
-        # fp32 inputs use an fp32 (tf32 on GPU) GEMM; the interpreter mishandles bf16 casts
-        DOT_FP32=(x4.dtype == torch.float32) or interpreting(),
-        BLOCK_N=BLOCK_N, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, num_warps=nw,
+        NORMALIZE=bool(normalize), RETURN_DIST=bool(return_dist), DOT_FP32=dot_fp32,
+        BLOCK_N=BLOCK_N, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, NUM_STAGES=ns, num_warps=nw,
     )
     return (lab, dist) if return_dist else lab

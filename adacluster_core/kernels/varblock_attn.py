@@ -195,7 +195,14 @@ if HAS_TRITON:
                     v = tl.load(v_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
                     acc, m_i, l_i = _chunk_update(acc, m_i, l_i, q, k, v, qk_scale, ok, True, DOT_F32, LAZY)
             else:
-                for r in range(0, R):
+                # loop only up to the last non-empty range (a density budget leaves most of the
+                # top_k slots empty; the always-dense range, if any, is the last slot)
+                ri = tl.arange(0, R_P2)
+                rmask = ri < R
+                rs_v = tl.load(RS + rbase + ri, mask=rmask, other=0)
+                re_v = tl.load(RE + rbase + ri, mask=rmask, other=0)
+                n_r = tl.max(tl.where(rmask & (re_v > rs_v), ri + 1, 0), 0)
+                for r in range(0, n_r):
                     s = tl.load(RS + rbase + r)
                     e = tl.load(RE + rbase + r)
                     ln = tl.maximum(e - s, 0)
@@ -216,7 +223,11 @@ if HAS_TRITON:
             out = acc / l_safe[:, None]
             out = tl.where((l_i > 0)[:, None], out, 0.0)
             o_base = O + g64 * N * D
-            tl.store(o_base + orig[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty), mask=mrow[:, None])
+            if DOT_F32:  # interpreter + bf16: its default fp32->bf16 cast truncates; round to nearest
+                o_val = out.to(O.dtype.element_ty, fp_downcast_rounding="rtne")
+            else:
+                o_val = out.to(O.dtype.element_ty)
+            tl.store(o_base + orig[:, None] * D + offs_d[None, :], o_val, mask=mrow[:, None])
 
 
 # ------------------------------------------------------------------------------------------

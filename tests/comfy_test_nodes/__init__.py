@@ -84,3 +84,53 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AdaClusterTestZeroConditioning": "AdaCluster TEST: zero conditioning",
     "AdaClusterTestSaveLatent": "AdaCluster TEST: save latent",
 }
+
+
+class AdaClusterTestCountingOverride:
+    """MODEL -> MODEL with an optimized_attention_override that counts the calls reaching it and
+    chains any override already installed. At the end of each run (ON_CLEANUP) it writes
+    $ADACLUSTER_TEST_OUT/counter_<name>.json = {"calls": n, "chained": bool}."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "name": ("STRING", {"default": "counter"})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "adacluster_test"
+
+    def patch(self, model, name):
+        import json
+
+        import comfy.patcher_extension as pe
+
+        m = model.clone()
+        to = m.model_options.setdefault("transformer_options", {})
+        prev = to.get("optimized_attention_override")
+        counter = {"calls": 0}
+
+        def counting_override(func, *args, **kwargs):
+            counter["calls"] += 1
+            if prev is not None:
+                return prev(func, *args, **kwargs)
+            return func(*args, **kwargs)
+
+        to["optimized_attention_override"] = counting_override
+
+        def on_pre_run(patcher):
+            counter["calls"] = 0
+
+        def on_cleanup(patcher):
+            out = os.environ.get("ADACLUSTER_TEST_OUT")
+            if out:
+                os.makedirs(out, exist_ok=True)
+                with open(os.path.join(out, f"counter_{_safe_name(name)}.json"), "w") as f:
+                    json.dump({"calls": counter["calls"], "chained": prev is not None}, f)
+
+        m.add_callback_with_key(pe.CallbacksMP.ON_PRE_RUN, "adacluster_test_counter", on_pre_run)
+        m.add_callback_with_key(pe.CallbacksMP.ON_CLEANUP, "adacluster_test_counter", on_cleanup)
+        return (m,)
+
+
+NODE_CLASS_MAPPINGS["AdaClusterTestCountingOverride"] = AdaClusterTestCountingOverride
+NODE_DISPLAY_NAME_MAPPINGS["AdaClusterTestCountingOverride"] = "AdaCluster TEST: counting attention override"

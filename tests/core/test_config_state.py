@@ -11,6 +11,7 @@ def test_defaults_match_spec():
     assert (c.q_clusters, c.k_clusters, c.k_clusters_init, c.tau_scale, c.max_stages) == (65, None, 200, 1.5, 10)
     assert (c.top_k, c.selection, c.top_p, c.kmeans_iters_first, c.kmeans_iters_reuse) == (128, "tensorquest", 0.9, 10, 2)
     assert (c.backend, c.warmup, c.dense_layer_fraction) == ("auto", 0.3, 0.15)
+    assert c.max_density == 1.0  # no cap unless a preset (for_model) sets one
 
 
 @pytest.mark.parametrize("field,value", [
@@ -19,6 +20,8 @@ def test_defaults_match_spec():
     ("top_p", 0.0), ("top_p", 1.5), ("kmeans_iters_first", 0), ("kmeans_iters_reuse", 0),
     ("backend", "cuda"), ("min_tokens", -1), ("warmup", -0.1), ("warmup", 1.1),
     ("dense_layer_fraction", 1.0), ("dense_layer_fraction", -0.5), ("calibration_dense", "yes"),
+    ("max_density", 0.0), ("max_density", -0.1), ("max_density", 1.01), ("max_density", float("nan")),
+    ("max_density", "0.3"),
 ])
 def test_invalid_field_raises_naming_it(field, value):
     with pytest.raises(ValueError, match=field):
@@ -42,11 +45,14 @@ def test_presets():
     assert AdaClusterConfig.for_model("wan").top_k == 128
     assert AdaClusterConfig.for_model("hunyuan").top_k == 94
     assert AdaClusterConfig.for_model("cogvideox").top_k == 64
-    assert AdaClusterConfig.for_model("wan") == AdaClusterConfig()
+    assert AdaClusterConfig.for_model("wan") == AdaClusterConfig(max_density=0.25)
     for m in ("wan", "hunyuan", "cogvideox"):
         q, b, f = (AdaClusterConfig.for_model(m, p) for p in ("quality", "balanced", "fast"))
         assert q.top_k > b.top_k > f.top_k
         assert q.warmup >= b.warmup >= f.warmup
+        assert (q.max_density, b.max_density, f.max_density) == (0.40, 0.25, 0.15)
+    assert AdaClusterConfig.for_model("wan", max_density=1.0).max_density == 1.0
+    assert AdaClusterConfig(max_density=1).max_density == 1
     assert AdaClusterConfig.for_model("Wan2.1", "fast", backend="torch").backend == "torch"
     with pytest.raises(ValueError, match="model"):
         AdaClusterConfig.for_model("sd15")

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from adacluster_core import clustering, reference as ref
-from adacluster_core.selection import (centroid_scores, select_centroid, select_tensorquest, select_top_p,
-                                       tensorquest_scores)
+from adacluster_core.selection import (apply_density_budget, centroid_scores, select_centroid, select_clusters,
+                                       select_tensorquest, select_top_p, tensorquest_scores)
 
 from .conftest import BACKENDS, clustered
 
@@ -60,6 +60,43 @@ def test_top_p_mass():
     # kept ids come first
     valid = sel >= 0
     assert torch.all(valid[..., :-1] | ~valid[..., 1:])
+
+
+@pytest.mark.parametrize("method", ["tensorquest", "centroid", "top_p"])
+@pytest.mark.parametrize("budget", [0.05, 0.2, 0.5, 1.0])
+def test_density_budget_selection(method, budget):
+    k, cq, ck, nk, kmax, kmin, _ = _setup(N=300)
+    kw = dict(cq=cq, ck=ck, kmax=kmax, kmin=kmin, k_counts=nk, top_k=8, top_p=0.95, scale=0.125)
+    full = select_clusters(method, **kw)
+    sel = select_clusters(method, max_density=budget, **kw)
+    assert sel.shape == full.shape and sel.dtype == torch.int32
+    valid = sel >= 0
+    # a prefix of the unbudgeted selection (same order, -1 after)
+    assert torch.equal(torch.where(valid, full, -1), sel)
+    assert torch.all(valid[..., :-1] | ~valid[..., 1:])
+    assert valid[..., 0].all()  # always >= 1 cluster
+    sizes = torch.gather(nk.long().unsqueeze(1).expand(-1, sel.shape[1], -1), 2, sel.clamp_min(0).long())
+    keys = torch.where(valid, sizes, 0).sum(-1)              # [G, Cq]
+    budget_keys = torch.floor(nk.long().sum(-1).double() * budget).long().view(-1, 1)
+    single = valid.sum(-1) == 1
+    assert torch.all((keys <= budget_keys) | single)
+    # greedy: the next candidate would exceed the budget
+    nxt = torch.gather(torch.where(full >= 0, torch.gather(nk.long().unsqueeze(1).expand(-1, sel.shape[1], -1), 2,
+                                                           full.clamp_min(0).long()), 0), 2,
+                       valid.sum(-1, keepdim=True).clamp(max=full.shape[-1] - 1)).squeeze(-1)
+    more = (full >= 0).sum(-1) > valid.sum(-1)
+    assert torch.all(~more | (keys + nxt > budget_keys))
+    if budget == 1.0:
+        assert torch.equal(sel, full)
+
+
+def test_density_budget_no_counts_and_empty():
+    sel = torch.tensor([[[2, 0, -1], [1, -1, -1]]], dtype=torch.int32)
+    cnt = torch.tensor([[5, 5, 5]], dtype=torch.int32)
+    out = apply_density_budget(sel, cnt, 0.4)  # 6 keys: one cluster of 5 fits, two don't
+    assert out.tolist() == [[[2, -1, -1], [1, -1, -1]]]
+    assert apply_density_budget(sel, cnt, 0.1).tolist() == [[[2, -1, -1], [1, -1, -1]]]
+    assert torch.equal(apply_density_budget(sel, cnt, 1.0), sel)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

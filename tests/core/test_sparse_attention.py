@@ -14,7 +14,7 @@ NEG = -3.4e38  # ComfyUI's HunyuanVideo text padding mask value
 
 def small_cfg(backend, **kw):
     base = dict(min_tokens=0, q_clusters=6, k_clusters=10, top_k=10, kmeans_iters_first=2,
-                kmeans_iters_reuse=1, backend=backend)
+                kmeans_iters_reuse=1, backend=backend, max_density=1.0)
     base.update(kw)
     return AdaClusterConfig(**base)
 
@@ -195,11 +195,41 @@ def test_default_config_on_structured_input():
     q = clustered(B, H, N, D, n_centers=64, spread=1.5, noise=0.1, seed=13)
     k = clustered(B, H, N, D, n_centers=64, spread=1.5, noise=0.1, seed=14)
     v = torch.randn(B, H, N, D, generator=torch.Generator().manual_seed(15))
-    out, st = sparse_attention(q, k, v, AdaClusterConfig(backend="torch"))
+    out, st = sparse_attention(q, k, v, AdaClusterConfig(backend="torch", max_density=1.0))
     assert not st["dense"], st["reason"]
     d = float(st["density"])
     assert 0 < d < 0.9, d
     assert rel_l2(out, dense_attention_ref(q, k, v)) < 0.15
+    # the balanced preset's density budget (0.25) caps the work; the error stays bounded
+    out2, st2 = sparse_attention(q, k, v, AdaClusterConfig.for_model("wan", backend="torch"))
+    d2 = float(st2["density"])
+    assert 0 < d2 <= min(d, 0.25 + 0.05), (d2, d)
+    assert rel_l2(out2, dense_attention_ref(q, k, v)) < 0.3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("selection", ["tensorquest", "centroid", "top_p"])
+@pytest.mark.parametrize("budget", [0.1, 0.3])
+def test_density_budget_end_to_end(backend, selection, budget):
+    """Realised density <= max_density + one cluster's share, for every selection method; the
+    always-dense rows/keys come on top (accounted for exactly)."""
+    B, H, N, D = 1, 2, 160, 64
+    q, k, v = (t.to(torch.bfloat16) for t in qkv_clustered(B, H, N, D, seed=21))
+    text = 16
+    cfg = small_cfg(backend, top_k=10, selection=selection, top_p=0.99, max_density=budget)
+    s = ClusterState()
+    out, st = sparse_attention(q, k, v, cfg, s, always_dense_range=(N - text, N))
+    assert not st["dense"], st["reason"]
+    assert torch.isfinite(out.float()).all()
+    nv = N - text
+    # clustered query rows see <= budget*nv + (largest cluster) clustered keys, + the text keys;
+    # text query rows see every key
+    bound = (nv * (min(budget * nv, nv) + nv / 2 + text) + text * N) / (N * N)  # largest cluster < nv/2 here
+    d = float(st["density"])
+    assert 0 < d <= bound + 1e-6, (d, bound)
+    full, stf = sparse_attention(q, k, v, cfg.replace(max_density=1.0), ClusterState(),
+                                 always_dense_range=(N - text, N))
+    assert d <= float(stf["density"]) + 1e-6
 
 
 @settings(max_examples=14, deadline=None, suppress_health_check=list(HealthCheck))
@@ -222,7 +252,7 @@ def _property(B, H, N, D, dtype, top_k, text, backend):
     g = torch.Generator().manual_seed(N * 7 + D)
     q, k, v = (torch.randn(B, H, N, D, generator=g).to(dtype) for _ in range(3))
     cfg = AdaClusterConfig(min_tokens=0, q_clusters=8, k_clusters=16, top_k=top_k, kmeans_iters_first=2,
-                           backend=backend)
+                           backend=backend, max_density=(1.0 if top_k == 200 else 0.25))
     rng = (N - text, N) if text and N > text else None
     out, st = sparse_attention(q, k, v, cfg, ClusterState(), always_dense_range=rng)
     assert out.shape == q.shape and out.dtype == q.dtype

@@ -1,0 +1,66 @@
+"""Row gather of K and V into the permuted (cluster-sorted) buffers, one launch for both.
+
+    k_perm, v_perm = gather_kv(k, v, idx)   # k, v [B, H, N, D] (any strides); idx int [G, M]
+    k_perm[g, r] = k[g // H, g % H, idx[g, r]]
+
+Replaces two `torch.gather` calls with an element-wise index (the index is a [G, M, D] expand,
+~1.2 TB/s on H200) by row copies (one index load per row, 16-byte vector loads/stores).
+Reference: `api._gather_rows` (torch.gather).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import as_bhnd, interpreting
+
+
+@triton.jit
+def _gather_kv_kernel(
+    K, V, IDX, KO, VO,
+    H, M, D,
+    skb, skh, skn, skd,
+    svb, svh, svn, svd,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    b = (g // H).to(tl.int64)
+    h = (g % H).to(tl.int64)
+    rr = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    mr = rr < M
+    rd = tl.arange(0, BLOCK_D)
+    md = rd < D
+    m2 = mr[:, None] & md[None, :]
+    g64 = g.to(tl.int64)
+    idx = tl.load(IDX + g64 * M + rr, mask=mr, other=0).to(tl.int64)
+    k = tl.load(K + b * skb + h * skh + idx[:, None] * skn + rd[None, :] * skd, mask=m2, other=0.0)
+    v = tl.load(V + b * svb + h * svh + idx[:, None] * svn + rd[None, :] * svd, mask=m2, other=0.0)
+    o = g64 * M * D + rr[:, None].to(tl.int64) * D + rd[None, :]
+    tl.store(KO + o, k, mask=m2)
+    tl.store(VO + o, v, mask=m2)
+
+
+def gather_kv(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k, v: [G, N, D] or [B, H, N, D] (same shape, any strides); idx int [G, M] row ids.
+    Returns contiguous (k_perm, v_perm) [G, M, D] in k's / v's dtype."""
+    k4, G, H = as_bhnd(k)
+    v4, _, _ = as_bhnd(v)
+    D = k4.shape[3]
+    M = idx.shape[1]
+    idx = idx.to(torch.int32).contiguous()
+    ko = torch.empty(G, M, D, dtype=k4.dtype, device=k4.device)
+    vo = torch.empty(G, M, D, dtype=v4.dtype, device=v4.device)
+    if G == 0 or M == 0:
+        return ko, vo
+    BLOCK_D = max(16, 1 << max(0, D - 1).bit_length())
+    BLOCK_R = 16 if interpreting() else 32
+    grid = (triton.cdiv(M, BLOCK_R), G)
+    _gather_kv_kernel[grid](
+        k4, v4, idx, ko, vo, H, M, D,
+        k4.stride(0), k4.stride(1), k4.stride(2), k4.stride(3),
+        v4.stride(0), v4.stride(1), v4.stride(2), v4.stride(3),
+        BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D, num_warps=4,
+    )
+    return ko, vo
