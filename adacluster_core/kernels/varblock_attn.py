@@ -223,8 +223,12 @@ if HAS_TRITON:
             out = acc / l_safe[:, None]
             out = tl.where((l_i > 0)[:, None], out, 0.0)
             o_base = O + g64 * N * D
-            if DOT_F32:  # interpreter + bf16: its default fp32->bf16 cast truncates; round to nearest
-                o_val = out.to(O.dtype.element_ty, fp_downcast_rounding="rtne")
+            if DOT_F32:
+                # interpreter + bf16: its fp32->bf16 cast truncates (triton 3.9, any rounding mode);
+                # round to nearest even by hand so the result matches the GPU's cvt.rn
+                u = out.to(tl.uint32, bitcast=True)
+                u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+                o_val = u.to(tl.float32, bitcast=True).to(O.dtype.element_ty)
             else:
                 o_val = out.to(O.dtype.element_ty)
             tl.store(o_base + orig[:, None] * D + offs_d[None, :], o_val, mask=mrow[:, None])

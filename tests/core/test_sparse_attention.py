@@ -263,12 +263,14 @@ def _property(B, H, N, D, dtype, top_k, text, backend):
     assert st["q_clusters"] == min(8, N - (text if rng else 0))
 
 
-def test_no_host_sync_on_reuse(monkeypatch):
-    """The reuse step never reads a tensor value on the host (would be a GPU sync)."""
+@pytest.mark.parametrize("max_density", [1.0, 0.3])
+def test_no_host_sync_on_reuse(monkeypatch, max_density):
+    """The reuse step never reads a tensor value on the host (would be a GPU sync), with and
+    without the density budget."""
     q, k, v = qkv_clustered(1, 2, 96, 64, seed=16)
     mask = torch.zeros(1, 1, 96)
     mask[0, 0, -2:] = NEG
-    cfg = small_cfg("torch", top_k=3)
+    cfg = small_cfg("torch", top_k=3, max_density=max_density)
     s = ClusterState()
     sparse_attention(q, k, v, cfg, s, always_dense_range=(80, 96), key_mask=mask)
 
