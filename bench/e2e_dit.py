@@ -218,12 +218,13 @@ def bench_model(comfy, patch_mod, name, spec, args, device):
         cfg_kw["top_k"] = args.top_k
     config = None
     if cfg_kw:
-        config = patch_mod.preset_config(spec["family"], "balanced").replace(**cfg_kw)
-    patched = patch_mod.patch_model(base, config=config, preset="balanced")
+        config = patch_mod.preset_config(spec["family"], args.preset).replace(**cfg_kw)
+    patched = patch_mod.patch_model(base, config=config, preset=args.preset)
     run = patch_mod.get_run(patched)
     run.begin(patched)
     prun = forward_fn(patched, x, ctx, extra, schedule)
-    w = int(0.3 * steps)
+    warm_frac = (config or patch_mod.preset_config(spec["family"], args.preset)).warmup
+    w = max(2, int(round(warm_frac * steps)))
     rows = {}
     t_warm, _ = timed(lambda: prun(sig[w - 2]))
     rows["warmup step (dense)"] = t_warm
@@ -245,7 +246,7 @@ def bench_model(comfy, patch_mod, name, spec, args, device):
     n_warm = w
     proj_dense = steps * t_dense
     proj_sparse = n_warm * t_warm + t_cal + t_first + (steps - n_warm - 2) * rows["reuse step"]
-    res = dict(model=name, tokens=n_tok, dense_ms=t_dense, attn_share=share, **{k: v for k, v in rows.items()},
+    res = dict(model=f"{name} ({args.preset})", tokens=n_tok, dense_ms=t_dense, attn_share=share, **{k: v for k, v in rows.items()},
                reuse_speedup=t_dense / rows["reuse step"], proj_dense_s=proj_dense / 1e3, proj_sparse_s=proj_sparse / 1e3,
                proj_speedup=proj_dense / proj_sparse, rel_err_reuse=rel, density=dens,
                planned_dense_layers=n_dense_layers, k_clusters_min_max=(min(kc), max(kc)) if kc else None,
@@ -263,6 +264,7 @@ def main():
     ap.add_argument("--models", default="wan1.3b,wan14b,hunyuan")
     ap.add_argument("--top-k", type=int, default=0, help="override the preset's top_k")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--preset", default="balanced", choices=["quality", "balanced", "fast"])
     ap.add_argument("--cfg", default="", help='JSON of AdaClusterConfig overrides, e.g. {"min_tokens": 0}')
     ap.add_argument("--md", default=None, help="append a markdown table to this file")
     args = ap.parse_args()

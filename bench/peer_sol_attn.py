@@ -5,7 +5,7 @@ on the same structured inputs (adacluster_core.structured), time and output erro
 
 sol_attn is run at its defaults (tau=1.0), at tau=1.3, and with SLA-style top-k ratios; the
 error is the relative L2 error vs fp32 dense attention on a random subset of query rows.
-AdaCluster runs the reuse-step path (warm ClusterState) at several top_k values, so both
+AdaCluster runs the reuse-step path (warm ClusterState) at several density budgets (max_density), so both
 methods trace a speed/error curve.
 
 usage: python bench/peer_sol_attn.py [--shape wan14b] [--md FILE]
@@ -31,7 +31,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="wan14b")
     ap.add_argument("--heads", type=int, default=0, help="use fewer heads than the model (memory/time)")
-    ap.add_argument("--top-k", default="16,24,32,48,64,96,128")
+    ap.add_argument("--max-density", default="0.1,0.15,0.25,0.4")
     ap.add_argument("--md", default=None)
     args = ap.parse_args()
     dev = torch.device("cuda")
@@ -78,15 +78,15 @@ def main():
 
     # --- AdaCluster reuse step
     base = AdaClusterConfig.for_model(family, preset="balanced")
-    for tk in [int(x) for x in args.top_k.split(",")]:
-        cfg = base.replace(top_k=tk)
+    for md in [float(x) for x in args.max_density.split(",")]:
+        cfg = base.replace(max_density=md)
         st = ClusterState()
         out, stats = sparse_attention(q, k, v, config=cfg, state=st)          # first (cold) call
         out, stats = sparse_attention(q, k, v, config=cfg, state=st)          # reuse
         dens = float(stats["density"])
         t = _bench(lambda: sparse_attention(q, k, v, config=cfg, state=st))
         e = rel_err_rows(flat(out), flat(q), flat(k), flat(v), rows)
-        results.append(("AdaCluster reuse", f"top_k={tk} (Ck={stats.get('k_clusters')})", t, dens, e))
+        results.append(("AdaCluster reuse", f"max_density={md} top_k={cfg.top_k} (Ck={stats.get('k_clusters')})", t, dens, e))
         print(results[-1], flush=True)
 
     lines = [f"Structured inputs ({src}), {args.shape}: B=1, H={H}, N={N}, D={D}, bf16; error = rel. L2 vs "
