@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from . import clustering
 from .config import AdaClusterConfig
-from .layout import pairs_computed, selected_key_ranges
+from .layout import pairs_computed, selected_key_ranges, unselected_ranges
 from .reference import varblock_attention_ref
 from .selection import select_clusters
 from .state import ClusterState
@@ -205,6 +205,45 @@ def _gather_rows(x4: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x4, 2, idx.long().view(B, H, m, 1).expand(B, H, m, D)).reshape(B * H, m, D)
 
 
+def _pooled_tail(v, rk, sel, k_perm, v_perm, rs, re, r0: int, r1: int, Cq: int, Ck: int, backend: str):
+    """Pooled tail (config `pooled_tail`): append one virtual key row per key cluster after the
+    real rows (key = the cluster's fp32 centroid cast to the input dtype, value = the mean of
+    its values, logit bias log|j|) and give every clustered query cluster the ranges over the
+    virtual rows of the non-empty clusters it did not select. Virtual rows are ordered
+    non-empty clusters first, so empty clusters (bias -inf) sit outside every range. The
+    always-dense query cluster (last row of rs / re with text tokens) attends every real key
+    already and gets none. Masked keys carry the "ignored" label: in no cluster, never pooled.
+    Static shapes, no host sync."""
+    G, Nk0, D = k_perm.shape
+    dev = k_perm.device
+    vv, _ = _split(v, r0, r1)
+    # segment means of V over the key clusters (same layout as the key centroids)
+    v_mean, _ = clustering.update(vv, rk.labels, torch.zeros(G, Ck, D, device=dev), perm=rk.perm,
+                                  offsets=rk.offsets, backend=backend)
+    cnt = rk.counts[:, :Ck]
+    empty = cnt <= 0
+    order = torch.argsort(empty.to(torch.int8), dim=1, stable=True)  # non-empty first
+    pos = torch.empty_like(order).scatter_(1, order, torch.arange(Ck, device=dev).view(1, Ck).expand(G, Ck))
+    n_ne = (~empty).sum(1)
+    cf = torch.gather(cnt, 1, order).float()
+    vb = torch.where(cf > 0, torch.log(cf.clamp_min(1.0)), torch.full_like(cf, float("-inf")))
+    key_bias = torch.cat([torch.zeros(G, Nk0, device=dev), vb], 1)
+    oi = order.unsqueeze(-1).expand(G, Ck, D)
+    k_perm = torch.cat([k_perm, torch.gather(rk.centroids, 1, oi).to(k_perm.dtype)], 1)
+    v_perm = torch.cat([v_perm, torch.gather(v_mean, 1, oi).to(v_perm.dtype)], 1)
+    S = sel.shape[-1]
+    sel_pos = torch.gather(pos.unsqueeze(1).expand(G, Cq, Ck), 2, sel.clamp_min(0).to(torch.int64))
+    sel_pos = torch.where(sel >= 0, sel_pos, torch.full_like(sel_pos, -1))
+    us, ue = unselected_ranges(sel_pos.view(G, Cq, S), Ck, Nk0, limit=n_ne)  # [G, Cq, S+1]
+    n_qc = rs.shape[1]
+    if n_qc > Cq:  # the always-dense query cluster: no virtual rows
+        pad = torch.zeros(G, n_qc - Cq, us.shape[2], dtype=us.dtype, device=dev)
+        us, ue = torch.cat([us, pad], 1), torch.cat([ue, pad], 1)
+    rs = torch.cat([rs.to(torch.int32), us], -1)
+    re = torch.cat([re.to(torch.int32), ue], -1)
+    return k_perm, v_perm, rs, re, key_bias
+
+
 def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: float,
             r0: int, r1: int, masked, dense):
     B, H, N, D = q.shape
@@ -331,10 +370,19 @@ def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: f
     else:
         k_perm, v_perm = _gather_rows(k, kidx), _gather_rows(v, kidx)
 
+    key_bias = None
+    if cfg.pooled_tail:
+        k_perm, v_perm, rs, re, key_bias = _pooled_tail(v, rk, sel, k_perm, v_perm, rs, re, r0, r1, Cq, Ck,
+                                                        backend)
+
     attn, attn_name = _attention_kernel(backend)
     q3 = q.reshape(G, N, D)
-    out = attn(q3, k_perm.contiguous(), v_perm.contiguous(), perm_q.contiguous(), q_off.contiguous(),
-               rs.contiguous(), re.contiguous(), sc)
+    if key_bias is None:
+        out = attn(q3, k_perm.contiguous(), v_perm.contiguous(), perm_q.contiguous(), q_off.contiguous(),
+                   rs.contiguous(), re.contiguous(), sc)
+    else:
+        out = attn(q3, k_perm.contiguous(), v_perm.contiguous(), perm_q.contiguous(), q_off.contiguous(),
+                   rs.contiguous(), re.contiguous(), sc, key_bias)
     out = out.reshape(B, H, N, D).to(q.dtype)
 
     density = pairs_computed(q_off, rs, re).sum().to(torch.float32) / float(G * N * N)
@@ -346,7 +394,7 @@ def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: f
         state.calls += 1
     stats = _stats(cfg, dev, density=density, q_clusters=Cq, k_clusters=Ck, dense=False, reason="",
                    top_k=(sel.shape[-1] if cfg.selection != "top_p" else 0), stage=stage,
-                   backend=backend, attention=attn_name, n_clustered=Nv)
+                   backend=backend, attention=attn_name, n_clustered=Nv, pooled_tail=cfg.pooled_tail)
     if cfg.selection == "top_p":
         stats["top_p"] = cfg.top_p
     return out, stats

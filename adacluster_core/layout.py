@@ -81,6 +81,37 @@ def selected_key_ranges(
     return start.to(torch.int32).contiguous(), end.to(torch.int32).contiguous()
 
 
+def unselected_ranges(sel: torch.Tensor, num_clusters: int, base_row: int,
+                      limit: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row ranges over the pooled-tail virtual rows of the key clusters a query cluster did
+    NOT select (config `pooled_tail`).
+
+    Virtual row `base_row + j` stands for key cluster j. sel: int [G, Cq, S] selected ids
+    (-1 = unused slot, any order, ids distinct). limit: optional int [G]: only ids < limit[g]
+    are pooled (the caller orders the empty clusters last); default num_clusters.
+    Returns (start, end) int32 [G, Cq, S+1]: the gaps between the sorted selected ids, i.e.
+    the complement of the selection in [0, limit) shifted by base_row; empty gaps are (0, 0).
+    Pure torch, no host sync.
+    """
+    G, Cq, S = sel.shape
+    dev = sel.device
+    if limit is None:
+        lim = torch.full((G, 1, 1), int(num_clusters), dtype=torch.int64, device=dev)
+    else:
+        lim = limit.to(torch.int64).view(G, 1, 1)
+    key = torch.where(sel >= 0, sel.to(torch.int64), lim.expand(G, Cq, S))
+    key, _ = torch.sort(key, dim=-1)
+    prev = torch.cat([torch.full((G, Cq, 1), -1, dtype=torch.int64, device=dev), key], -1)
+    cur = torch.cat([key, lim.expand(G, Cq, 1)], -1)
+    start = prev + 1
+    end = torch.minimum(cur, lim)
+    ok = end > start
+    zero = torch.zeros_like(start)
+    start = torch.where(ok, start + int(base_row), zero)
+    end = torch.where(ok, end + int(base_row), zero)
+    return start.to(torch.int32).contiguous(), end.to(torch.int32).contiguous()
+
+
 def pairs_computed(q_offsets: torch.Tensor, range_start: torch.Tensor, range_end: torch.Tensor) -> torch.Tensor:
     """Number of query-key pairs the sparse kernel computes, per group: int64 [G]."""
     nq = (q_offsets[:, 1:] - q_offsets[:, :-1]).to(torch.int64)          # [G, Cq]

@@ -14,11 +14,14 @@ def varblock_attention_ref(
     range_start: torch.Tensor,
     range_end: torch.Tensor,
     scale: float,
+    key_bias: torch.Tensor | None = None,
     chunk: int = 4096,
 ) -> torch.Tensor:
     """Reference for `kernels.varblock_attention`: each query cluster attends to the union of
     its key row ranges. q [G, N, D] (original order); k_perm, v_perm [G, Nk, D];
     perm_q int [G, N]; q_offsets int [G, Cq+1]; range_start/end int [G, Cq, R].
+    key_bias: optional fp32 [G, Nk] additive logit bias per key row (after the scale; -inf =
+    never attended), e.g. log(cluster size) on the pooled-tail virtual rows.
     Returns [G, N, D] in original query order, q's dtype. Rows whose cluster attends to
     nothing get zeros. Memory: one [chunk, Nk] block at a time."""
     G, N, D = q.shape
@@ -38,6 +41,8 @@ def varblock_attention_ref(
         for s in range(0, N, chunk):
             e = min(N, s + chunk)
             sc = (qp[s:e] @ kf.T) * scale
+            if key_bias is not None:
+                sc = sc + key_bias[g].float().view(1, Nk)
             m = allowed[cl[s:e]]
             sc = sc.masked_fill(~m, float("-inf"))
             p = torch.softmax(sc, dim=-1)

@@ -33,6 +33,11 @@ def main():
     ap.add_argument("--heads", type=int, default=0, help="use fewer heads than the model (memory/time)")
     ap.add_argument("--max-density", default="0.1,0.15,0.25,0.4")
     ap.add_argument("--md", default=None)
+    ap.add_argument("--skip-sol", action="store_true", help="AdaCluster rows only")
+    ap.add_argument("--pooled", default="preset", choices=["preset", "both"],
+                    help="both: AdaCluster with pooled_tail off and on at every budget")
+    ap.add_argument("--check", action="store_true",
+                    help="first compare the triton and torch backends on a small input (pooled tail on)")
     args = ap.parse_args()
     dev = torch.device("cuda")
     H, N, D, text, grid, family = SHAPES[args.shape]
@@ -52,8 +57,19 @@ def main():
     results.append(("cuDNN SDPA (dense)", "-", t_dense, 1.0, e_dense))
     print(results[-1], flush=True)
 
+    if args.check:
+        small = [x[:, :2, :4096].contiguous() for x in (q, k, v)]
+        ccfg = AdaClusterConfig.for_model(family, preset="balanced").replace(pooled_tail=True, min_tokens=0)
+        ot, st_ = sparse_attention(*small, config=ccfg.replace(backend="triton"))
+        orf, sr_ = sparse_attention(*small, config=ccfg.replace(backend="torch"))
+        agree = float((ot.float() - orf.float()).norm() / orf.float().norm())
+        print(f"CHECK pooled_tail triton vs torch at 2x4096x{D}: rel diff {agree:.2e} "
+              f"(attention={st_.get('attention')}, reason={st_.get('reason')!r}) -> {'OK' if agree < 2e-2 else 'MISMATCH'}",
+              flush=True)
     # --- sol_attn
     try:
+        if args.skip_sol:
+            raise RuntimeError("skipped (--skip-sol)")
         import comfy_kitchen as ck
         ok = ck.sol_attn_is_available(dev)
     except Exception as e:  # noqa: BLE001
@@ -78,15 +94,17 @@ def main():
 
     # --- AdaCluster reuse step
     base = AdaClusterConfig.for_model(family, preset="balanced")
-    for md in [float(x) for x in args.max_density.split(",")]:
-        cfg = base.replace(max_density=md)
+    variants = [(md, pt) for md in [float(x) for x in args.max_density.split(",")]
+                for pt in ((False, True) if args.pooled == "both" else (base.pooled_tail,))]
+    for md, pt in variants:
+        cfg = base.replace(max_density=md, pooled_tail=pt)
         st = ClusterState()
         out, stats = sparse_attention(q, k, v, config=cfg, state=st)          # first (cold) call
         out, stats = sparse_attention(q, k, v, config=cfg, state=st)          # reuse
         dens = float(stats["density"])
         t = _bench(lambda: sparse_attention(q, k, v, config=cfg, state=st))
         e = rel_err_rows(flat(out), flat(q), flat(k), flat(v), rows)
-        results.append(("AdaCluster reuse", f"max_density={md} top_k={cfg.top_k} (Ck={stats.get('k_clusters')})", t, dens, e))
+        results.append(("AdaCluster reuse", f"max_density={md}{' pooled' if pt else ''} top_k={cfg.top_k} (Ck={stats.get('k_clusters')})", t, dens, e))
         print(results[-1], flush=True)
 
     lines = [f"Structured inputs ({src}), {args.shape}: B=1, H={H}, N={N}, D={D}, bf16; error = rel. L2 vs "

@@ -8,6 +8,9 @@
   query cluster c owns permuted rows ``q_offsets[g, c] : q_offsets[g, c+1]``.
 * ``range_start / range_end int32 [G, Cq, R]``: half-open key-row ranges attended by each
   query cluster (empty slots have start == end).
+* optional ``key_bias fp32 [G, Nk]``: additive logit per key row (pooled-tail virtual keys:
+  log of the cluster size; -inf for empty clusters). Loaded per chunk and added to the scores
+  before the online softmax (constexpr HAS_BIAS; the no-bias path is unchanged).
 
 Returns ``[G, N, D]`` in original query order, q's dtype; rows whose cluster attends to no
 key are zeros.
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Optional
 
 import torch
 
@@ -59,6 +63,27 @@ def _interpret() -> bool:
 
 
 if HAS_TRITON:
+
+    @triton.jit
+    def _chunk_update_bias(acc, m_i, l_i, q, k, v, qk_scale, kb, col_ok, MASK: tl.constexpr,
+                           DOT_F32: tl.constexpr):
+        # pooled-tail variant: kb [BN] fp32 per-key additive bias (log2 domain, may be -inf);
+        # a row may see only -inf scores in a chunk, so the exp offset is guarded (no NaN)
+        if DOT_F32:
+            q = q.to(tl.float32)
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k)) * qk_scale + kb[None, :]
+        if MASK:
+            s = tl.where(col_ok[None, :], s, float("-inf"))
+        m_ij = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_ij == float("-inf"), 0.0, m_ij)
+        p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc)
+        return acc, m_ij, l_i
 
     @triton.jit
     def _chunk_update(acc, m_i, l_i, q, k, v, qk_scale, col_ok, MASK: tl.constexpr, DOT_F32: tl.constexpr,
@@ -94,7 +119,7 @@ if HAS_TRITON:
 
     @triton.jit
     def _varblock_fwd(
-        Q, K, V, O, PERM, QOFF, RS, RE,
+        Q, K, V, O, PERM, QOFF, RS, RE, KB,
         qk_scale,
         N, NK, CQ, R,
         D: tl.constexpr,
@@ -106,6 +131,7 @@ if HAS_TRITON:
         NUM_STAGES: tl.constexpr,
         DOT_F32: tl.constexpr,
         LAZY: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
     ):
         tile = tl.program_id(0)
         g = tl.program_id(1)
@@ -140,6 +166,7 @@ if HAS_TRITON:
 
             k_base = K + g64 * NK * D
             v_base = V + g64 * NK * D
+            b_base = KB + g64 * NK
             m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
             l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
             acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
@@ -162,7 +189,11 @@ if HAS_TRITON:
                     rows = p + tl.sum(tl.where(hit, shift[None, :], 0), 1)
                     k = tl.load(k_base + rows[:, None] * D + offs_d[None, :])
                     v = tl.load(v_base + rows[:, None] * D + offs_d[None, :])
-                    acc, m_i, l_i = _chunk_update(acc, m_i, l_i, q, k, v, qk_scale, offs_n, False, DOT_F32, LAZY)
+                    if HAS_BIAS:
+                        kb = tl.load(b_base + rows)
+                        acc, m_i, l_i = _chunk_update_bias(acc, m_i, l_i, q, k, v, qk_scale, kb, offs_n, False, DOT_F32)
+                    else:
+                        acc, m_i, l_i = _chunk_update(acc, m_i, l_i, q, k, v, qk_scale, offs_n, False, DOT_F32, LAZY)
                 if n_full * BLOCK_N < total:
                     p = n_full * BLOCK_N + offs_n
                     ok = p < total
@@ -171,7 +202,11 @@ if HAS_TRITON:
                     rows = tl.where(ok, rows, 0)
                     k = tl.load(k_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
                     v = tl.load(v_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
-                    acc, m_i, l_i = _chunk_update(acc, m_i, l_i, q, k, v, qk_scale, ok, True, DOT_F32, LAZY)
+                    if HAS_BIAS:
+                        kb = tl.load(b_base + rows, mask=ok, other=float("-inf"))
+                        acc, m_i, l_i = _chunk_update_bias(acc, m_i, l_i, q, k, v, qk_scale, kb, ok, True, DOT_F32)
+                    else:
+                        acc, m_i, l_i = _chunk_update(acc, m_i, l_i, q, k, v, qk_scale, ok, True, DOT_F32, LAZY)
             elif MODE == 2:
                 # flat loop over all chunks of all ranges; chunk j -> (range, chunk in range)
                 ri = tl.arange(0, R_P2)
@@ -193,7 +228,11 @@ if HAS_TRITON:
                     rows = tl.where(ok, rows, 0)
                     k = tl.load(k_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
                     v = tl.load(v_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
-                    acc, m_i, l_i = _chunk_update(acc, m_i, l_i, q, k, v, qk_scale, ok, True, DOT_F32, LAZY)
+                    if HAS_BIAS:
+                        kb = tl.load(b_base + rows, mask=ok, other=float("-inf"))
+                        acc, m_i, l_i = _chunk_update_bias(acc, m_i, l_i, q, k, v, qk_scale, kb, ok, True, DOT_F32)
+                    else:
+                        acc, m_i, l_i = _chunk_update(acc, m_i, l_i, q, k, v, qk_scale, ok, True, DOT_F32, LAZY)
             else:
                 # loop only up to the last non-empty range (a density budget leaves most of the
                 # top_k slots empty; the always-dense range, if any, is the last slot)
@@ -211,13 +250,21 @@ if HAS_TRITON:
                         rows = s + j * BLOCK_N + offs_n
                         k = tl.load(k_base + rows[:, None] * D + offs_d[None, :])
                         v = tl.load(v_base + rows[:, None] * D + offs_d[None, :])
-                        acc, m_i, l_i = _chunk_update(acc, m_i, l_i, q, k, v, qk_scale, offs_n, False, DOT_F32, LAZY)
+                        if HAS_BIAS:
+                            kb = tl.load(b_base + rows)
+                            acc, m_i, l_i = _chunk_update_bias(acc, m_i, l_i, q, k, v, qk_scale, kb, offs_n, False, DOT_F32)
+                        else:
+                            acc, m_i, l_i = _chunk_update(acc, m_i, l_i, q, k, v, qk_scale, offs_n, False, DOT_F32, LAZY)
                     if n_full * BLOCK_N < ln:
                         rows = s + n_full * BLOCK_N + offs_n
                         ok = rows < e
                         k = tl.load(k_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
                         v = tl.load(v_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
-                        acc, m_i, l_i = _chunk_update(acc, m_i, l_i, q, k, v, qk_scale, ok, True, DOT_F32, LAZY)
+                        if HAS_BIAS:
+                            kb = tl.load(b_base + rows, mask=ok, other=float("-inf"))
+                            acc, m_i, l_i = _chunk_update_bias(acc, m_i, l_i, q, k, v, qk_scale, kb, ok, True, DOT_F32)
+                        else:
+                            acc, m_i, l_i = _chunk_update(acc, m_i, l_i, q, k, v, qk_scale, ok, True, DOT_F32, LAZY)
 
             l_safe = tl.where(l_i > 0, l_i, 1.0)
             out = acc / l_safe[:, None]
@@ -267,9 +314,10 @@ def _next_p2(x: int) -> int:
 
 
 def varblock_attention_triton(q, k_perm, v_perm, perm_q, q_offsets, range_start, range_end, scale,
-                              config: tuple | None = None) -> torch.Tensor:
+                              config: tuple | None = None, key_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Launch the Triton kernel directly (no custom-op wrapper). ``config`` overrides the
-    default (BLOCK_M, BLOCK_N, num_warps, num_stages, mode, lazy)."""
+    default (BLOCK_M, BLOCK_N, num_warps, num_stages, mode, lazy). ``key_bias``: optional fp32
+    [G, Nk] additive logit bias per key row (natural-log units, -inf allowed)."""
     G, N, D = q.shape
     Nk = k_perm.shape[1]
     Cq = q_offsets.shape[1] - 1
@@ -299,14 +347,18 @@ def varblock_attention_triton(q, k_perm, v_perm, perm_q, q_offsets, range_start,
     if q.dtype == torch.float32 and not _interpret() and D >= 128:
         BM = min(BM, 64)  # fp32 tiles are twice as large
     grid = (triton.cdiv(N, BM) + Cq, G)
+    has_bias = key_bias is not None
+    # bias in the kernel's log2 domain; without one, pass any pointer (never read)
+    kb = (key_bias.to(torch.float32) * LOG2E).contiguous() if has_bias else range_start
     _varblock_fwd[grid](
-        q, k_perm, v_perm, out, perm_q, q_offsets, range_start, range_end,
+        q, k_perm, v_perm, out, perm_q, q_offsets, range_start, range_end, kb,
         float(scale) * LOG2E,
         N, Nk, Cq, R,
         D=D, BLOCK_M=BM, BLOCK_N=BN,
         CQ_P2=max(_next_p2(Cq), 2), R_P2=max(_next_p2(R), 2),
         MODE=mode, NUM_STAGES=stages, LAZY=bool(lazy),
         DOT_F32=bool(_interpret() and q.dtype == torch.bfloat16),
+        HAS_BIAS=has_bias,
         num_warps=warps, num_stages=stages,
     )
     return out
@@ -330,16 +382,19 @@ def _varblock_attention_op(
     range_start: torch.Tensor,
     range_end: torch.Tensor,
     scale: float,
+    key_bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     if _can_launch(q):
-        return varblock_attention_triton(q, k_perm, v_perm, perm_q, q_offsets, range_start, range_end, scale)
+        return varblock_attention_triton(q, k_perm, v_perm, perm_q, q_offsets, range_start, range_end, scale,
+                                         key_bias=key_bias)
     from ..reference import varblock_attention_ref
 
-    return varblock_attention_ref(q, k_perm, v_perm, perm_q, q_offsets, range_start, range_end, scale)
+    return varblock_attention_ref(q, k_perm, v_perm, perm_q, q_offsets, range_start, range_end, scale,
+                                  key_bias=key_bias)
 
 
 @_varblock_attention_op.register_fake
-def _(q, k_perm, v_perm, perm_q, q_offsets, range_start, range_end, scale):
+def _(q, k_perm, v_perm, perm_q, q_offsets, range_start, range_end, scale, key_bias=None):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
@@ -352,12 +407,16 @@ def varblock_attention(
     range_start: torch.Tensor,
     range_end: torch.Tensor,
     scale: float,
+    key_bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Sparse attention over the permuted cluster layout; see the module docstring.
 
+    ``key_bias``: optional fp32 [G, Nk] additive logit bias per key row (added to the scaled
+    scores; -inf = never attended), used by the pooled-tail virtual rows.
     Runs the Triton kernel on CUDA (and on CPU under TRITON_INTERPRET=1); on other devices it
     falls back to ``reference.varblock_attention_ref``. No host synchronisation."""
-    return _varblock_attention_op(q, k_perm, v_perm, perm_q, q_offsets, range_start, range_end, float(scale))
+    return _varblock_attention_op(q, k_perm, v_perm, perm_q, q_offsets, range_start, range_end, float(scale),
+                                  key_bias)
 
 
 def flops_computed(q_offsets: torch.Tensor, range_start: torch.Tensor, range_end: torch.Tensor, D: int) -> torch.Tensor:

@@ -30,6 +30,8 @@ try:  # a core with the density budget: no budget in the tests (top_k alone deci
     from adacluster_core import AdaClusterConfig as _Cfg
     if "max_density" in _Cfg.__dataclass_fields__:
         TINY["max_density"] = 1.0
+    if "pooled_tail" in _Cfg.__dataclass_fields__:  # the presets' value (the tuner's base config)
+        TINY["pooled_tail"] = True
 except ImportError:  # pragma: no cover
     pass
 

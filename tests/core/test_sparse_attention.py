@@ -203,7 +203,9 @@ def test_default_config_on_structured_input():
     # the balanced preset's density budget (0.25) caps the work; the error stays bounded
     out2, st2 = sparse_attention(q, k, v, AdaClusterConfig.for_model("wan", backend="torch"))
     d2 = float(st2["density"])
-    assert 0 < d2 <= min(d, 0.25 + 0.05), (d2, d)
+    # the presets' pooled tail adds at most Ck virtual keys per query on top of the budget
+    tail = st2["k_clusters"] / N if st2.get("pooled_tail") else 0.0
+    assert 0 < d2 <= min(d, 0.25 + 0.05) + tail, (d2, d, tail)
     assert rel_l2(out2, dense_attention_ref(q, k, v)) < 0.3
 
 
