@@ -143,18 +143,16 @@ class AdaClusterConfig:
 
     @classmethod
     def for_model(cls, model: str, preset: str = "balanced", **overrides: Any) -> "AdaClusterConfig":
-        """Per-model profile. "balanced" = the spec's defaults table (top_k Wan 128,
-        Hunyuan 94, CogVideoX 64) with a density budget max_density=0.25; "quality" selects
-        ~1.5x more key clusters under a 0.40 budget, runs a longer dense warmup and keeps more
-        layers dense; "fast" selects ~0.6x under a 0.15 budget and warms up less.
+        """Per-model profile (top_k from the spec's defaults table: Wan 128, Hunyuan 94, CogVideoX 64).
 
-        Budgets [choice, docs/BENCHMARKS.md]: on the structured 75.6K-token inputs the rel. L2
-        error vs dense was 0.18 at density 0.13, 0.116 at 0.26 and 0.054 at 0.51, while top_k
-        alone landed at 0.5-0.69 density (forward ~1.0-1.3x). 0.25 keeps the error near the
-        0.12 point at ~1/4 of the attention work; 0.40 stays below ~0.08; 0.15 accepts ~0.17.
-        All presets set pooled_tail=True (the unselected key clusters enter the softmax as one
-        pooled term each; docs/FIDELITY.md "Pooled tail"); pass pooled_tail=False for the
-        selected-clusters-only attention of the paper."""
+        [choice, measured on an H200 at Wan-14B 720p size, docs/BENCHMARKS.md "Pooled tail"]:
+          balanced  pooled_tail, max_density 0.15: 2.28x faster than cuDNN, rel. err 0.016
+          quality   pooled_tail, max_density 0.25, top_k x1.5, longer warmup, more dense layers:
+                    1.60x, rel. err 0.012
+          fast      no pooled tail (the paper's selected-clusters-only attention), max_density
+                    0.15, top_k x0.6, shorter warmup: 4.08x, rel. err 0.17
+        (structured inputs; without the pooled tail the same budgets gave 0.17 / 0.13 error).
+        pooled_tail=False, max_density=1.0 gives the paper's plain top_k selection."""
         m = _MODEL_ALIASES.get(str(model).lower().replace("-", "").replace(" ", ""))
         if m is None:
             raise ValueError(f"model must be one of {MODELS}, got {model!r}")
@@ -162,14 +160,12 @@ class AdaClusterConfig:
             raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
         base = _MODEL_TOP_K[m]
         if preset == "balanced":
-            kw = dict(top_k=base, max_density=0.25)
+            kw = dict(top_k=base, max_density=0.15, pooled_tail=True)
         elif preset == "quality":
-            kw = dict(top_k=int(round(base * 1.5)), max_density=0.40, warmup=0.4, dense_layer_fraction=0.2,
-                      kmeans_iters_reuse=3)
+            kw = dict(top_k=int(round(base * 1.5)), max_density=0.25, pooled_tail=True, warmup=0.4,
+                      dense_layer_fraction=0.2, kmeans_iters_reuse=3)
         else:  # fast
-            kw = dict(top_k=max(8, int(round(base * 0.6))), max_density=0.15, warmup=0.2, dense_layer_fraction=0.1)
-        # [choice, docs/FIDELITY.md "Pooled tail"]: every preset keeps the unselected mass as one
-        # pooled term per key cluster (5-25x lower error at equal density on CPU measurements)
-        kw["pooled_tail"] = True
+            kw = dict(top_k=max(8, int(round(base * 0.6))), max_density=0.15, pooled_tail=False, warmup=0.2,
+                      dense_layer_fraction=0.1)
         kw.update(overrides)
         return cls(**kw)

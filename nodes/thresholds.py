@@ -28,7 +28,7 @@ WIDGETS = {
 
 # fields that may or may not exist in the installed core (added later): used only when they do
 OPTIONAL_WIDGETS = {
-    "max_density": ("float", dict(default=0.25, min=0.01, max=1.0, step=0.01, tooltip="Density budget: per query cluster the best key clusters are kept while their keys stay <= max_density x the clustered keys (1.0 = no cap, the paper's selection).")),
+    "max_density": ("float", dict(default=0.15, min=0.01, max=1.0, step=0.01, tooltip="Density budget: per query cluster the best key clusters are kept while their keys stay <= max_density x the clustered keys (1.0 = no cap, the paper's selection).")),
     # default = the presets' (AdaClusterConfig.for_model), not the dataclass field's False
     "pooled_tail": ("bool", dict(default=True, tooltip="Pooled tail: every unselected key cluster still enters the softmax as one pooled key (its centroid, weighted by its size, value = its mean value). Much lower error at the same density; off = attend to the selected clusters only (the paper).")),
 }
