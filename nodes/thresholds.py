@@ -26,10 +26,10 @@ WIDGETS = {
 }
 
 
-# fields that may or may not exist in the installed core (added later): used only when they do
+# fields that may or may not exist in the installed core (added later): used only when they do.
+# Defaults are the balanced preset's (AdaClusterConfig.for_model), not the dataclass fields'.
 OPTIONAL_WIDGETS = {
     "max_density": ("float", dict(default=0.15, min=0.01, max=1.0, step=0.01, tooltip="Density budget: per query cluster the best key clusters are kept while their keys stay <= max_density x the clustered keys (1.0 = no cap, the paper's selection).")),
-    # default = the presets' (AdaClusterConfig.for_model), not the dataclass field's False
     "pooled_tail": ("bool", dict(default=True, tooltip="Pooled tail: every unselected key cluster still enters the softmax as one pooled key (its centroid, weighted by its size, value = its mean value). Much lower error at the same density; off = attend to the selected clusters only (the paper).")),
 }
 
@@ -43,8 +43,8 @@ def _auto_widgets() -> dict:
             continue
         if name in OPTIONAL_WIDGETS:
             kind, kw = OPTIONAL_WIDGETS[name]
-            keep = default is None or kind == "bool"  # bool entries carry the presets' default
-            out[name] = (kind, dict(kw, default=kw["default"] if keep else default))
+            out[name] = (kind, dict(kw))  # the balanced preset's value, like every other widget
+
             continue
         tip = f"AdaClusterConfig.{name} (default {default!r}; see docs/ALGORITHM.md)."
         if isinstance(default, bool):
