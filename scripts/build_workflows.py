@@ -189,39 +189,43 @@ def _note(model_line: str, extra: str = "") -> str:
 
 **Knobs**
 - **preset** (Sparse Attention): `auto` (balanced defaults of the detected model) / `quality` / `balanced` / `fast`. A connected **Thresholds** config replaces the preset: delete that link to go back to presets.
-- **top_k** (Thresholds): key clusters each query cluster attends to. Higher = closer to dense, slower.
+- **max_density** (Thresholds): token budget per query cluster (0.15 = at most 15 % of the keys computed exactly). The main speed/quality knob.
+- **pooled_tail**: unselected key clusters still count in the softmax as one pooled key each (~10× lower error at the same density; off = faster, the `fast` preset).
+- **top_k** (Thresholds): key clusters each query cluster attends to (within the budget). Higher = closer to dense, slower.
 - **top_p** (with selection `top_p`): attention mass to keep (0.9). Higher = closer to dense.
 - **warmup**: fraction of the denoising (by sigma, from the start) that runs fully dense. The first steps set the layout of the video: keep them dense.
 - **dense_layer_fraction**: share of layers kept dense (those that cluster worst).
 - **Layer Overrides**: one rule per line, e.g. `0, -1: dense`, `10-19: top_k=64`, `*: kmeans_iters_reuse=1`.
 - **enabled = false** turns the patch off: the same graph then runs plain dense attention (A/B test).
 
-**Quality dropped?** (flicker, smeared detail, drifting faces) raise `top_k` (or `top_p`), raise `warmup` (0.4-0.5), add dense layers (`dense_layer_fraction` or rules like `0-2, -1: dense`), or switch to the `quality` preset.
+**Quality dropped?** (flicker, smeared detail, drifting faces) raise `max_density` (0.15 → 0.25), keep `pooled_tail` on, raise `top_k` (or `top_p`), raise `warmup` (0.4-0.5), add dense layers (`dense_layer_fraction` or rules like `0-2, -1: dense`), or switch to the `quality` preset.
 
-**Want more speed?** lower `top_k`, lower `warmup` (not below ~0.15), use the `fast` preset.
+**Want more speed?** lower `max_density`, turn `pooled_tail` off, lower `warmup` (not below ~0.15), use the `fast` preset.
 
 **Stats node:** density (share of attention actually computed), speed-up estimate, per-layer heatmap, and the reasons calls stayed dense (warmup, short sequence, no Triton, unsupported layout...).
 {extra}"""
 
 
-def wan21_t2v() -> dict:
+def _wan_graph(unet: str, vae: str, prompt: str, latent: dict, latent_layout: dict, steps: int, cfg: float,
+               fps: float, prefix: str):
+    """The Wan text-to-video graph shared by the Wan workflows: (API prompt, layout)."""
     P = {
-        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "wan2.1_t2v_1.3B_fp16.safetensors", "weight_dtype": "default"}},
+        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
         "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan", "device": "default"}},
-        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "wan_2.1_vae.safetensors"}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": "A red fox trotting through fresh snow in a birch forest at sunrise, soft golden light, the camera tracks alongside it, cinematic, highly detailed."}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": vae}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": prompt}},
         "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": WAN_NEGATIVE}},
-        "latent": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 832, "height": 480, "length": 81, "batch_size": 1}},
+        "latent": latent,
         "shift": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["unet", 0], "shift": 8.0}},
         **adacluster_nodes(top_k=128),
-        "ks": {"class_type": "KSampler", "inputs": {"model": ["ada", 0], "seed": 42, "steps": 30, "cfg": 6.0,
+        "ks": {"class_type": "KSampler", "inputs": {"model": ["ada", 0], "seed": 42, "steps": steps, "cfg": cfg,
                                                      "sampler_name": "uni_pc", "scheduler": "simple",
                                                      "positive": ["pos", 0], "negative": ["neg", 0],
                                                      "latent_image": ["latent", 0], "denoise": 1.0}},
         "stats": {"class_type": "AdaClusterStats", "inputs": {"model": ["ada", 0], "samples": ["ks", 0]}},
         "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["vae", 0]}},
-        "vid": {"class_type": "CreateVideo", "inputs": {"images": ["dec", 0], "fps": 16.0}},
-        "save": {"class_type": "SaveVideo", "inputs": {"video": ["vid", 0], "filename_prefix": "video/wan21_adacluster", "format": "auto", "codec": "auto"}},
+        "vid": {"class_type": "CreateVideo", "inputs": {"images": ["dec", 0], "fps": fps}},
+        "save": {"class_type": "SaveVideo", "inputs": {"video": ["vid", 0], "filename_prefix": prefix, "format": "auto", "codec": "auto"}},
     }
     L = {
         "unet": {"pos": [40, 60], "size": [340, 90]},
@@ -229,7 +233,7 @@ def wan21_t2v() -> dict:
         "vae": {"pos": [40, 340], "size": [340, 60]},
         "pos": {"pos": [420, 60], "size": [420, 180], "title": "Positive prompt", "color": "#232", "bgcolor": "#353"},
         "neg": {"pos": [420, 280], "size": [420, 180], "title": "Negative prompt", "color": "#322", "bgcolor": "#533"},
-        "latent": {"pos": [420, 500], "size": [320, 130], "title": "Empty video latent 832x480, 81 frames"},
+        "latent": latent_layout,
         "shift": {"pos": [880, 60], "size": [300, 60]},
         "ks": {"pos": [1580, 60], "size": [320, 470]},
         "dec": {"pos": [1580, 580], "size": [220, 50]},
@@ -237,6 +241,16 @@ def wan21_t2v() -> dict:
         "save": {"pos": [1940, 600], "size": [420, 420]},
         "stats": {"pos": [1940, 60], "size": [440, 500]},
     }
+    return P, L
+
+
+def wan21_t2v() -> dict:
+    P, L = _wan_graph(
+        "wan2.1_t2v_1.3B_fp16.safetensors", "wan_2.1_vae.safetensors",
+        "A red fox trotting through fresh snow in a birch forest at sunrise, soft golden light, the camera tracks alongside it, cinematic, highly detailed.",
+        {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 832, "height": 480, "length": 81, "batch_size": 1}},
+        {"pos": [420, 500], "size": [320, 130], "title": "Empty video latent 832x480, 81 frames"},
+        steps=30, cfg=6.0, fps=16.0, prefix="video/wan21_adacluster")
     return dict(prompt=P, layout=L,
                 note=_note("**Wan 2.1 T2V 1.3B, 480p** (832×480, 81 frames, 30 steps). Put `wan2.1_t2v_1.3B_fp16.safetensors` in `models/diffusion_models`, "
                            "`umt5_xxl_fp8_e4m3fn_scaled.safetensors` in `models/text_encoders`, `wan_2.1_vae.safetensors` in `models/vae`. "
@@ -245,38 +259,12 @@ def wan21_t2v() -> dict:
 
 
 def wan22_ti2v_5b() -> dict:
-    P = {
-        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "wan2.2_ti2v_5B_fp16.safetensors", "weight_dtype": "default"}},
-        "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan", "device": "default"}},
-        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "wan2.2_vae.safetensors"}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": "A small sailboat crossing a turquoise bay on a windy afternoon, waves sparkling, gulls overhead, aerial drone shot slowly circling the boat."}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": WAN_NEGATIVE}},
-        "latent": {"class_type": "Wan22ImageToVideoLatent", "inputs": {"vae": ["vae", 0], "width": 1280, "height": 704, "length": 121, "batch_size": 1}},
-        "shift": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["unet", 0], "shift": 8.0}},
-        **adacluster_nodes(top_k=128),
-        "ks": {"class_type": "KSampler", "inputs": {"model": ["ada", 0], "seed": 42, "steps": 20, "cfg": 5.0,
-                                                     "sampler_name": "uni_pc", "scheduler": "simple",
-                                                     "positive": ["pos", 0], "negative": ["neg", 0],
-                                                     "latent_image": ["latent", 0], "denoise": 1.0}},
-        "stats": {"class_type": "AdaClusterStats", "inputs": {"model": ["ada", 0], "samples": ["ks", 0]}},
-        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["vae", 0]}},
-        "vid": {"class_type": "CreateVideo", "inputs": {"images": ["dec", 0], "fps": 24.0}},
-        "save": {"class_type": "SaveVideo", "inputs": {"video": ["vid", 0], "filename_prefix": "video/wan22_5b_adacluster", "format": "auto", "codec": "auto"}},
-    }
-    L = {
-        "unet": {"pos": [40, 60], "size": [340, 90]},
-        "clip": {"pos": [40, 190], "size": [340, 110]},
-        "vae": {"pos": [40, 340], "size": [340, 60]},
-        "pos": {"pos": [420, 60], "size": [420, 180], "title": "Positive prompt", "color": "#232", "bgcolor": "#353"},
-        "neg": {"pos": [420, 280], "size": [420, 180], "title": "Negative prompt", "color": "#322", "bgcolor": "#533"},
-        "latent": {"pos": [420, 500], "size": [320, 170], "title": "Video latent 1280x704, 121 frames (connect start_image for I2V)"},
-        "shift": {"pos": [880, 60], "size": [300, 60]},
-        "ks": {"pos": [1580, 60], "size": [320, 470]},
-        "dec": {"pos": [1580, 580], "size": [220, 50]},
-        "vid": {"pos": [1580, 680], "size": [220, 60]},
-        "save": {"pos": [1940, 600], "size": [420, 420]},
-        "stats": {"pos": [1940, 60], "size": [440, 500]},
-    }
+    P, L = _wan_graph(
+        "wan2.2_ti2v_5B_fp16.safetensors", "wan2.2_vae.safetensors",
+        "A small sailboat crossing a turquoise bay on a windy afternoon, waves sparkling, gulls overhead, aerial drone shot slowly circling the boat.",
+        {"class_type": "Wan22ImageToVideoLatent", "inputs": {"vae": ["vae", 0], "width": 1280, "height": 704, "length": 121, "batch_size": 1}},
+        {"pos": [420, 500], "size": [320, 170], "title": "Video latent 1280x704, 121 frames (connect start_image for I2V)"},
+        steps=20, cfg=5.0, fps=24.0, prefix="video/wan22_5b_adacluster")
     return dict(prompt=P, layout=L,
                 note=_note("**Wan 2.2 TI2V-5B** (1280×704, 121 frames at 24 fps, 20 steps). Put `wan2.2_ti2v_5B_fp16.safetensors` in `models/diffusion_models`, "
                            "`umt5_xxl_fp8_e4m3fn_scaled.safetensors` in `models/text_encoders`, `wan2.2_vae.safetensors` in `models/vae`. "
