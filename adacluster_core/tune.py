@@ -33,7 +33,7 @@ Profile (JSON, "adacluster-profile/1"), read by AdaCluster Layer Overrides' `pro
      "layers": {"0": {"mode": "dense", "error": null, "density": 1.0, "reason": "..."},
                 "1": {"mode": "sparse", "selection": "tensorquest", "top_k": 16, "q_clusters": 65,
                       "k_clusters": null, "density": 0.21, "error": 0.041, "calls": 3}}}
-Only mode / q_clusters / k_clusters / top_k / selection / top_p / max_density are applied; the rest is
+Only mode / q_clusters / k_clusters / top_k / selection / top_p / max_density / pooled_tail are applied; the rest is
 information.
 
 No ComfyUI import (pure torch + safetensors).
@@ -222,6 +222,8 @@ def tune_layer(calls: list[Call], base: AdaClusterConfig, target: float, text_ra
                 ent["top_k"] = cand.top_k
             if HAS_MAX_DENSITY:
                 ent["max_density"] = cand.max_density
+            if hasattr(cand, "pooled_tail"):
+                ent["pooled_tail"] = bool(cand.pooled_tail)
             return ent
         reason = f"cheapest setting meeting the target has density {r['density']:.2f}: not faster than dense"
     else:

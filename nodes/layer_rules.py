@@ -39,6 +39,8 @@ DEFAULT_FIELDS: dict[str, tuple] = {
     "kmeans_iters_reuse": (int,),
     "backend": (str,),
     "min_tokens": (int,),
+    "max_density": (float, int),
+    "pooled_tail": (bool,),
 }
 RUN_WIDE_FIELDS = ("warmup", "dense_layer_fraction", "calibration_dense")
 
@@ -275,7 +277,7 @@ def parse_selection(text: str, what: str = "layers") -> Selection:
 # tuner profiles (adacluster_core.tune writes them) -> rules text
 # ------------------------------------------------------------------------------------------------
 PROFILE_FORMAT = "adacluster-profile/1"
-PROFILE_LAYER_FIELDS = ("q_clusters", "k_clusters", "top_k", "selection", "top_p", "max_density")
+PROFILE_LAYER_FIELDS = ("q_clusters", "k_clusters", "top_k", "selection", "top_p", "max_density", "pooled_tail")
 
 
 def _fmt_value(v) -> str:

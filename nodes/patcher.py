@@ -496,7 +496,7 @@ class AdaClusterRun:
             if layer in per_layer:
                 mode = self.rules.resolve(layer, n_layers)[0] if len(self.rules) else None
                 sets = {"mode": mode}
-                for f in ("q_clusters", "k_clusters", "top_k", "selection", "top_p", "max_density"):
+                for f in ("q_clusters", "k_clusters", "top_k", "selection", "top_p", "max_density", "pooled_tail"):
                     if hasattr(cfg, f):
                         sets[f] = getattr(cfg, f)
                 per_layer[layer]["settings"] = sets
