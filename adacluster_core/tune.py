@@ -16,12 +16,15 @@ core has the `max_density` budget, every cluster allowed under the budgets DENSI
 with --top-p selection=top_p over TOP_P_LADDER. The other fields come from the capture's recorded AdaCluster config (when the
 captured model was patched), else the family's balanced preset, then --set overrides.
 
-Cost model (attention time relative to dense cuDNN, per call; docs/BENCHMARKS.md, H100, bf16):
+Cost model (attention time relative to dense cuDNN, per call; docs/BENCHMARKS.md, H200, bf16):
     t_sparse / t_dense = density / KERNEL_RATE + OVERHEAD
   KERNEL_RATE = 0.72: the varblock kernel reaches 69-82 % of cuDNN's TFLOP/s at N >= 75K on the
                  API layout (wan14b 406-433 / 588 TFLOP/s, hunyuan 453/578); 0.72 is their mean.
   OVERHEAD    = 0.085: clustering + selection + gathers on a reuse step, in units of one dense
                  call (wan14b 16.7-16.9 ms / 199 ms; hunyuan 18.5 / 301 = 0.06; long 21.9 / 671).
+  POOLED_OVERHEAD = 0.2: extra cost of the pooled tail (pooled_tail=True), in units of one
+                 dense call (H200, wan14b: +39.0 ms at max_density 0.15, +47.7 ms at 0.25 on
+                 a 201.4 ms cuDNN call: 0.19-0.24), added to candidates that use it.
   Predicted speedup = layers / sum over layers of (cost, 1 for dense layers), attention only,
   reuse steps only (warmup and calibration steps run dense anyway). Small N (< 32K) is slower
   than this model says (rates 48-59 %).
@@ -29,7 +32,7 @@ Cost model (attention time relative to dense cuDNN, per call; docs/BENCHMARKS.md
 Profile (JSON, "adacluster-profile/1"), read by AdaCluster Layer Overrides' `profile` input:
     {"format": "adacluster-profile/1", "source": FILE, "family": "wan", "target_error": 0.05,
      "n_layers": 30, "base_config": {...}, "predicted_speedup": 2.1,
-     "cost_model": {"kernel_rate": 0.72, "overhead": 0.085},
+     "cost_model": {"kernel_rate": 0.72, "overhead": 0.085, "pooled_overhead": 0.2},
      "layers": {"0": {"mode": "dense", "error": null, "density": 1.0, "reason": "..."},
                 "1": {"mode": "sparse", "selection": "tensorquest", "top_k": 16, "q_clusters": 65,
                       "k_clusters": null, "density": 0.21, "error": 0.041, "calls": 3}}}
@@ -57,6 +60,7 @@ CAPTURE_FORMAT = "adacluster-capture/1"
 PROFILE_FORMAT = "adacluster-profile/1"
 KERNEL_RATE = 0.72
 OVERHEAD = 0.085
+POOLED_OVERHEAD = 0.2
 TOP_K_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 TOP_P_LADDER = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 DENSITY_LADDER = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9)
@@ -64,9 +68,11 @@ HAS_MAX_DENSITY = "max_density" in AdaClusterConfig.__dataclass_fields__
 _FAMILY_MODEL = {"wan": "wan", "hunyuan": "hunyuan", "hunyuan15": "hunyuan", "cogvideox": "cogvideox"}
 
 
-def predicted_cost(density: float, kernel_rate: float = KERNEL_RATE, overhead: float = OVERHEAD) -> float:
-    """Sparse attention time as a fraction of dense (see the module docstring)."""
-    return float(density) / kernel_rate + overhead
+def predicted_cost(density: float, kernel_rate: float = KERNEL_RATE, overhead: float = OVERHEAD,
+                   pooled_overhead: float = 0.0) -> float:
+    """Sparse attention time as a fraction of dense (see the module docstring); pass the pooled
+    tail's overhead for configs with pooled_tail=True."""
+    return float(density) / kernel_rate + overhead + pooled_overhead
 
 
 @dataclass
@@ -188,7 +194,8 @@ def candidates(cfg: AdaClusterConfig, n_keys_max: int | None, top_p: bool):
 
 
 def tune_layer(calls: list[Call], base: AdaClusterConfig, target: float, text_range, top_p: bool = False,
-               kernel_rate: float = KERNEL_RATE, overhead: float = OVERHEAD) -> dict:
+               kernel_rate: float = KERNEL_RATE, overhead: float = OVERHEAD,
+               pooled_overhead: float = POOLED_OVERHEAD) -> dict:
     n_vid = calls[0].q.shape[2] - ((text_range[1] - text_range[0]) if text_range else 0)
     cfg = _clamp(base, n_vid)
     refs = [dense_reference(c) for c in calls]
@@ -211,7 +218,8 @@ def tune_layer(calls: list[Call], base: AdaClusterConfig, target: float, text_ra
     ent = {"calls": len(calls), "k_clusters_found": ck, "candidates_tried": len(tried)}
     if best is not None:
         cand, r = best
-        cost = predicted_cost(r["density"], kernel_rate, overhead)
+        cost = predicted_cost(r["density"], kernel_rate, overhead,
+                              pooled_overhead if getattr(cand, "pooled_tail", False) else 0.0)
         if cost < 1.0:
             ent.update({"mode": "sparse", "selection": cand.selection, "q_clusters": cand.q_clusters,
                         "k_clusters": cand.k_clusters, "density": r["density"], "error": r["error"],
@@ -236,7 +244,7 @@ def tune_layer(calls: list[Call], base: AdaClusterConfig, target: float, text_ra
 
 def tune(cap: Capture, target_error: float, overrides: dict | None = None, backend: str = "auto",
          top_p: bool = False, layers: list[int] | None = None, kernel_rate: float = KERNEL_RATE,
-         overhead: float = OVERHEAD, source: str = "", log=None) -> dict:
+         overhead: float = OVERHEAD, source: str = "", log=None, pooled_overhead: float = POOLED_OVERHEAD) -> dict:
     if not (target_error > 0):
         raise ValueError(f"target_error must be > 0, got {target_error}")
     base = base_config(cap, overrides, backend)
@@ -245,7 +253,8 @@ def tune(cap: Capture, target_error: float, overrides: dict | None = None, backe
     for layer, calls in cap.layers().items():
         if layers is not None and layer not in layers:
             continue
-        out_layers[str(layer)] = tune_layer(calls, base, target_error, cap.text_range, top_p, kernel_rate, overhead)
+        out_layers[str(layer)] = tune_layer(calls, base, target_error, cap.text_range, top_p, kernel_rate, overhead,
+                                            pooled_overhead)
         if log:
             e = out_layers[str(layer)]
             log(f"  layer {layer}: {e['mode']} density {e['density']:.3f} error {e['error']:.4f}")
@@ -254,8 +263,9 @@ def tune(cap: Capture, target_error: float, overrides: dict | None = None, backe
     return {"format": PROFILE_FORMAT, "source": source, "family": cap.meta.get("family"),
             "model": cap.meta.get("model"), "grid": cap.meta.get("grid"), "target_error": target_error,
             "n_layers": cap.meta.get("n_layers"), "base_config": base.to_dict(), "predicted_speedup": speedup,
-            "cost_model": {"kernel_rate": kernel_rate, "overhead": overhead,
-                           "formula": "t_sparse/t_dense = density/kernel_rate + overhead (docs/BENCHMARKS.md)"},
+            "cost_model": {"kernel_rate": kernel_rate, "overhead": overhead, "pooled_overhead": pooled_overhead,
+                           "formula": "t_sparse/t_dense = density/kernel_rate + overhead (+ pooled_overhead "
+                                      "with pooled_tail) (docs/BENCHMARKS.md)"},
             "tune_seconds": time.perf_counter() - t0, "layers": out_layers}
 
 
@@ -273,8 +283,9 @@ def format_table(profile: dict) -> str:
         lines.append(f"{key:>5}  {e['mode']:<6}  {s:<26}  {e['density']:>7.3f}  {e['error']:>7.4f}  "
                      f"{e['predicted_cost']:>10.3f}")
     lines.append(f"predicted attention speedup on reuse steps: {profile['predicted_speedup']:.2f}x "
-                 f"(cost = density/{profile['cost_model']['kernel_rate']} + {profile['cost_model']['overhead']}, "
-                 "H100 rates from docs/BENCHMARKS.md; dense layers cost 1)")
+                 f"(cost = density/{profile['cost_model']['kernel_rate']} + {profile['cost_model']['overhead']}"
+                 f" + {profile['cost_model'].get('pooled_overhead', 0)} with pooled_tail, "
+                 "H200 rates from docs/BENCHMARKS.md; dense layers cost 1)")
     return "\n".join(lines)
 
 
@@ -318,6 +329,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", default=None, help="comma separated layer ids to tune (default: all captured)")
     ap.add_argument("--kernel-rate", type=float, default=KERNEL_RATE)
     ap.add_argument("--overhead", type=float, default=OVERHEAD)
+    ap.add_argument("--pooled-overhead", type=float, default=POOLED_OVERHEAD,
+                    help="extra cost of pooled_tail=True, in dense calls (default: measured 0.2)")
     a = ap.parse_args(argv)
     dev = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cap = load_capture(a.capture, dev)
@@ -325,7 +338,7 @@ def main(argv=None) -> int:
           f"{len(cap.layers())} layers, heads {cap.meta.get('heads')}, device {dev}")
     layers = [int(x) for x in a.layers.split(",")] if a.layers else None
     prof = tune(cap, a.target_error, _parse_set(a.set), a.backend, a.top_p, layers, a.kernel_rate, a.overhead,
-                source=a.capture, log=lambda s: print(s, file=sys.stderr))
+                source=a.capture, log=lambda s: print(s, file=sys.stderr), pooled_overhead=a.pooled_overhead)
     print(format_table(prof))
     out = a.out or (a.capture.rsplit(".", 1)[0] + ".profile.json")
     with open(out, "w", encoding="utf-8") as f:

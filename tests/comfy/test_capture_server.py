@@ -99,7 +99,7 @@ def test_capture_tune_profile_probe_roundtrip(comfy_server, tmp_path):
     prof_path = srv.base_dir / "output" / "cap_full" / "profile.json"
     sets = ["--set", "q_clusters=8", "--set", "k_clusters=8"]
     rc = tune.main([str(f), "--target-error", str(TARGET), "--out", str(prof_path), "--backend", "torch",
-                    "--device", "cpu", "--kernel-rate", "1", "--overhead", "0", *sets])
+                    "--device", "cpu", "--kernel-rate", "1", "--overhead", "0", "--pooled-overhead", "0", *sets])
     assert rc == 0
     prof = json.loads(prof_path.read_text())
     assert set(prof["layers"]) == {"0", "1"}
@@ -163,6 +163,6 @@ def test_capture_after_adacluster_patch_hunyuan(comfy_server):
     assert meta["family"] == "hunyuan" and json.loads(meta["text_range"]) == [N_VID, N_VID + 16]   # 0.3.75: [img, txt]
     assert json.loads(meta["config"])["k_clusters"] == 8
     c = tune.load_capture(str(f))
-    prof = tune.tune(c, 0.5, backend="torch", kernel_rate=1.0, overhead=0.0)
+    prof = tune.tune(c, 0.5, backend="torch", kernel_rate=1.0, overhead=0.0, pooled_overhead=0.0)
     assert set(prof["layers"]) == {"0", str(n_layers - 1)}
     assert prof["base_config"]["k_clusters"] == 8    # from the capture's recorded config
