@@ -129,6 +129,17 @@ class AdaClusterConfig:
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **kw)
 
+    def clamped(self, n_tokens: int) -> "AdaClusterConfig":
+        """Cluster counts limited to the clustered token count (self if nothing changes)."""
+        kw = {}
+        if self.q_clusters > n_tokens:
+            kw["q_clusters"] = max(1, n_tokens)
+        if self.k_clusters is not None and self.k_clusters > n_tokens:
+            kw["k_clusters"] = max(1, n_tokens)
+        if self.k_clusters_init > n_tokens:
+            kw["k_clusters_init"] = max(1, n_tokens)
+        return self.replace(**kw) if kw else self
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -147,18 +147,6 @@ def base_config(cap: Capture, overrides: dict | None = None, backend: str = "aut
     return cfg.replace(**kw)
 
 
-def _clamp(cfg: AdaClusterConfig, n_vid: int) -> AdaClusterConfig:
-    """The patcher's clamp (nodes/patcher.py cfg_for_layer): cluster counts <= video tokens."""
-    kw = {}
-    if cfg.q_clusters > n_vid:
-        kw["q_clusters"] = max(1, n_vid)
-    if cfg.k_clusters is not None and cfg.k_clusters > n_vid:
-        kw["k_clusters"] = max(1, n_vid)
-    if cfg.k_clusters_init > n_vid:
-        kw["k_clusters_init"] = max(1, n_vid)
-    return cfg.replace(**kw) if kw else cfg
-
-
 def replay(calls: list[Call], refs: list[torch.Tensor], cfg: AdaClusterConfig, text_range) -> dict:
     """Run a layer's calls in step order through one fresh ClusterState: per-call error/density."""
     st = ClusterState()
@@ -197,7 +185,7 @@ def tune_layer(calls: list[Call], base: AdaClusterConfig, target: float, text_ra
                kernel_rate: float = KERNEL_RATE, overhead: float = OVERHEAD,
                pooled_overhead: float = POOLED_OVERHEAD) -> dict:
     n_vid = calls[0].q.shape[2] - ((text_range[1] - text_range[0]) if text_range else 0)
-    cfg = _clamp(base, n_vid)
+    cfg = base.clamped(n_vid)   # as the patcher does (cfg_for_layer)
     refs = [dense_reference(c) for c in calls]
     ck = cfg.k_clusters
     if ck is None:   # adaptive: one replay tells the layer's key-cluster count

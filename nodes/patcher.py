@@ -340,16 +340,7 @@ class AdaClusterRun:
         key = (layer, n_tokens)
         cfg = self.layer_cfg.get(key)
         if cfg is None:
-            cfg = self.config.replace(**ov) if ov else self.config
-            clamp = {}
-            if cfg.q_clusters > n_tokens:
-                clamp["q_clusters"] = max(1, n_tokens)
-            if cfg.k_clusters is not None and cfg.k_clusters > n_tokens:
-                clamp["k_clusters"] = max(1, n_tokens)
-            if cfg.k_clusters_init > n_tokens:
-                clamp["k_clusters_init"] = max(1, n_tokens)
-            if clamp:
-                cfg = cfg.replace(**clamp)
+            cfg = (self.config.replace(**ov) if ov else self.config).clamped(n_tokens)
             self.layer_cfg[key] = cfg
         return mode, cfg
 

@@ -21,6 +21,15 @@ needs_triton = pytest.mark.skipif(not TRITON_OK, reason="Triton needs CUDA or TR
 BACKENDS = ["torch", pytest.param("triton", marks=needs_triton)]
 
 
+def forbid_host_sync(monkeypatch):
+    """Make every host-synchronising tensor op raise (undo with monkeypatch.undo())."""
+    def boom(*a, **kw):
+        raise AssertionError("host sync on the reuse path")
+    for name in ("item", "__bool__", "__int__", "__float__", "tolist", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, boom)
+    monkeypatch.setattr(torch, "nonzero", boom)
+
+
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -11,7 +11,7 @@ from adacluster_core.layout import unselected_ranges
 from adacluster_core.reference import dense_attention_ref, varblock_attention_ref
 from adacluster_core.structured import make_structured_qkv
 
-from .conftest import BACKENDS, TRITON_OK, needs_triton, qkv_clustered, rel_l2
+from .conftest import BACKENDS, TRITON_OK, forbid_host_sync, needs_triton, qkv_clustered, rel_l2
 
 NEG = -3.4e38
 
@@ -167,12 +167,7 @@ def test_no_host_sync_on_reuse(monkeypatch, backend):
     cfg = small_cfg(backend, top_k=3, max_density=0.3)
     s = ClusterState()
     sparse_attention(q, k, v, cfg, s, always_dense_range=(80, 96), key_mask=mask)
-
-    def boom(*a, **kw):
-        raise AssertionError("host sync on the reuse path")
-    for name in ("item", "__bool__", "__int__", "__float__", "tolist", "__index__"):
-        monkeypatch.setattr(torch.Tensor, name, boom)
-    monkeypatch.setattr(torch, "nonzero", boom)
+    forbid_host_sync(monkeypatch)
     out, st = sparse_attention(q, k, v, cfg, s, always_dense_range=(80, 96), key_mask=mask)
     monkeypatch.undo()
     assert st["stage"] == "reuse" and not st["dense"] and st["pooled_tail"]

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from adacluster_core import AdaClusterConfig, ClusterState, sparse_attention
 from adacluster_core.reference import dense_attention_ref
 
-from .conftest import BACKENDS, TRITON_OK, clustered, device, qkv_clustered, rel_l2
+from .conftest import BACKENDS, TRITON_OK, clustered, device, forbid_host_sync, qkv_clustered, rel_l2
 
 NEG = -3.4e38  # ComfyUI's HunyuanVideo text padding mask value
 
@@ -275,12 +275,7 @@ def test_no_host_sync_on_reuse(monkeypatch, max_density):
     cfg = small_cfg("torch", top_k=3, max_density=max_density)
     s = ClusterState()
     sparse_attention(q, k, v, cfg, s, always_dense_range=(80, 96), key_mask=mask)
-
-    def boom(*a, **kw):
-        raise AssertionError("host sync on the reuse path")
-    for name in ("item", "__bool__", "__int__", "__float__", "tolist", "__index__"):
-        monkeypatch.setattr(torch.Tensor, name, boom)
-    monkeypatch.setattr(torch, "nonzero", boom)
+    forbid_host_sync(monkeypatch)
     out, st = sparse_attention(q, k, v, cfg, s, always_dense_range=(80, 96), key_mask=mask)
     monkeypatch.undo()
     assert st["stage"] == "reuse" and not st["dense"]
