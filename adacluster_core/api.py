@@ -28,8 +28,7 @@ import torch.nn.functional as F
 
 from . import clustering
 from .config import AdaClusterConfig
-from .layout import pairs_computed, selected_key_ranges, unselected_ranges
-from .reference import varblock_attention_ref
+from .layout import build_layout, run_layout, split_rows
 from .selection import select_clusters
 from .state import ClusterState
 
@@ -51,16 +50,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         except Exception:  # pragma: no cover - triton missing
             return "torch"
     return "torch"
-
-
-def _attention_kernel(backend: str):
-    if backend == "triton":
-        try:
-            from .kernels.varblock_attn import varblock_attention
-            return varblock_attention, "triton"
-        except ImportError:
-            pass
-    return varblock_attention_ref, "reference"
 
 
 def _normalise_range(N: int, always_dense_range, always_dense_prefix) -> tuple[int, int]:
@@ -186,111 +175,35 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return dense(f"sparse path failed: {type(e).__name__}: {e}")
 
 
-def _split(x: torch.Tensor, r0: int, r1: int):
-    """(clustered part [B,H,Nv,D], always-dense part [B,H,Nt,D]) along N; views when possible."""
-    N = x.shape[2]
-    if r1 == r0:
-        return x, x[:, :, :0]
-    if r0 == 0:
-        return x[:, :, r1:], x[:, :, :r1]
-    if r1 == N:
-        return x[:, :, :r0], x[:, :, r0:]
-    return torch.cat([x[:, :, :r0], x[:, :, r1:]], 2), x[:, :, r0:r1]
-
-
-def _gather_rows(x4: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x4 [B,H,n,D] (any strides), idx int [G, m] -> [G, m, D] contiguous."""
-    B, H, _, D = x4.shape
-    m = idx.shape[1]
-    return torch.gather(x4, 2, idx.long().view(B, H, m, 1).expand(B, H, m, D)).reshape(B * H, m, D)
-
-
-def _pooled_tail(v, rk, sel, k_perm, v_perm, rs, re, r0: int, r1: int, Cq: int, Ck: int, backend: str):
-    """Pooled tail (config `pooled_tail`): append one virtual key row per key cluster after the
-    real rows (key = the cluster's fp32 centroid cast to the input dtype, value = the mean of
-    its values, logit bias log|j|) and give every clustered query cluster the ranges over the
-    virtual rows of the non-empty clusters it did not select. Virtual rows are ordered
-    non-empty clusters first, so empty clusters (bias -inf) sit outside every range. The
-    always-dense query cluster (last row of rs / re with text tokens) attends every real key
-    already and gets none. Masked keys carry the "ignored" label: in no cluster, never pooled.
-    Static shapes, no host sync."""
-    G, Nk0, D = k_perm.shape
-    dev = k_perm.device
-    vv, _ = _split(v, r0, r1)
-    # segment means of V over the key clusters (same layout as the key centroids)
-    v_mean, _ = clustering.update(vv, rk.labels, torch.zeros(G, Ck, D, device=dev), perm=rk.perm,
-                                  offsets=rk.offsets, backend=backend)
-    cnt = rk.counts[:, :Ck]
-    empty = cnt <= 0
-    order = torch.argsort(empty.to(torch.int8), dim=1, stable=True)  # non-empty first
-    pos = torch.empty_like(order).scatter_(1, order, torch.arange(Ck, device=dev).view(1, Ck).expand(G, Ck))
-    n_ne = (~empty).sum(1)
-    cf = torch.gather(cnt, 1, order).float()
-    vb = torch.where(cf > 0, torch.log(cf.clamp_min(1.0)), torch.full_like(cf, float("-inf")))
-    key_bias = torch.cat([torch.zeros(G, Nk0, device=dev), vb], 1)
-    oi = order.unsqueeze(-1).expand(G, Ck, D)
-    k_perm = torch.cat([k_perm, torch.gather(rk.centroids, 1, oi).to(k_perm.dtype)], 1)
-    v_perm = torch.cat([v_perm, torch.gather(v_mean, 1, oi).to(v_perm.dtype)], 1)
-    S = sel.shape[-1]
-    sel_pos = torch.gather(pos.unsqueeze(1).expand(G, Cq, Ck), 2, sel.clamp_min(0).to(torch.int64))
-    sel_pos = torch.where(sel >= 0, sel_pos, torch.full_like(sel_pos, -1))
-    us, ue = unselected_ranges(sel_pos.view(G, Cq, S), Ck, Nk0, limit=n_ne)  # [G, Cq, S+1]
-    n_qc = rs.shape[1]
-    if n_qc > Cq:  # the always-dense query cluster: no virtual rows
-        pad = torch.zeros(G, n_qc - Cq, us.shape[2], dtype=us.dtype, device=dev)
-        us, ue = torch.cat([us, pad], 1), torch.cat([ue, pad], 1)
-    rs = torch.cat([rs.to(torch.int32), us], -1)
-    re = torch.cat([re.to(torch.int32), ue], -1)
-    return k_perm, v_perm, rs, re, key_bias
-
-
-def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: float,
-            r0: int, r1: int, masked, dense):
-    B, H, N, D = q.shape
-    G = B * H
-    dev = q.device
-    backend = resolve_backend(cfg.backend, dev)
-    Nt = r1 - r0
-    Nv = N - Nt
-    qv, _ = _split(q, r0, r1)
-    kv, _ = _split(k, r0, r1)
-
-    ignore = masked_t = None
-    if masked is not None:
-        mg = masked.expand(B, H, N).reshape(G, N)
-        ignore_v, masked_t = _split(mg.view(G, 1, N, 1), r0, r1)
-        ignore = ignore_v.reshape(G, Nv)
-        masked_t = masked_t.reshape(G, Nt)
-
-    # ---- key-cluster count (adaptive: multi-stage once per layer) --------------------------
-    stage = "first"
-    k_init = None
+def _key_count(kv, cfg: AdaClusterConfig, state: Optional[ClusterState], ignore, backend: str):
+    """The layer's key-cluster count: fixed, known from the state, or found now by the
+    multi-stage procedure. -> (Ck, initial centroids or None, dense reason or "")."""
     if cfg.k_clusters is not None:
-        Ck = cfg.k_clusters
-    elif state is not None and state.k_clusters:
-        Ck = int(state.k_clusters)
-    else:
-        ms = clustering.multi_stage_key_clustering(
-            kv, init_clusters=cfg.k_clusters_init, tau_scale=cfg.tau_scale, max_stages=cfg.max_stages,
-            stage_iters=cfg.stage_iters, n_max=(state.k_cap if state is not None else None),
-            ignore=ignore, backend=backend)
-        if ms.dense:
-            if state is not None:
-                state.dense, state.dense_reason = True, ms.reason
-            return dense(ms.reason, k_clusters=ms.k_clusters, stage="calibration", backend=backend)
-        Ck = ms.k_clusters
-        k_init = ms.centroids
+        return cfg.k_clusters, None, ""
+    if state is not None and state.k_clusters:
+        return int(state.k_clusters), None, ""
+    ms = clustering.multi_stage_key_clustering(
+        kv, init_clusters=cfg.k_clusters_init, tau_scale=cfg.tau_scale, max_stages=cfg.max_stages,
+        stage_iters=cfg.stage_iters, n_max=(state.k_cap if state is not None else None),
+        ignore=ignore, backend=backend)
+    if ms.dense:
         if state is not None:
-            state.k_clusters = Ck
-            state.k_centroids = k_init.reshape(B, H, Ck, D)
-            state.calls = 0
-            if cfg.calibration_dense:
-                return dense("calibration step (multi-stage key clustering ran; output dense)",
-                             k_clusters=Ck, stage="calibration", backend=backend)
-    Cq = min(cfg.q_clusters, Nv)
-    Ck = min(Ck, Nv)
+            state.dense, state.dense_reason = True, ms.reason
+        return ms.k_clusters, None, ms.reason
+    if state is not None:
+        state.k_clusters = ms.k_clusters
+        state.k_centroids = ms.centroids.reshape(kv.shape[0], kv.shape[1], ms.k_clusters, kv.shape[3])
+        state.calls = 0
+    return ms.k_clusters, ms.centroids, ""
 
-    # ---- k-means, warm-started from the state -----------------------------------------------
+
+def _cluster(qv, kv, Cq: int, Ck: int, k_init, cfg: AdaClusterConfig, state: Optional[ClusterState],
+             ignore, backend: str):
+    """k-means of the normalised queries and the raw keys, warm-started from the state.
+    -> (rq, rk, stage) with rk carrying the TensorQuest bounds when the selection needs them."""
+    B, H, _, D = qv.shape
+    G = B * H
+    dev = qv.device
     warm_calls = state is not None and state.calls > 0
     cq0 = ClusterState._match(state.q_centroids, (B, H, Cq, D), dev) if state is not None else None
     ck0 = ClusterState._match(state.k_centroids, (B, H, Ck, D), dev) if state is not None else None
@@ -298,94 +211,66 @@ def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: f
         ck0 = k_init
     warm_q = cq0 is not None and warm_calls
     warm_k = ck0 is not None and warm_calls
-    iq = cfg.kmeans_iters_reuse if warm_q else cfg.kmeans_iters_first
-    ik = cfg.kmeans_iters_reuse if warm_k else cfg.kmeans_iters_first
     if cq0 is None:
         cq0 = clustering.init_centroids(qv, Cq, normalize=True)
     if ck0 is None:
         ck0 = clustering.init_centroids(kv, Ck)
-    if warm_q and warm_k:
-        stage = "reuse"
+    iq = cfg.kmeans_iters_reuse if warm_q else cfg.kmeans_iters_first
+    ik = cfg.kmeans_iters_reuse if warm_k else cfg.kmeans_iters_first
     rq = clustering.kmeans(qv, cq0.reshape(G, Cq, D), iq, normalize=True, backend=backend)
-    need_bounds = cfg.selection == "tensorquest"
     # the TensorQuest bounds come out of the last k-means update (same pass over the keys)
-    rk = clustering.kmeans(kv, ck0.reshape(G, Ck, D), ik, ignore=ignore, backend=backend, with_bounds=need_bounds)
+    rk = clustering.kmeans(kv, ck0.reshape(G, Ck, D), ik, ignore=ignore, backend=backend,
+                           with_bounds=cfg.selection == "tensorquest")
+    return rq, rk, ("reuse" if warm_q and warm_k else "first")
 
-    # ---- selection ------------------------------------------------------------------------
-    kmax, kmin = rk.kmax, rk.kmin
+
+def _select(qv, rq, rk, cfg: AdaClusterConfig, scale: float) -> torch.Tensor:
+    """Selected key clusters per query cluster: int32 [G, Cq, S], -1 = none."""
     q_norm = None
     if cfg.selection == "top_p":
-        nrm = qv.float().norm(dim=-1).reshape(G, Nv)
-        q_norm = torch.zeros(G, Cq + 1, device=dev).scatter_add_(1, rq.labels.long(), nrm)[:, :Cq]
+        G, Cq = rq.centroids.shape[0], rq.centroids.shape[1]
+        nrm = qv.float().norm(dim=-1).reshape(G, -1)
+        q_norm = torch.zeros(G, Cq + 1, device=qv.device).scatter_add_(1, rq.labels.long(), nrm)[:, :Cq]
         q_norm = q_norm / rq.counts.clamp_min(1).float()
-    sel = select_clusters(cfg.selection, cq=rq.centroids, ck=rk.centroids, kmax=kmax, kmin=kmin,
-                          k_counts=rk.counts, top_k=cfg.top_k, top_p=cfg.top_p, scale=sc, q_norm=q_norm,
-                          max_density=cfg.max_density)
-    k_off = rk.offsets[:, :Ck + 1]
-    rs, re = selected_key_ranges(sel, k_off)  # [G, Cq, S]
+    return select_clusters(cfg.selection, cq=rq.centroids, ck=rk.centroids, kmax=rk.kmax, kmin=rk.kmin,
+                           k_counts=rk.counts, top_k=cfg.top_k, top_p=cfg.top_p, scale=scale, q_norm=q_norm,
+                           max_density=cfg.max_density)
 
-    # ---- permuted buffers and ranges ------------------------------------------------------
-    perm_k = rk.perm  # [G, Nv], ignored keys last
 
-    def to_orig(p):  # row of the clustered part (kv / qv) -> row of the full sequence
-        p = p.to(torch.int64)
-        if Nt == 0 or r1 == N:
-            return p
-        if r0 == 0:
-            return p + r1
-        return torch.where(p < r0, p, p + Nt)
+def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: float,
+            r0: int, r1: int, masked, dense):
+    """validate (done by the caller) -> cluster -> select -> build_layout -> run_layout."""
+    B, H, N, D = q.shape
+    G = B * H
+    dev = q.device
+    backend = resolve_backend(cfg.backend, dev)
+    Nt = r1 - r0
+    Nv = N - Nt
+    qv, _ = split_rows(q, r0, r1)
+    kv, _ = split_rows(k, r0, r1)
+    ignore = masked_t = None
+    if masked is not None:
+        mg = masked.expand(B, H, N).reshape(G, N)
+        ignore_v, masked_t = split_rows(mg.view(G, 1, N, 1), r0, r1)
+        ignore = ignore_v.reshape(G, Nv)
+        masked_t = masked_t.reshape(G, Nt)
 
-    if Nt > 0:
-        if masked_t is not None:
-            tperm = torch.argsort(masked_t.to(torch.int8), dim=1, stable=True)
-            n_t = (~masked_t).sum(1).to(torch.int32)  # [G]
-        else:
-            tperm = torch.arange(Nt, device=dev).view(1, Nt).expand(G, Nt)
-            n_t = torch.full((G,), Nt, dtype=torch.int32, device=dev)
-        # one row index into the full k / v: clustered keys by cluster, then the dense keys
-        kidx = torch.cat([to_orig(perm_k), r0 + tperm.to(torch.int64)], 1)
-        ex_s = torch.full((G, Cq, 1), Nv, dtype=torch.int32, device=dev)
-        ex_e = (Nv + n_t).view(G, 1, 1).expand(G, Cq, 1).to(torch.int32)
-        rs, re = torch.cat([rs, ex_s], -1), torch.cat([re, ex_e], -1)
-        R = rs.shape[-1]
-        # the always-dense queries: one more query cluster that sees every unmasked key
-        d_s = torch.zeros(G, 1, R, dtype=torch.int32, device=dev)
-        d_e = torch.zeros(G, 1, R, dtype=torch.int32, device=dev)
-        d_s[:, 0, 1] = Nv
-        d_e[:, 0, 0] = k_off[:, Ck]
-        d_e[:, 0, 1] = Nv + n_t
-        rs, re = torch.cat([rs, d_s], 1), torch.cat([re, d_e], 1)
-        # query permutation over all N rows: clustered rows (original ids) then dense rows
-        pt = (r0 + torch.arange(Nt, device=dev)).view(1, Nt).expand(G, Nt)
-        perm_q = torch.cat([to_orig(rq.perm), pt], 1).to(torch.int32)
-        q_off = torch.cat([rq.offsets[:, :Cq + 1],
-                           torch.full((G, 1), N, dtype=torch.int32, device=dev)], 1)
-    else:
-        kidx = perm_k
-        perm_q = rq.perm
-        q_off = rq.offsets[:, :Cq + 1]
-    if backend == "triton":
-        from .kernels.gather_rows import gather_kv
-        k_perm, v_perm = gather_kv(k, v, kidx)
-    else:
-        k_perm, v_perm = _gather_rows(k, kidx), _gather_rows(v, kidx)
-
-    key_bias = None
-    if cfg.pooled_tail:
-        k_perm, v_perm, rs, re, key_bias = _pooled_tail(v, rk, sel, k_perm, v_perm, rs, re, r0, r1, Cq, Ck,
-                                                        backend)
-
-    attn, attn_name = _attention_kernel(backend)
-    q3 = q.reshape(G, N, D)
-    if key_bias is None:
-        out = attn(q3, k_perm.contiguous(), v_perm.contiguous(), perm_q.contiguous(), q_off.contiguous(),
-                   rs.contiguous(), re.contiguous(), sc)
-    else:
-        out = attn(q3, k_perm.contiguous(), v_perm.contiguous(), perm_q.contiguous(), q_off.contiguous(),
-                   rs.contiguous(), re.contiguous(), sc, key_bias)
+    Ck, k_init, reason = _key_count(kv, cfg, state, ignore, backend)
+    if reason:
+        return dense(reason, k_clusters=Ck, stage="calibration", backend=backend)
+    if k_init is not None and state is not None and cfg.calibration_dense:
+        return dense("calibration step (multi-stage key clustering ran; output dense)",
+                     k_clusters=Ck, stage="calibration", backend=backend)
+    Cq = min(cfg.q_clusters, Nv)
+    Ck = min(Ck, Nv)
+    rq, rk, stage = _cluster(qv, kv, Cq, Ck, k_init, cfg, state, ignore, backend)
+    sel = _select(qv, rq, rk, cfg, sc)
+    layout = build_layout(q, k, v, rq, rk, sel, scale=sc, dense_range=(r0, r1), masked_dense=masked_t,
+                          pooled=cfg.pooled_tail, backend=backend)
+    out, attn_name = run_layout(layout, backend)
     out = out.reshape(B, H, N, D).to(q.dtype)
 
-    density = pairs_computed(q_off, rs, re).sum().to(torch.float32) / float(G * N * N)
+    density = layout.pairs().to(torch.float32) / float(G * N * N)
     if state is not None:
         state.q_centroids = rq.centroids.detach().reshape(B, H, Cq, D)
         state.k_centroids = rk.centroids.detach().reshape(B, H, Ck, D)

@@ -17,7 +17,25 @@ from typing import Dict, NamedTuple, Optional
 import torch
 
 from . import reference as ref
-from .layout import sort_by_cluster
+
+
+def sort_by_cluster(labels: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group tokens by cluster.
+
+    labels: int [G, N] cluster id per token, in [0, num_clusters).
+    Returns perm int32 [G, N] (perm[g, r] = original index of permuted row r) and
+    offsets int32 [G, C+1] (cluster c occupies permuted rows offsets[g, c]:offsets[g, c+1]).
+    """
+    G, N = labels.shape
+    C = int(num_clusters)
+    # narrowest key type: the radix sort does one pass per key byte (int16: 2 instead of 8)
+    kdt = torch.int16 if C <= 32767 else torch.int32
+    vals, perm = torch.sort(labels.to(kdt), dim=1, stable=True)
+    # offsets[c] = first sorted position with label >= c (replaces a scatter_add + cumsum)
+    bnd = torch.arange(C + 1, dtype=torch.int32, device=labels.device).view(1, C + 1).expand(G, C + 1)
+    offsets = torch.searchsorted(vals.to(torch.int32), bnd.contiguous(), right=False)
+    offsets[:, C] = N
+    return perm.to(torch.int32), offsets.to(torch.int32)
 
 
 # ---- backend dispatch -----------------------------------------------------------------------
@@ -41,14 +59,6 @@ def update(x, labels, old, *, normalize=False, perm=None, offsets=None, backend=
     if with_bounds:
         return (c, n) + tuple(ref.cluster_bounds_ref(x, labels, old.shape[1]))
     return c, n
-
-
-def bounds(x, labels, num_clusters, *, perm=None, offsets=None, backend="torch"):
-    """Per-cluster per-dimension (kmax, kmin) float32 [G, C, D]; empty: (-inf, +inf)."""
-    if backend == "triton":
-        from .kernels.cluster_bounds import cluster_bounds
-        return cluster_bounds(x, labels, num_clusters, perm=perm, offsets=offsets)
-    return ref.cluster_bounds_ref(x, labels, num_clusters)
 
 
 # ---- k-means ----------------------------------------------------------------------------------

@@ -1,30 +1,14 @@
-"""Permuted layout: tokens sorted by cluster, and selected key clusters turned into row ranges.
+"""Permuted layout: selected key clusters turned into row ranges, the always-dense range, the
+pooled-tail rows, and `build_layout` (clusters + selection -> the kernel's arguments).
 
 All functions are pure torch, run on any device, and never synchronise with the host, so they
 are safe on the reuse-step hot path.
 """
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import torch
-
-
-def sort_by_cluster(labels: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group tokens by cluster.
-
-    labels: int [G, N] cluster id per token, in [0, num_clusters).
-    Returns perm int32 [G, N] (perm[g, r] = original index of permuted row r) and
-    offsets int32 [G, C+1] (cluster c occupies permuted rows offsets[g, c]:offsets[g, c+1]).
-    """
-    G, N = labels.shape
-    C = int(num_clusters)
-    # narrowest key type: the radix sort does one pass per key byte (int16: 2 instead of 8)
-    kdt = torch.int16 if C <= 32767 else torch.int32
-    vals, perm = torch.sort(labels.to(kdt), dim=1, stable=True)
-    # offsets[c] = first sorted position with label >= c (replaces a scatter_add + cumsum)
-    bnd = torch.arange(C + 1, dtype=torch.int32, device=labels.device).view(1, C + 1).expand(G, C + 1)
-    offsets = torch.searchsorted(vals.to(torch.int32), bnd.contiguous(), right=False)
-    offsets[:, C] = N
-    return perm.to(torch.int32), offsets.to(torch.int32)
 
 
 def selected_key_ranges(
@@ -81,39 +65,160 @@ def selected_key_ranges(
     return start.to(torch.int32).contiguous(), end.to(torch.int32).contiguous()
 
 
-def unselected_ranges(sel: torch.Tensor, num_clusters: int, base_row: int,
-                      limit: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row ranges over the pooled-tail virtual rows of the key clusters a query cluster did
-    NOT select (config `pooled_tail`).
-
-    Virtual row `base_row + j` stands for key cluster j. sel: int [G, Cq, S] selected ids
-    (-1 = unused slot, any order, ids distinct). limit: optional int [G]: only ids < limit[g]
-    are pooled (the caller orders the empty clusters last); default num_clusters.
-    Returns (start, end) int32 [G, Cq, S+1]: the gaps between the sorted selected ids, i.e.
-    the complement of the selection in [0, limit) shifted by base_row; empty gaps are (0, 0).
-    Pure torch, no host sync.
-    """
-    G, Cq, S = sel.shape
-    dev = sel.device
-    if limit is None:
-        lim = torch.full((G, 1, 1), int(num_clusters), dtype=torch.int64, device=dev)
-    else:
-        lim = limit.to(torch.int64).view(G, 1, 1)
-    key = torch.where(sel >= 0, sel.to(torch.int64), lim.expand(G, Cq, S))
-    key, _ = torch.sort(key, dim=-1)
-    prev = torch.cat([torch.full((G, Cq, 1), -1, dtype=torch.int64, device=dev), key], -1)
-    cur = torch.cat([key, lim.expand(G, Cq, 1)], -1)
-    start = prev + 1
-    end = torch.minimum(cur, lim)
-    ok = end > start
-    zero = torch.zeros_like(start)
-    start = torch.where(ok, start + int(base_row), zero)
-    end = torch.where(ok, end + int(base_row), zero)
-    return start.to(torch.int32).contiguous(), end.to(torch.int32).contiguous()
-
-
 def pairs_computed(q_offsets: torch.Tensor, range_start: torch.Tensor, range_end: torch.Tensor) -> torch.Tensor:
     """Number of query-key pairs the sparse kernel computes, per group: int64 [G]."""
     nq = (q_offsets[:, 1:] - q_offsets[:, :-1]).to(torch.int64)          # [G, Cq]
     nk = (range_end - range_start).clamp(min=0).to(torch.int64).sum(-1)  # [G, Cq]
     return (nq * nk).sum(-1)
+
+
+# ---- the whole layout of one call ------------------------------------------------------------
+
+class Layout(NamedTuple):
+    """The kernel's arguments for one sparse call (`kernels.varblock_attention`, same order).
+
+    q [G, N, D] (original order); k_rows, v_rows [G, Nk, D]: keys / values sorted by key
+    cluster, then the always-dense rows; perm_q int32 [G, N] and q_offsets int32 [G, Cq' + 1]:
+    queries sorted by cluster (Cq' = Cq, + 1 for the always-dense query cluster);
+    range_start / range_end int32 [G, Cq', R]; scale; pooled tail (or None):
+    tail_keys / tail_values [G, Ck, D], tail_bias fp32 [G, Cq, Ck].
+    """
+    q: torch.Tensor
+    k_rows: torch.Tensor
+    v_rows: torch.Tensor
+    perm_q: torch.Tensor
+    q_offsets: torch.Tensor
+    range_start: torch.Tensor
+    range_end: torch.Tensor
+    scale: float
+    tail_keys: Optional[torch.Tensor] = None
+    tail_values: Optional[torch.Tensor] = None
+    tail_bias: Optional[torch.Tensor] = None
+
+    def pairs(self) -> torch.Tensor:
+        """Query-key pairs the kernel computes (0-dim int64; virtual keys with a finite bias
+        count as pairs)."""
+        n = pairs_computed(self.q_offsets, self.range_start, self.range_end).sum()
+        if self.tail_bias is not None:
+            Cq = self.tail_bias.shape[1]
+            nq = (self.q_offsets[:, 1:Cq + 1] - self.q_offsets[:, :Cq]).to(torch.int64)
+            n = n + (nq * torch.isfinite(self.tail_bias).sum(-1)).sum()
+        return n
+
+
+def split_rows(x: torch.Tensor, r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clustered part, always-dense part) of x [..., N, ...] along dim 2; views when possible."""
+    N = x.shape[2]
+    if r1 == r0:
+        return x, x[:, :, :0]
+    if r0 == 0:
+        return x[:, :, r1:], x[:, :, :r1]
+    if r1 == N:
+        return x[:, :, :r0], x[:, :, r0:]
+    return torch.cat([x[:, :, :r0], x[:, :, r1:]], 2), x[:, :, r0:r1]
+
+
+def _gather_rows(x4: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x4 [B,H,n,D] (any strides), idx int [G, m] -> [G, m, D] contiguous."""
+    B, H, _, D = x4.shape
+    m = idx.shape[1]
+    return torch.gather(x4, 2, idx.long().view(B, H, m, 1).expand(B, H, m, D)).reshape(B * H, m, D)
+
+
+def pooled_tail(v_clustered: torch.Tensor, rk, sel: torch.Tensor, dtype: torch.dtype, backend: str):
+    """Pooled-tail virtual keys (config `pooled_tail`): per key cluster j its centroid as key and
+    the mean of its values as value; per query cluster the logit bias log|j| for every
+    non-empty cluster it did not select (-inf for selected and empty ones), so the softmax still
+    sees Σ_{k∈j} exp(q·k) ≈ |j|·exp(q·c_j). Returns (keys, values [G, Ck, D], bias fp32 [G, Cq, Ck])."""
+    from . import clustering
+
+    G, Cq, _ = sel.shape
+    Ck, D = rk.centroids.shape[1], rk.centroids.shape[2]
+    v_mean, _ = clustering.update(v_clustered, rk.labels, torch.zeros(G, Ck, D, device=sel.device),
+                                  perm=rk.perm, offsets=rk.offsets, backend=backend)
+    cnt = rk.counts[:, :Ck].float()
+    size_bias = torch.where(cnt > 0, torch.log(cnt.clamp_min(1.0)), torch.full_like(cnt, float("-inf")))
+    slot = torch.where(sel >= 0, sel.to(torch.int64), torch.full_like(sel, Ck, dtype=torch.int64))
+    chosen = torch.zeros(G, Cq, Ck + 1, dtype=torch.bool, device=sel.device).scatter_(2, slot, True)[..., :Ck]
+    bias = size_bias.unsqueeze(1).expand(G, Cq, Ck).masked_fill(chosen, float("-inf"))
+    return rk.centroids.to(dtype), v_mean.to(dtype), bias.contiguous()
+
+
+def build_layout(q, k, v, rq, rk, sel, *, scale: float, dense_range: tuple[int, int],
+                 masked_dense: Optional[torch.Tensor], pooled: bool, backend: str) -> Layout:
+    """Turn the clusters and the selection into the kernel's layout.
+
+    q, k, v [B, H, N, D]; rq / rk: `clustering.KMeansResult` of the clustered queries / keys
+    (rows outside `dense_range`); sel int [G, Cq, S] selected key clusters (-1 = none);
+    dense_range (r0, r1): always-dense tokens (text): their keys follow the clustered keys and
+    form one extra range of every query cluster; their queries form one extra query cluster
+    that attends every unmasked key. masked_dense: bool [G, r1 - r0] masked always-dense keys
+    (moved behind the valid ones, outside the extra range). No host sync.
+    """
+    B, H, N, D = q.shape
+    G = B * H
+    dev = q.device
+    r0, r1 = dense_range
+    Nt = r1 - r0
+    Nv = N - Nt
+    Cq, Ck = rq.centroids.shape[1], rk.centroids.shape[1]
+    k_off = rk.offsets[:, :Ck + 1]
+    rs, re = selected_key_ranges(sel, k_off)  # [G, Cq, S]
+
+    def to_orig(p):  # row of the clustered part -> row of the full sequence
+        p = p.to(torch.int64)
+        if Nt == 0 or r1 == N:
+            return p
+        if r0 == 0:
+            return p + r1
+        return torch.where(p < r0, p, p + Nt)
+
+    if Nt > 0:
+        if masked_dense is not None:
+            tperm = torch.argsort(masked_dense.to(torch.int8), dim=1, stable=True)
+            n_t = (~masked_dense).sum(1).to(torch.int32)  # [G]
+        else:
+            tperm = torch.arange(Nt, device=dev).view(1, Nt).expand(G, Nt)
+            n_t = torch.full((G,), Nt, dtype=torch.int32, device=dev)
+        # one row index into the full k / v: clustered keys by cluster, then the dense keys
+        kidx = torch.cat([to_orig(rk.perm), r0 + tperm.to(torch.int64)], 1)
+        ex_s = torch.full((G, Cq, 1), Nv, dtype=torch.int32, device=dev)
+        ex_e = (Nv + n_t).view(G, 1, 1).expand(G, Cq, 1).to(torch.int32)
+        rs, re = torch.cat([rs, ex_s], -1), torch.cat([re, ex_e], -1)
+        R = rs.shape[-1]
+        # the always-dense queries: one more query cluster that sees every unmasked key
+        d_s = torch.zeros(G, 1, R, dtype=torch.int32, device=dev)
+        d_e = torch.zeros(G, 1, R, dtype=torch.int32, device=dev)
+        d_s[:, 0, 1] = Nv
+        d_e[:, 0, 0] = k_off[:, Ck]
+        d_e[:, 0, 1] = Nv + n_t
+        rs, re = torch.cat([rs, d_s], 1), torch.cat([re, d_e], 1)
+        pt = (r0 + torch.arange(Nt, device=dev)).view(1, Nt).expand(G, Nt)
+        perm_q = torch.cat([to_orig(rq.perm), pt], 1).to(torch.int32)
+        q_off = torch.cat([rq.offsets[:, :Cq + 1], torch.full((G, 1), N, dtype=torch.int32, device=dev)], 1)
+    else:
+        kidx = rk.perm
+        perm_q = rq.perm
+        q_off = rq.offsets[:, :Cq + 1]
+    if backend == "triton":
+        from .kernels.gather_rows import gather_kv
+        k_rows, v_rows = gather_kv(k, v, kidx)
+    else:
+        k_rows, v_rows = _gather_rows(k, kidx), _gather_rows(v, kidx)
+    tail = (None, None, None)
+    if pooled:
+        tail = pooled_tail(split_rows(v, r0, r1)[0], rk, sel, q.dtype, backend)
+    return Layout(q.reshape(G, N, D), k_rows.contiguous(), v_rows.contiguous(), perm_q.contiguous(),
+                  q_off.contiguous(), rs.contiguous(), re.contiguous(), float(scale), *tail)
+
+
+def run_layout(layout: Layout, backend: str) -> tuple[torch.Tensor, str]:
+    """The attention over a layout: (out [G, N, D], kernel name "triton" | "reference")."""
+    if backend == "triton":
+        try:
+            from .kernels.varblock_attn import varblock_attention
+            return varblock_attention(*layout), "triton"
+        except ImportError:  # pragma: no cover - triton missing
+            pass
+    from .reference import varblock_attention_ref
+    return varblock_attention_ref(*layout), "reference"

@@ -7,26 +7,29 @@ import torch
 
 def varblock_attention_ref(
     q: torch.Tensor,
-    k_perm: torch.Tensor,
-    v_perm: torch.Tensor,
+    k_rows: torch.Tensor,
+    v_rows: torch.Tensor,
     perm_q: torch.Tensor,
     q_offsets: torch.Tensor,
     range_start: torch.Tensor,
     range_end: torch.Tensor,
     scale: float,
-    key_bias: torch.Tensor | None = None,
+    tail_keys: torch.Tensor | None = None,
+    tail_values: torch.Tensor | None = None,
+    tail_bias: torch.Tensor | None = None,
     chunk: int = 4096,
 ) -> torch.Tensor:
     """Reference for `kernels.varblock_attention`: each query cluster attends to the union of
-    its key row ranges. q [G, N, D] (original order); k_perm, v_perm [G, Nk, D];
-    perm_q int [G, N]; q_offsets int [G, Cq+1]; range_start/end int [G, Cq, R].
-    key_bias: optional fp32 [G, Nk] additive logit bias per key row (after the scale; -inf =
-    never attended), e.g. log(cluster size) on the pooled-tail virtual rows.
-    Returns [G, N, D] in original query order, q's dtype. Rows whose cluster attends to
-    nothing get zeros. Memory: one [chunk, Nk] block at a time."""
+    its key row ranges, plus (pooled tail) the virtual keys `tail_keys / tail_values [G, Ct, D]`
+    with logit bias `tail_bias [G, Cqt, Ct]` (after the scale; -inf = not attended; query
+    clusters >= Cqt see no virtual key). q [G, N, D] (original order); k_rows, v_rows
+    [G, Nk, D]; perm_q int [G, N]; q_offsets int [G, Cq+1]; range_start/end int [G, Cq, R].
+    Returns [G, N, D] in original query order, q's dtype. Rows that attend to nothing get
+    zeros. Memory: one [chunk, Nk + Ct] block at a time."""
     G, N, D = q.shape
-    Nk = k_perm.shape[1]
+    Nk = k_rows.shape[1]
     Cq = q_offsets.shape[1] - 1
+    has_tail = tail_keys is not None and tail_bias is not None
     out = torch.zeros(G, N, D, dtype=torch.float32, device=q.device)
     rows = torch.arange(N, device=q.device)
     keys = torch.arange(Nk, device=q.device)
@@ -37,13 +40,20 @@ def varblock_attention_ref(
         rs, re = range_start[g].to(torch.int64), range_end[g].to(torch.int64)  # [Cq, R]
         allowed = ((keys.view(1, 1, Nk) >= rs.unsqueeze(-1)) & (keys.view(1, 1, Nk) < re.unsqueeze(-1))).any(1)
         qp = q[g].float()[perm_q[g].long()]
-        kf, vf = k_perm[g].float(), v_perm[g].float()
+        kf, vf = k_rows[g].float(), v_rows[g].float()
+        if has_tail:
+            Cqt = tail_bias.shape[1]
+            tb = torch.cat([tail_bias[g].float(),
+                            torch.full((Cq + 1 - Cqt, tail_bias.shape[2]), float("-inf"), device=q.device)], 0)
+            kf = torch.cat([kf, tail_keys[g].float()], 0)
+            vf = torch.cat([vf, tail_values[g].float()], 0)
         for s in range(0, N, chunk):
             e = min(N, s + chunk)
             sc = (qp[s:e] @ kf.T) * scale
-            if key_bias is not None:
-                sc = sc + key_bias[g].float().view(1, Nk)
             m = allowed[cl[s:e]]
+            if has_tail:
+                sc[:, Nk:] += tb[cl[s:e]]
+                m = torch.cat([m, torch.ones(e - s, kf.shape[0] - Nk, dtype=torch.bool, device=q.device)], 1)
             sc = sc.masked_fill(~m, float("-inf"))
             p = torch.softmax(sc, dim=-1)
             p = torch.nan_to_num(p, nan=0.0)  # rows with no allowed key
@@ -62,7 +72,7 @@ def dense_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
 
 
 # ---- clustering references (torch counterparts of kernels/kmeans_assign.py,
-# ---- kernels/centroid_update.py, kernels/cluster_bounds.py). fp32 maths, any device.
+# ---- kernels/centroid_update.py; the bounds are fused into its last pass). fp32 maths, any device.
 
 def _as_gnd(x: torch.Tensor) -> torch.Tensor:
     if x.dim() == 4:
@@ -117,7 +127,7 @@ def centroid_update_ref(x: torch.Tensor, labels: torch.Tensor, old_centroids: to
 
 
 def cluster_bounds_ref(x: torch.Tensor, labels: torch.Tensor, num_clusters: int):
-    """Reference for `kernels.cluster_bounds`: per-cluster per-dimension (max, min) in fp32,
+    """Reference for the bounds of `kernels.centroid_update(bounds=True)`: per-cluster per-dimension (max, min) in fp32,
     label C = ignored; empty clusters get (-inf, +inf)."""
     x = _as_gnd(x)
     G, N, D = x.shape

@@ -3,7 +3,7 @@
 
     python bench/fidelity.py [--device cpu|cuda] [--quick] [--out docs/] [--video PATH]
 
-For each input set (structured synthetic inputs from `adacluster_core.structured`, and Q/K/V
+For each input set (structured synthetic inputs from `bench.structured`, and Q/K/V
 made from a real video clip) and each method, sweeps the method's knob and records
   density    fraction of query-key pairs computed (AdaCluster: stats["density"]),
   rel_l2     ‖O − O_dense‖ / ‖O_dense‖ with O_dense the fp32 dense attention,
@@ -37,9 +37,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from adacluster_core.baselines import attention_recall, block_topk_attention, relative_l2  # noqa: E402
+from bench.baselines import attention_recall, block_topk_attention, relative_l2  # noqa: E402
 from adacluster_core.reference import dense_attention_ref  # noqa: E402
-from adacluster_core.structured import (  # noqa: E402
+from bench.structured import (  # noqa: E402
     attention_peakedness, make_structured_qkv, make_video_qkv, procedural_video)
 
 TARGET_DENSITY = 0.15

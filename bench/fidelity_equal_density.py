@@ -15,9 +15,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from adacluster_core import AdaClusterConfig, sparse_attention  # noqa: E402
-from adacluster_core.baselines import block_topk_attention, relative_l2  # noqa: E402
+from bench.baselines import block_topk_attention, relative_l2  # noqa: E402
 from adacluster_core.reference import dense_attention_ref  # noqa: E402
-from adacluster_core.structured import make_structured_qkv  # noqa: E402
+from bench.structured import make_structured_qkv  # noqa: E402
 
 
 def main():

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Peer comparison on one GPU, one process: core ComfyUI's sparse attention kernel
 `comfy_kitchen.sol_attn` (PyPI comfy-kitchen) vs AdaCluster (reuse step) vs cuDNN dense SDPA,
-on the same structured inputs (adacluster_core.structured), time and output error side by side.
+on the same structured inputs (bench.structured), time and output error side by side.
 
 sol_attn is run at its defaults (tau=1.0), at tau=1.3, and with SLA-style top-k ratios; the
 error is the relative L2 error vs fp32 dense attention on a random subset of query rows.
@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from adacluster_core import AdaClusterConfig, ClusterState, sparse_attention  # noqa: E402
-from adacluster_core.bench import SHAPES, _bench, dense_cudnn, make_inputs, rel_err_rows  # noqa: E402
+from bench.inputs import SHAPES, bench_ms as _bench, dense_cudnn, make_inputs, rel_err_rows  # noqa: E402
 
 
 def main():
@@ -41,7 +41,8 @@ def main():
     args = ap.parse_args()
     dev = torch.device("cuda")
     H, N, D, text, grid, family = SHAPES[args.shape]
-    q, k, v, src = make_inputs(args.shape, device=dev)
+    q, k, v = make_inputs(args.shape, device=dev)
+    src = "bench.structured"
     if args.heads:
         q, k, v = (x[:, : args.heads].contiguous() for x in (q, k, v))
         H = args.heads

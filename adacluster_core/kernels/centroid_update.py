@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import sort_by_cluster
+from ..clustering import sort_by_cluster
 from ._common import as_bhnd, interpreting, next_pow2
 
 
@@ -72,7 +72,7 @@ def centroid_update(x: torch.Tensor, labels: torch.Tensor, old_centroids: torch.
         when no label equals C) to skip the sort.
     Returns (centroids float32 [G, C, D], counts int32 [G, C]); with bounds=True also
     (kmax, kmin) float32 [G, C, D] of the raw rows (empty clusters: -inf / +inf), as
-    `cluster_bounds` computes them, in the same pass.
+    `reference.cluster_bounds_ref` computes them, in the same pass.
     """
     x4, G, H = as_bhnd(x)
     N, D = x4.shape[2], x4.shape[3]

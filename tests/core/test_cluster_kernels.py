@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from adacluster_core import reference as ref
-from adacluster_core.layout import sort_by_cluster
+from adacluster_core.clustering import sort_by_cluster
 
 from .conftest import clustered, device, needs_triton
 
@@ -77,14 +77,16 @@ def test_centroid_update_matches_ref(dtype, normalize):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cluster_bounds_matches_ref(dtype):
-    from adacluster_core.kernels.cluster_bounds import cluster_bounds
+def test_fused_bounds_match_ref(dtype):
+    """The TensorQuest bounds fused into the last centroid update (bounds=True)."""
+    from adacluster_core.kernels.centroid_update import centroid_update
     B, H, N, C, D = 1, 2, 97, 10, 128
     dev = device()
     x = torch.randn(B, N, H, D, device=dev).to(dtype).transpose(1, 2)  # strided
     lab = torch.randint(0, C, (B * H, N), dtype=torch.int32, device=dev)
     lab[lab == 7] = C  # cluster 7 empty, those tokens ignored
-    kmax, kmin = cluster_bounds(x, lab, C)
+    old = torch.randn(B * H, C, D, device=dev)
+    _, _, kmax, kmin = centroid_update(x, lab, old, bounds=True)
     kmax_r, kmin_r = ref.cluster_bounds_ref(x, lab, C)
     assert torch.equal(kmax, kmax_r) and torch.equal(kmin, kmin_r)
     assert bool(torch.isneginf(kmax[:, 7]).all()) and bool(torch.isposinf(kmin[:, 7]).all())

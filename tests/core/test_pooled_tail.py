@@ -3,13 +3,14 @@
 CPU; the Triton parts need TRITON_INTERPRET=1 (skipped otherwise)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from adacluster_core import AdaClusterConfig, ClusterState, sparse_attention
-from adacluster_core.layout import unselected_ranges
 from adacluster_core.reference import dense_attention_ref, varblock_attention_ref
-from adacluster_core.structured import make_structured_qkv
+from bench.structured import make_structured_qkv
 
 from .conftest import BACKENDS, TRITON_OK, forbid_host_sync, needs_triton, qkv_clustered, rel_l2
 
@@ -31,71 +32,95 @@ def test_config_field():
     assert AdaClusterConfig.from_dict(AdaClusterConfig(pooled_tail=True).to_dict()).pooled_tail
 
 
-def test_unselected_ranges():
-    Ck, base = 8, 100
-    sel = torch.tensor([[[5, 1, -1, 2], [-1, -1, -1, -1], [0, 7, 3, -1], [0, 1, 2, 3]]], dtype=torch.int32)
-    s, e = unselected_ranges(sel, Ck, base)
-    assert s.shape == (1, 4, 5) and s.dtype == torch.int32
-    for c in range(4):
-        chosen = {int(x) for x in sel[0, c] if x >= 0}
-        covered = []
-        for a, b in zip(s[0, c].tolist(), e[0, c].tolist()):
-            assert b >= a
-            covered += list(range(a, b))
-        assert sorted(covered) == [base + j for j in range(Ck) if j not in chosen]
+def test_pooled_tail_bias():
+    """Selected and empty clusters get -inf, the others log|j|; keys/values = centroids/means."""
+    from adacluster_core import clustering
+    from adacluster_core.layout import pooled_tail
+    G, N, D, Ck = 2, 40, 16, 6
+    gen = torch.Generator().manual_seed(0)
+    k, v = torch.randn(G, N, D, generator=gen), torch.randn(G, N, D, generator=gen)
+    lab = torch.randint(0, Ck - 1, (G, N), generator=gen).to(torch.int32)  # cluster Ck-1 empty
+    perm, offs = clustering.sort_by_cluster(lab, Ck + 1)
+    cent, cnt = clustering.update(k, lab, torch.zeros(G, Ck, D), perm=perm, offsets=offs)
+    rk = clustering.KMeansResult(lab, cent, cnt, perm, offs)
+    sel = torch.tensor([[[0, 3, -1], [-1, -1, -1]], [[4, 1, 2], [5, -1, -1]]], dtype=torch.int32)
+    tk, tv, tb = pooled_tail(v, rk, sel, torch.float32, "torch")
+    assert tb.shape == (G, 2, Ck) and tk.shape == (G, Ck, D) and tv.shape == (G, Ck, D)
+    for g in range(G):
+        for c in range(2):
+            chosen = {int(x) for x in sel[g, c] if x >= 0}
+            for j in range(Ck):
+                n = int(cnt[g, j])
+                if j in chosen or n == 0:
+                    assert tb[g, c, j] == float("-inf")
+                else:
+                    assert float(tb[g, c, j]) == pytest.approx(math.log(n))
+        j = int(lab[g, 0])
+        assert torch.allclose(tv[g, j], v[g][lab[g] == j].mean(0), atol=1e-5)
+        assert torch.allclose(tk[g, j], k[g][lab[g] == j].mean(0), atol=1e-5)
 
 
-def _bias_case(dtype, D, seed=0, G=2, N=70, Cq=5, Ck=7, S=3):
+def _tail_case(dtype, D, seed=0, G=2, N=70, Cq=5, Ck=7, S=3, Ct=11):
     from .test_varblock_attn import make_case  # noqa: WPS433
     case = make_case(G=G, N=N, D=D, Cq=Cq, Ck=Ck, S=S, dtype=dtype, seed=seed, device="cpu")
     gen = torch.Generator().manual_seed(seed + 1)
-    Nk = case["k_perm"].shape[1]
-    bias = torch.randn(case["q"].shape[0], Nk, generator=gen) * 2
-    bias[:, ::5] = float("-inf")  # never-attended rows (empty pooled clusters)
-    bias[:, :3] = float("-inf")
-    case["key_bias"] = bias
+    case["tail_keys"] = torch.randn(G, Ct, D, generator=gen).to(dtype)
+    case["tail_values"] = torch.randn(G, Ct, D, generator=gen).to(dtype)
+    bias = torch.randn(G, Cq - 1, Ct, generator=gen) * 2  # the last query cluster sees no tail
+    bias[:, :, ::4] = float("-inf")  # selected / empty clusters
+    bias[:, 3] = float("-inf")  # cluster 3 attends to nothing at all (no ranges either)
+    case["tail_bias"] = bias
     return case
 
 
-def test_reference_bias_matches_dense_with_bias():
-    case = _bias_case(torch.float32, 64)
+def test_reference_tail_matches_dense_with_bias():
+    """The reference's tail == dense attention over [real keys | virtual keys] with the bias."""
+    case = _tail_case(torch.float32, 64)
     rs, re = case["range_start"].clone(), case["range_end"].clone()
-    Nk = case["k_perm"].shape[1]
+    Nk = case["k_rows"].shape[1]
     rs[:] = 0
     re[:] = 0
-    re[..., 0] = Nk  # every cluster sees every key
+    re[..., 0] = Nk  # every cluster sees every real key
     out = varblock_attention_ref(**{**case, "range_start": rs, "range_end": re})
-    ref = dense_attention_ref(case["q"].unsqueeze(1), case["k_perm"].unsqueeze(1), case["v_perm"].unsqueeze(1),
-                              scale=case["scale"], key_mask=case["key_bias"].view(-1, 1, 1, Nk)).squeeze(1)
-    assert rel_l2(out, ref) < 1e-5
+    q_off, perm_q = case["q_offsets"], case["perm_q"]
+    c = 0
+    rows = perm_q[0, q_off[0, c]:q_off[0, c + 1]].long()
+    keys = torch.cat([case["k_rows"][0], case["tail_keys"][0]])
+    vals = torch.cat([case["v_rows"][0], case["tail_values"][0]])
+    mask = torch.cat([torch.zeros(Nk), case["tail_bias"][0, c]]).view(1, -1)
+    ref = dense_attention_ref(case["q"][0, rows], keys, vals, scale=case["scale"], key_mask=mask)
+    assert rel_l2(out[0, rows], ref) < 1e-5
 
 
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("D", [64, 128])
-def test_kernel_bias_matches_reference(dtype, D):
+def test_kernel_tail_matches_reference(dtype, D):
     from adacluster_core.kernels.varblock_attn import varblock_attention
-    case = _bias_case(dtype, D, seed=D)
+    case = _tail_case(dtype, D, seed=D)
     out = varblock_attention(**case)
     ref = varblock_attention_ref(**case)
     assert torch.isfinite(out.float()).all()
     tol = {torch.float16: 3e-3, torch.bfloat16: 2e-2, torch.float32: 1e-4}[dtype]
     assert rel_l2(out, ref) < tol
+    rows = case["perm_q"][0, case["q_offsets"][0, 3]:case["q_offsets"][0, 4]].long()
+    assert (out[0, rows] == 0).all()  # no range, tail all -inf -> exact zeros, no NaN
 
 
 @needs_triton
-@pytest.mark.parametrize("mode", [0, 1, 2])
-def test_kernel_bias_all_modes(mode):
+@pytest.mark.parametrize("bm,bn", [(16, 16), (32, 16), (16, 32)])
+def test_kernel_tail_tiles_and_all_inf(bm, bn):
     from adacluster_core.kernels.varblock_attn import varblock_attention_triton
-    case = _bias_case(torch.float16, 64, seed=3 + mode, N=90)
-    out = varblock_attention_triton(**case, config=(16, 16, 4, 1, mode, False))
+    case = _tail_case(torch.float16, 64, seed=3 + bm + bn, N=90, Ct=37)  # ragged tail block
+    out = varblock_attention_triton(**case, config=(bm, bn, 4, 1))
     assert torch.isfinite(out.float()).all()
     assert rel_l2(out, varblock_attention_ref(**case)) < 3e-3
-    # all-(-inf) bias chunk at the start of a row's keys: no NaN, rows see nothing else -> 0
-    case2 = dict(case)
-    case2["key_bias"] = torch.full_like(case["key_bias"], float("-inf"))
-    out2 = varblock_attention_triton(**case2, config=(16, 16, 4, 1, mode, False))
-    assert torch.isfinite(out2.float()).all() and float(out2.float().abs().max()) == 0.0
+    # an all -inf tail changes nothing: same as no tail
+    case2 = dict(case, tail_bias=torch.full_like(case["tail_bias"], float("-inf")))
+    out2 = varblock_attention_triton(**case2, config=(bm, bn, 4, 1))
+    plain = {k: v for k, v in case.items() if not k.startswith("tail_")}
+    out3 = varblock_attention_triton(**plain, config=(bm, bn, 4, 1))
+    assert torch.isfinite(out2.float()).all() and torch.equal(out2, out3)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -172,10 +197,3 @@ def test_no_host_sync_on_reuse(monkeypatch, backend):
     monkeypatch.undo()
     assert st["stage"] == "reuse" and not st["dense"] and st["pooled_tail"]
     assert torch.isfinite(out).all()
-
-
-def test_unselected_ranges_limit():
-    sel = torch.tensor([[[1, -1]], [[-1, -1]]], dtype=torch.int32)
-    s, e = unselected_ranges(sel, 6, 10, limit=torch.tensor([3, 0]))
-    assert [(a, b) for a, b in zip(s[0, 0].tolist(), e[0, 0].tolist()) if b > a] == [(10, 11), (12, 13)]
-    assert int((e[1] - s[1]).sum()) == 0

@@ -1,5 +1,5 @@
-"""Structured input generator (adacluster_core.structured) and the block top-k baseline
-(adacluster_core.baselines). Fast, CPU only."""
+"""Structured input generator (bench.structured) and the block top-k baseline
+(bench.baselines). Fast, CPU only."""
 from __future__ import annotations
 
 import math
@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
-from adacluster_core.baselines import (attention_recall, block_density, block_means, block_topk_attention,
+from bench.baselines import (attention_recall, block_density, block_means, block_topk_attention,
                                        block_topk_mask, relative_l2)
 from adacluster_core.reference import dense_attention_ref
-from adacluster_core.structured import (attention_peakedness, grid_positions, make_structured_qkv, make_video_qkv,
+from bench.structured import (attention_peakedness, grid_positions, make_structured_qkv, make_video_qkv,
                                         procedural_video, rope_3d)
 
 
