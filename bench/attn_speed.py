@@ -20,6 +20,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("ADACLUSTER_STRICT", "1")  # a failing sparse path must fail the benchmark, not run dense
 
 import torch  # noqa: E402
 
@@ -142,7 +143,8 @@ def main(argv=None):
             try:
                 res.append(run_variant(name, variant, q, k, v, t_dense, err_dense, rows, cold, log))
             except Exception as e:  # noqa: BLE001
-                log(f"[{name} {variant}] FAILED: {type(e).__name__}: {e}")
+                import traceback
+                log(f"[{name} {variant}] FAILED: {type(e).__name__}: {e}\n{traceback.format_exc()[-1200:]}")
             cold = False
             torch.cuda.empty_cache()
         del q, k, v
