@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import time
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from typing import Any
 
 import comfy.patcher_extension as pe
@@ -57,6 +57,7 @@ HOLDER_KEY = "adacluster"          # transformer_options[...] -> AdaClusterRun
 FWD_KEY = "adacluster_fwd"         # transformer_options[...] -> ForwardContext (per forward)
 OVERRIDE_KEY = "optimized_attention_override"
 
+PLAN_CACHE_SIZE = 8                # (model, resolution) plans kept per patched model
 FAMILIES = ("wan", "hunyuan", "hunyuan15", "cogvideox")
 PRESETS = ("auto", "quality", "balanced", "fast")
 _CORE_MODEL = {"wan": "wan", "hunyuan": "hunyuan", "hunyuan15": "hunyuan", "cogvideox": "cogvideox"}
@@ -252,6 +253,10 @@ class AdaClusterRun:
         self.model_sampling = None
         self.override = None             # set by patch_model
         self.runs_completed = 0
+        # per (family, grid, text tokens, token order): the calibrated key-cluster counts, planned
+        # dense layers and cap, kept across runs of this patched model, so the dense calibration
+        # step is paid once per model and resolution (the counts are stable across prompts)
+        self.plan_cache: "OrderedDict[tuple, dict]" = OrderedDict()
         self.last_run: dict | None = None
         self._warned: set = set()
         self._reset_run()
@@ -270,6 +275,8 @@ class AdaClusterRun:
         self.planned_dense: set = set()
         self.cap: int | None = None
         self.plan_reason: str = ""
+        self.plan_source: str | None = None   # "calibration" | "cache" once the run has a plan
+        self.plan_key: tuple | None = None
         self.phase = "warmup"
         self.calib_sigma: float | None = None
         self.warmup_sigma: float | None = None
@@ -351,7 +358,7 @@ class AdaClusterRun:
             self.sigma_steps[k] = len(self.sigma_steps)
         return self.sigma_steps[k]
 
-    def phase_for(self, sigma: float) -> str:
+    def phase_for(self, sigma: float, plan_key: tuple | None = None) -> str:
         cfg = self.config
         if self.warmup_sigma is not None:
             warm = sigma > self.warmup_sigma + 1e-6 * max(1.0, abs(self.warmup_sigma))
@@ -361,7 +368,13 @@ class AdaClusterRun:
             return "warmup"
         if self.phase == "warmup":
             adaptive = cfg.k_clusters is None and cfg.calibration_dense
-            if adaptive:
+            self.plan_key = plan_key
+            if adaptive and plan_key is not None and plan_key in self.plan_cache:
+                self._apply_plan(self.plan_cache[plan_key])
+                self.plan_cache.move_to_end(plan_key)
+                self.plan_source = "cache"
+                self.phase = "sparse"
+            elif adaptive:
                 self.phase = "calibration"
                 self.calib_sigma = sigma
             else:
@@ -387,13 +400,22 @@ class AdaClusterRun:
         n_tok = max((lay.get("n_vid", 0) for lay in self.layouts.values()), default=0)
         dense, cap = _plan_layers(counts, float(self.config.dense_layer_fraction), n_tok)
         forced_sparse = {layer for layer in counts if self.rules.resolve(layer, self.n_layers)[0] == "sparse"}
-        self.planned_dense = set(dense) - forced_sparse
-        self.cap = cap
+        plan = {"counts": dict(self.counts), "planned_dense": set(dense) - forced_sparse, "cap": cap}
+        self._apply_plan(plan)
+        self.plan_source = "calibration"
+        if self.plan_key is not None:
+            self.plan_cache[self.plan_key] = plan
+            while len(self.plan_cache) > PLAN_CACHE_SIZE:
+                self.plan_cache.popitem(last=False)
+
+    def _apply_plan(self, plan: dict):
+        self.counts = dict(plan["counts"])
+        self.planned_dense = set(plan["planned_dense"])
+        self.cap = plan["cap"]
         for (layer, _branch), st in self.states.items():
             c = self.counts.get(layer)
-            if c is None:
-                continue
-            st.k_clusters = int(min(c, cap)) if cap else int(c)
+            if c is not None:
+                st.k_clusters = int(min(c, self.cap)) if self.cap else int(c)
             if layer in self.planned_dense:
                 st.dense = True
                 st.dense_reason = "planned-dense-layer"
@@ -498,6 +520,8 @@ class AdaClusterRun:
                    + (f" (density {mean_density:.2f})" if mean_density is not None else "")
                    + f", {n - len(sparse_idx)} dense" + (f" ({reason_txt})" if reason_txt else "")
                    + f", est. {100 * saved_frac:.0f}% attention FLOPs saved, attention {attn_time:.2f} s")
+        if self.plan_source == "cache":
+            summary += ", key-cluster counts reused from an earlier run (no calibration step)"
         if self.family is None and self.forwards == 0:
             summary += " (model never ran)"
         return {
@@ -525,6 +549,7 @@ class AdaClusterRun:
             "adaptive_counts": {str(k): v for k, v in sorted(self.counts.items())},
             "planned_dense_layers": sorted(self.planned_dense),
             "cap": self.cap,
+            "plan_source": self.plan_source,
             "layouts": list(self.layouts.values()),
             "state_bytes_peak": self.state_bytes_peak,
             "n_states": len(self.states),
@@ -704,10 +729,10 @@ def _begin_forward(run: AdaClusterRun, dm, args, kwargs):
     run.forwards += 1
     if fc.family is not None:
         run.resolve_config(fc.family)
+        key = (fc.family, fc.grid, fc.n_txt, fc.txt_first)
         if math.isfinite(fc.sigma):
             fc.step = run.step_of(fc.sigma)
-            fc.phase = run.phase_for(fc.sigma)
-        key = (fc.family, fc.grid, fc.n_txt, fc.txt_first)
+            fc.phase = run.phase_for(fc.sigma, key if not fc.reason else None)
         if key not in run.layouts:
             run.layouts[key] = {"family": fc.family, "grid": list(fc.grid), "n_vid": fc.n_vid, "n_txt": fc.n_txt,
                                 "txt_first": fc.txt_first, "n_layers": fc.n_layers, "reason": fc.reason,

@@ -303,8 +303,28 @@ def test_real_wan_forward_with_wrapper_and_chained_override():
     assert s["sparse_calls"] == 6 and s["adaptive_counts"]
     assert calls["n"] == 6 + 12   # warmup self-attn + cross-attn calls went through the previous override
     assert "AdaCluster: 48 attention calls, 6 sparse" in s["summary"]
+    assert s["plan_source"] == "calibration"
     img = P.heatmap_image(s)
     assert img.shape[0] == 1 and img.shape[-1] == 3 and img.shape[1] == 3 * img.shape[2] // 4
+
+    # a second generation with the same patched model and resolution: the calibrated counts come
+    # from the plan cache, so the step that calibrated before now runs sparse (still exact here)
+    run.begin(type("Patcher", (), {"model": type("M", (), {"model_sampling": MS()})()})())
+    for sig in (1.0, 0.8, 0.6, 0.4):
+        torch.testing.assert_close(fwd(sig, True), fwd(sig, False), atol=1e-5, rtol=1e-4)
+    run.end(None)
+    s2 = run.last_run
+    assert s2["plan_source"] == "cache" and "reused from an earlier run" in s2["summary"]
+    assert s2["dense_reasons"] == {"warmup": 12, "cross-attn": 24}, s2["dense_reasons"]
+    assert s2["sparse_calls"] == 12 and s2["adaptive_counts"] == s["adaptive_counts"]
+    # another resolution is a new plan: it calibrates again
+    x = torch.randn(2, 16, 3, 8, 12)
+    run.begin(type("Patcher", (), {"model": type("M", (), {"model_sampling": MS()})()})())
+    for sig in (0.6, 0.4):
+        fwd(sig, True)
+    run.end(None)
+    assert run.last_run["plan_source"] == "calibration"
+    assert run.last_run["dense_reasons"].get("calibration") == 6
 
 
 def test_warmup_follows_global_sigma_for_split_samplers():
