@@ -211,12 +211,17 @@ def _cluster(qv, kv, Cq: int, Ck: int, k_init, cfg: AdaClusterConfig, state: Opt
         ck0 = k_init
     warm_q = cq0 is not None and warm_calls
     warm_k = ck0 is not None and warm_calls
+    # the multi-stage procedure's centroids are already fitted stage by stage: a few Lloyd
+    # iterations finish them (not a cold start)
+    calibrated_k = ck0 is not None and not warm_calls
     if cq0 is None:
         cq0 = clustering.init_centroids(qv, Cq, normalize=True)
     if ck0 is None:
         ck0 = clustering.init_centroids(kv, Ck)
     iq = cfg.kmeans_iters_reuse if warm_q else cfg.kmeans_iters_first
     ik = cfg.kmeans_iters_reuse if warm_k else cfg.kmeans_iters_first
+    if calibrated_k:
+        ik = min(cfg.kmeans_iters_first, cfg.kmeans_iters_reuse + 1)
     rq = clustering.kmeans(qv, cq0.reshape(G, Cq, D), iq, normalize=True, backend=backend)
     # the TensorQuest bounds come out of the last k-means update (same pass over the keys)
     rk = clustering.kmeans(kv, ck0.reshape(G, Ck, D), ik, ignore=ignore, backend=backend,
