@@ -30,6 +30,7 @@ from bench.inputs import SHAPES, bench_ms, dense_cudnn, env_header, make_inputs,
 
 
 def variant_config(model: str, variant: str) -> AdaClusterConfig:
+    variant = variant.replace("-noorder", "")
     if variant == "notail":
         return AdaClusterConfig.for_model(model, "balanced", pooled_tail=False)
     return AdaClusterConfig.for_model(model, variant)
@@ -56,6 +57,18 @@ def run_variant(name, variant, q, k, v, t_dense, err_dense, rows, cold, log):
     H, N, D, text, _, model = SHAPES[name]
     cfg = variant_config(model, variant)
     kw = dict(config=cfg, always_dense_range=(N - text, N)) if text else dict(config=cfg)
+    # "-noorder": key clusters keep k-means' numbering (A/B of api._co_selection_order)
+    saved_order = api._co_selection_order
+    if variant.endswith("-noorder"):
+        api._co_selection_order = lambda rk, sel: rk.centroids
+    try:
+        return _run_variant(name, variant, q, k, v, t_dense, err_dense, rows, cold, log, cfg, kw)
+    finally:
+        api._co_selection_order = saved_order
+
+
+def _run_variant(name, variant, q, k, v, t_dense, err_dense, rows, cold, log, cfg, kw):
+    H, N, D, text, _, model = SHAPES[name]
     st = ClusterState()
     t_cal = once_ms(lambda: sparse_attention(q, k, v, state=st, **kw))
     t_first = once_ms(lambda: sparse_attention(q, k, v, state=st, **kw))
@@ -64,14 +77,18 @@ def run_variant(name, variant, q, k, v, t_dense, err_dense, rows, cold, log):
     L = reuse_layout(q, k, v, cfg, st, text)
     backend = api.resolve_backend(cfg.backend, q.device)
     t_kernel = bench_ms(lambda: lay.run_layout(L, backend))
+    used = L.range_end > L.range_start
+    n_ranges = float(used.sum(-1).float().mean())
+    mean_len = float((L.range_end - L.range_start).clamp_min(0).sum() / used.sum().clamp_min(1))
     dens = float(stats["density"])
     err = rel_err_rows(out[0], q[0], k[0], v[0], rows)
     r = dict(shape=name, variant=variant, Ck=int(stats["k_clusters"]), density=dens, cudnn=t_dense, calib=t_cal,
              cold=cold, first=t_first, reuse=t_reuse, kernel=t_kernel, speedup=t_dense / t_reuse,
-             ideal=t_reuse / (dens * t_dense), err=err, err_dense=err_dense, stage=stats["stage"])
+             ideal=t_reuse / (dens * t_dense), err=err, err_dense=err_dense, stage=stats["stage"],
+             n_ranges=n_ranges, range_len=mean_len)
     log(f"[{name} {variant}] Ck {r['Ck']} stage {r['stage']} calib {t_cal:.1f}{' (cold)' if cold else ''} "
         f"first {t_first:.1f} reuse {t_reuse:.2f} kernel {t_kernel:.2f} ms; cuDNN {t_dense:.2f}; "
-        f"density {dens:.3f}; {r['speedup']:.2f}x; x ideal {r['ideal']:.2f}; err {err:.3f} (cuDNN {err_dense:.1e})")
+        f"density {dens:.3f}; ranges/cluster {n_ranges:.1f} x {mean_len:.0f} rows; {r['speedup']:.2f}x; x ideal {r['ideal']:.2f}; err {err:.3f} (cuDNN {err_dense:.1e})")
     return r
 
 
@@ -118,7 +135,7 @@ def check(log) -> bool:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="wan1.3b,wan14b,hunyuan,long")
-    ap.add_argument("--variants", default="balanced,notail,fast,quality")
+    ap.add_argument("--variants", default="balanced,balanced-noorder,notail,fast,quality")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--md", default=None)
     a = ap.parse_args(argv)
