@@ -16,7 +16,7 @@ from ..clustering import sort_by_cluster
 from ._common import as_bhnd, interpreting, next_pow2
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NC"])  # per-layer cluster counts: no recompiles
 def _centroid_update_kernel(
     X, PERM, OFFS, OLD, OUT, CNT, KMAX, KMIN,
     H, NC, D,

@@ -13,7 +13,8 @@ import triton.language as tl
 from ._common import as_bhnd, interpreting, next_pow2
 
 
-@triton.jit
+# cluster count and token count vary per layer: no specialisation on them (no recompiles)
+@triton.jit(do_not_specialize=["N", "NC"])
 def _kmeans_assign_kernel(
     X, C, CD, CC, LAB, DIST,
     H, N, NC, D,

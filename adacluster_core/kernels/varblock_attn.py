@@ -79,7 +79,8 @@ if HAS_TRITON:
         acc = tl.dot(p.to(v.dtype), v, acc)
         return acc, m_ij, l_i
 
-    @triton.jit
+    # sizes that vary per layer or call are not specialised on (no recompiles per layer)
+    @triton.jit(do_not_specialize=["N", "NK", "CQ", "R", "CT", "CQT"])
     def _varblock_fwd(
         Q, K, V, O, PERM, QOFF, RS, RE, TK, TV, TB,
         qk_scale,
