@@ -4,6 +4,7 @@ Fixtures:
   repo_root      the clone (also put on sys.path so `tests.harness` and `adacluster_core` import)
   tiny_models    {"wan21"|"wan22_5b"|"hunyuan"|"hunyuan15": path}: tiny random DiTs, once per session
   test_out_dir   where the test-only AdaClusterTestSaveLatent node writes latents (session)
+  tiny_vae       the tiny random-weight Wan 2.1 VAE in comfy_server's models/vae (its VAELoader name)
   comfy_server   ONE real ComfyUI 0.3.75 server per session with this pack (as custom_nodes/adacluster)
                  and tests/comfy_test_nodes loaded, the tiny models in models/diffusion_models.
                  ADACLUSTER_SKIP_SERVER=1 skips the tests that need it; a missing .venv/.comfyui
@@ -23,6 +24,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from tests.harness.comfy_server import ComfyServer, ComfyServerError  # noqa: E402
 from tests.harness.make_tiny_dits import make_all  # noqa: E402
+from tests.harness.make_tiny_vae import make_tiny_vae  # noqa: E402
 
 COMFY_DIR = REPO_ROOT / ".comfyui"
 PACK_NAME = "adacluster"                       # custom_nodes/<PACK_NAME> -> repo root
@@ -92,6 +94,19 @@ def comfy_server(comfy_install, tiny_models, test_out_dir, tmp_path_factory):
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_vae(comfy_server, tmp_path_factory) -> str:
+    """Put the tiny Wan 2.1 VAE into the running server's models/vae (ComfyUI re-lists a folder whose
+    mtime changed) and return its VAELoader name."""
+    path = make_tiny_vae(tmp_path_factory.mktemp("tiny_vae"), COMFY_DIR, sys.executable)
+    vae_dir = comfy_server.base_dir / "models" / "vae"
+    vae_dir.mkdir(parents=True, exist_ok=True)
+    dst = vae_dir / os.path.basename(path)
+    if not dst.exists():
+        os.symlink(path, dst)
+    return dst.name
 
 
 @pytest.hookimpl(hookwrapper=True)
