@@ -256,22 +256,24 @@ def _save_docs_screenshot(src):
     DOCS_SCREENSHOT.write_bytes(buf.getvalue())
 
 
-def _tiny_ab_workflow(object_info: dict, vae_name: str) -> dict:
+def _tiny_ab_workflow(object_info: dict, ab_models: dict) -> dict:
     """The bundled A/B graph (scripts/build_workflows.py: wan21_ab_check) at test size: the tiny Wan
-    2.1 model and VAE, zero conditioning instead of the T5 encoder (not loadable here), 9 frames of
-    64x64, 3 steps; B gets a Thresholds config with a small budget so the tiny model goes sparse."""
+    2.1 model whose attention matters and the tiny VAE (tests/harness/make_ab_models.py), zero
+    conditioning instead of the T5 encoder (not loadable here), 9 frames of 64x64, 4 steps; B gets a
+    Thresholds config with a small budget so the tiny model goes sparse."""
     g = BW.wan21_ab_check()
     P, L = g["prompt"], g["layout"]
-    P["unet"]["inputs"]["unet_name"] = FILENAMES["wan21"]
-    P["vae"]["inputs"]["vae_name"] = vae_name
+    P["unet"]["inputs"]["unet_name"] = ab_models["wan21_sharp"]
+    P["vae"]["inputs"]["vae_name"] = ab_models["vae"]
     P.pop("clip")
     for k in ("pos", "neg"):
         P[k] = {"class_type": "AdaClusterTestZeroConditioning", "inputs": {"tokens": 16, "width": 4096, "pooled_width": 0}}
     P["latent"]["inputs"].update(width=64, height=64, length=9)
     for k in ("ks", "ks_dense"):
-        P[k]["inputs"]["steps"] = 3
+        P[k]["inputs"]["steps"] = 4
     P["thr"] = {"class_type": "AdaClusterThresholds",
-                "inputs": {"q_clusters": 8, "k_clusters": 8, "top_k": 2, "max_density": 0.25, "warmup": 0.0,
+                "inputs": {"q_clusters": 8, "k_clusters": 8, "top_k": 1, "max_density": 0.05, "pooled_tail": False,
+                           "warmup": 0.0,
                            "dense_layer_fraction": 0.0, "min_tokens": 0, "calibration_dense": False, "backend": "torch"}}
     P["ada"]["inputs"]["config"] = ["thr", 0]
     L["thr"] = {"pos": [880, 800], "size": [320, 300]}
@@ -279,9 +281,9 @@ def _tiny_ab_workflow(object_info: dict, vae_name: str) -> dict:
     return BW.api_to_ui(P, object_info, layout=L, extra_nodes=[note], groups=g["groups"])
 
 
-def test_ab_check_workflow_runs_end_to_end(comfy_page, comfy_server, tiny_vae, artifacts_dir):
+def test_ab_check_workflow_runs_end_to_end(comfy_page, comfy_server, ab_models, artifacts_dir):
     page = comfy_page
-    wf = _tiny_ab_workflow(comfy_server.object_info(), tiny_vae)
+    wf = _tiny_ab_workflow(comfy_server.object_info(), ab_models)
     page.evaluate("async (wf) => { await app.loadGraphData(wf, true, true, 'adacluster_ab_check_tiny'); }", wf)
     page.wait_for_function("(n) => app.graph._nodes.length === n", arg=len(wf["nodes"]))
     page.wait_for_timeout(500)
