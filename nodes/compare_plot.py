@@ -63,7 +63,7 @@ def _panel(d, box, values, lo, hi, color, title, frames, fonts, psnr_panel: bool
     def Y(v):
         return y1 - (y1 - y0) * (min(max(v, lo), hi) - lo) / (hi - lo)
 
-    d.text((x0, y0 - 34), title, font=f_label, fill=FG)
+    d.text((x0, y0 - 36), title, font=f_label, fill=FG)
     if psnr_panel:  # the reading guide: paper band and the "look closer" line
         b_lo, b_hi = PAPER_PSNR_DB
         if b_hi > lo and b_lo < hi:
@@ -73,13 +73,13 @@ def _panel(d, box, values, lo, hi, color, title, frames, fonts, psnr_panel: bool
             for xs in range(int(x0), int(x1), 16):
                 d.line([xs, yy, min(xs + 9, x1), yy], fill=WARN, width=2)
         # legend right of the panel title (never over the data)
-        warn = f"below {LOOK_CLOSER_PSNR_DB:g} dB: look closer"
+        warn = f"< {LOOK_CLOSER_PSNR_DB:g} dB: look closer"
         xw = x1 - d.textlength(warn, font=f_small)
         for xs in range(int(xw - 40), int(xw - 10), 12):
             d.line([xs, y0 - 22, xs + 7, y0 - 22], fill=WARN, width=2)
         d.text((xw, y0 - 22), warn, font=f_small, fill=WARN, anchor="lm")
-        band = f"paper vs dense {b_lo:g}-{b_hi:g} dB"
-        xb = xw - 60 - d.textlength(band, font=f_small)
+        band = f"paper vs dense: {b_lo:g}-{b_hi:g} dB"
+        xb = xw - 70 - d.textlength(band, font=f_small)
         d.rectangle([xb - 34, y0 - 29, xb - 8, y0 - 15], fill=BAND, outline="#7cb987")
         d.text((xb, y0 - 22), band, font=f_small, fill="#2e7d32", anchor="lm")
     ticks = nice_ticks(lo, hi)
@@ -123,23 +123,23 @@ def plot_image(psnr: list[float], ssim: list[float], width: int = 1200, height: 
     n = len(psnr)
     img = Image.new("RGB", (width, height), BG)
     d = ImageDraw.Draw(img)
-    f_title, f_label, f_small = _font(26, bold=True), _font(20, bold=True), _font(17)
+    f_title, f_label, f_small = _font(30, bold=True), _font(23, bold=True), _font(20)
     mean_p, mean_s = sum(psnr) / n, sum(ssim) / n
     d.text((24, 16), f"AdaCluster A/B: test vs reference, {n} frame(s)", font=f_title, fill=FG)
     capped = sum(1 for p in psnr if p >= PSNR_CAP_DB)
     sub = f"mean PSNR {mean_p:.2f} dB    mean SSIM {mean_s:.4f}    worst frame {min(range(n), key=psnr.__getitem__)}"
     if capped:
         sub += f"    ({capped} identical frame(s), PSNR shown at the {PSNR_CAP_DB:g} dB cap)"
-    d.text((24, 54), sub, font=f_small, fill=AXIS)
-    left, right = 90, width - 30
-    top1, bot1 = 128, 128 + (height - 128 - 110) // 2 - 20
+    d.text((24, 58), sub, font=f_small, fill=AXIS)
+    left, right = 100, width - 30
+    top1, bot1 = 136, 136 + (height - 136 - 110) // 2 - 20
     top2, bot2 = bot1 + 78, height - 66
     p_lo, p_hi = _range(psnr, LOOK_CLOSER_PSNR_DB - 3, PAPER_PSNR_DB[1] + 1, 1.0, floor_lo=0.0,
                         ceil_hi=PSNR_CAP_DB + 2)
     s_lo, s_hi = _range(ssim, 0.9, 1.0, 0.01, ceil_hi=1.0)
-    _panel(d, (left, top1, right, bot1), psnr, p_lo, p_hi, PSNR_COLOR, "PSNR vs reference (dB, higher = closer)",
+    _panel(d, (left, top1, right, bot1), psnr, p_lo, p_hi, PSNR_COLOR, "PSNR (dB, higher = closer)",
            n, (f_small, f_label), psnr_panel=True)
-    _panel(d, (left, top2, right, bot2), ssim, s_lo, s_hi, SSIM_COLOR, "SSIM vs reference (1 = identical)",
+    _panel(d, (left, top2, right, bot2), ssim, s_lo, s_hi, SSIM_COLOR, "SSIM (1 = identical)",
            n, (f_small, f_label), psnr_panel=False)
     d.text(((left + right) / 2, height - 20), "frame", font=f_label, fill=FG, anchor="mm")
     import numpy as np

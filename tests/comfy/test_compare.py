@@ -242,3 +242,19 @@ def test_mismatched_inputs_fail_the_node_with_a_clear_error(comfy_server, args, 
     for w in words:
         assert w in msg, msg
     assert comfy_server.alive()
+
+
+def test_plot_draws_without_system_fonts(monkeypatch):
+    """No DejaVu/Arial/Liberation on the machine: Pillow's built-in font is used, still a chart."""
+    from PIL import ImageFont
+
+    real = ImageFont.truetype
+
+    def no_system_fonts(font=None, *a, **k):
+        if isinstance(font, str):  # a font file by name; Pillow's own default font comes as bytes
+            raise OSError(f"cannot open resource {font}")
+        return real(font, *a, **k)
+    monkeypatch.setattr(ImageFont, "truetype", no_system_fonts)
+    img = cplot.plot_image([31.0, 24.0, 100.0], [0.95, 0.8, 1.0])
+    assert img.shape == (1, 760, 1200, 3)
+    assert float(img.std()) > 0.05  # not a blank canvas
