@@ -283,6 +283,10 @@ def _tiny_ab_workflow(object_info: dict, ab_models: dict) -> dict:
 
 def test_ab_check_workflow_runs_end_to_end(comfy_page, comfy_server, ab_models, artifacts_dir):
     page = comfy_page
+    dialog = page.locator(".workflow-template-selector-dialog")
+    if dialog.is_visible():  # a first visit opens the template browser by itself: close it (screenshots)
+        page.keyboard.press("Escape")
+        dialog.wait_for(state="hidden", timeout=10_000)
     wf = _tiny_ab_workflow(comfy_server.object_info(), ab_models)
     page.evaluate("async (wf) => { await app.loadGraphData(wf, true, true, 'adacluster_ab_check_tiny'); }", wf)
     page.wait_for_function("(n) => app.graph._nodes.length === n", arg=len(wf["nodes"]))
