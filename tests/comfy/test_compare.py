@@ -167,6 +167,7 @@ def _ab_prompt(unet_name: str, vae_name: str, steps: int = 4) -> dict:
         if runs[name] is not None:
             inputs["model"] = [f"ada_{name}", 0]
         p[f"cmp_{name}"] = {"class_type": "AdaClusterCompare", "inputs": inputs}
+    p["stats_tiny"] = {"class_type": "AdaClusterStats", "inputs": {"model": ["ada_tiny", 0], "samples": ["ks_tiny", 0]}}
     return p
 
 
@@ -211,6 +212,11 @@ def test_smaller_budget_lands_further_from_dense(ab_run):
     assert tiny["identical_frames"] == 0 and tiny["psnr_mean_db"] < 60.0, tiny["psnr_mean_db"]
     # every cluster selected = exact attention up to rounding: (near-)identical frames
     assert every["psnr_mean_db"] > 60.0, every["psnr_mean_db"]
+    # Compare's sparse_run is the Stats of the same run; the Stats JSON points to Compare
+    stats = entry["outputs"]["stats_tiny"]["adacluster_stats"][0]
+    for k in ("mean_density", "sparse_calls", "calls", "flops_saved_frac"):
+        assert tiny["sparse_run"][k] == stats[k], k
+    assert "AdaCluster Compare" in stats["quality_check"]
     out = entry["outputs"]["cmp_tiny"]
     assert out["text"][0].startswith("AdaCluster Compare") and f"{tiny['psnr_mean_db']:.2f} dB" in out["text"][0]
     assert out["images"] and out["images"][0]["type"] == "temp"  # the chart preview
