@@ -94,8 +94,12 @@ def frame_metrics(reference: torch.Tensor, test: torch.Tensor, device: torch.dev
 def difference_video(reference: torch.Tensor, test: torch.Tensor, gain: float) -> torch.Tensor:
     """IMAGE [F, H, W, 3]: |reference - test| x gain, clipped to [0, 1] (black = no change)."""
     check_inputs(reference, test)
-    d = (_rgb(test) - _rgb(reference)).abs().mul_(float(gain)).clamp_(0.0, 1.0)
-    return d.permute(0, 2, 3, 1).contiguous().cpu()
+    c = 3 if reference.shape[-1] == 4 else reference.shape[-1]
+    d = test[..., :c].to(torch.float32).clamp(0.0, 1.0)  # one new buffer, then in place
+    d.sub_(reference[..., :c].to(torch.float32).clamp(0.0, 1.0)).abs_().mul_(float(gain)).clamp_(0.0, 1.0)
+    if c == 1:
+        d = d.expand(*d.shape[:3], 3)
+    return d.contiguous().cpu()
 
 
 def verdict(psnr_mean: float) -> str:
