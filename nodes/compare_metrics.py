@@ -69,7 +69,11 @@ def ssim_window(height: int, width: int) -> int:
 def frame_metrics(reference: torch.Tensor, test: torch.Tensor, device: torch.device | str | None = None
                   ) -> tuple[list[float], list[float]]:
     """Per-frame PSNR (dB, capped at PSNR_CAP_DB) and SSIM (mean over pixels and channels)."""
-    import kornia  # ComfyUI lists it among its optional requirements; this pack's requirements.txt has it
+    try:
+        import kornia  # ComfyUI lists it among its optional requirements; this pack's requirements.txt has it
+    except ImportError as e:
+        raise RuntimeError(f"AdaCluster Compare: the metrics need the `kornia` package ({e}): run `pip install kornia` "
+                                "(or `pip install -r requirements.txt` of this pack) in ComfyUI's Python") from None
 
     check_inputs(reference, test)
     F, H, W = reference.shape[0], reference.shape[1], reference.shape[2]

@@ -264,3 +264,16 @@ def test_plot_draws_without_system_fonts(monkeypatch):
     img = cplot.plot_image([31.0, 24.0, 100.0], [0.95, 0.8, 1.0])
     assert img.shape == (1, 760, 1200, 3)
     assert float(img.std()) > 0.05  # not a blank canvas
+
+
+def test_missing_kornia_says_how_to_install(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_kornia(name, *a, **k):
+        if name == "kornia" or name.startswith("kornia."):
+            raise ImportError("No module named 'kornia'")
+        return real_import(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_kornia)
+    with pytest.raises(RuntimeError, match="pip install kornia"):
+        cm.frame_metrics(_frames(1), _frames(1))
