@@ -388,8 +388,8 @@ def wan21_ab_check() -> dict:
         "save_diff": {"pos": [2960, 160], "size": [360, 420], "title": "|A - B| x diff_gain"},
         "stats": {"pos": [2960, 640], "size": [440, 500], "title": "AdaCluster Stats (B)"},
     })
-    groups = [{"title": "A: dense reference (same seed)", "bounding": [860, -10, 1380, 560], "color": "#3f5f8e"},
-              {"title": "B: AdaCluster preset", "bounding": [860, 550, 1380, 560], "color": "#3f8e6a"},
+    groups = [{"title": "A: dense reference (same seed)", "bounding": [860, -10, 1380, 550], "color": "#3f5f8e"},
+              {"title": "B: AdaCluster preset", "bounding": [860, 560, 1380, 560], "color": "#3f8e6a"},
               {"title": "Compare B with A", "bounding": [2260, -10, 1160, 1170], "color": "#8e7a3f"}]
     return dict(prompt=P, layout=L, note=AB_NOTE, groups=groups, note_layout={"pos": [40, 480], "size": [360, 900]},
                 card=("Wan 2.1 A/B check", "dense vs AdaCluster · PSNR / SSIM", "#8e7a3f",
