@@ -7,6 +7,9 @@ from .io_types import CATEGORY
 # ui payload keys (for web extensions): "text" (PreviewText, one string), "images" + "animated"
 # (the heatmap preview), "adacluster_stats" (a one-element list holding the JSON-able stats dict).
 UI_STATS_KEY = "adacluster_stats"
+# Where the quality side of a run lives (the JSON payload's "quality_check" entry).
+QUALITY_CHECK = ("PSNR/SSIM of this run's decoded frames vs a dense run at the same seed: AdaCluster Compare "
+                 "(bundled workflow 'Wan 2.1 A/B check'; README 'Check quality on your model')")
 
 
 class AdaClusterStats(io.ComfyNode):
@@ -38,7 +41,9 @@ class AdaClusterStats(io.ComfyNode):
             payload.update(ui.PreviewImage(img, cls=cls).as_dict())
         except Exception:  # preview saving is cosmetic
             pass
-        payload[UI_STATS_KEY] = [patcher.stats_json(d)]
+        js = patcher.stats_json(d)
+        js.setdefault("quality_check", QUALITY_CHECK)
+        payload[UI_STATS_KEY] = [js]
         return io.NodeOutput(text, img, ui=payload)
 
     @classmethod

@@ -322,6 +322,80 @@ def hunyuan_t2v_720p() -> dict:
                 card=("HunyuanVideo T2V", "720p · 129 frames", "#5a3b66"))
 
 
+AB_NOTE = """## A/B check: how far did AdaCluster move the video?
+
+The same prompt, seed (the **Seed** node feeds both samplers), size and length are sampled twice
+from one model: **A** with `AdaCluster Sparse Attention` **enabled = false** (plain dense attention,
+the reference) and **B** with the AdaCluster **preset** under test. Both are decoded and
+**AdaCluster Compare** measures B against A frame by frame.
+
+**Reading the numbers** (`psnr_mean`, `ssim_mean`, the chart, the text):
+- **PSNR** in dB, higher = closer to dense. The AdaCluster paper reports **29-31 dB** vs dense at the same seed: at or above that, the sparse video is as close as published results. Identical frames show the cap (100 dB): check that B is enabled.
+- **25-29 dB**: watch both videos side by side (fine detail, faces, flicker) before you keep the preset.
+- **below ~25 dB**: the run drifted. Set `probe = on` on the B node, run again, and read the worst layers in **AdaCluster Stats**; keep them dense with Layer Overrides (`3, 17: dense`) or follow the tuning advice below.
+- **SSIM**: 1 = identical structure; a dip in the chart marks the frames to look at. The **difference** video (|A - B| x diff_gain, black = unchanged) shows where.
+
+**Pick a preset:** run this graph with `preset` = `quality`, `balanced`, `fast` on B (A is cached and not re-sampled) and keep the fastest one whose PSNR you accept; the Compare text (and its `json` output, `sparse_run`) lists the density and FLOPs saved next to the quality, and Stats shows the attention time.
+
+**Quality dropped?** raise `max_density` and `top_k` (AdaCluster Thresholds connected to `config`), raise `warmup` (0.4-0.5), add dense layers, or use the `quality` preset. **Want more speed?** the `fast` preset, lower `max_density` or `warmup`, then check the PSNR here again.
+
+PSNR compares pixels of one seed: a few dB between seeds or samplers is normal, so compare presets on the same seed and prompt, ideally on two or three prompts you care about.
+"""
+
+
+def wan21_ab_check() -> dict:
+    """Wan 2.1 A/B check: one loader, the same seed and prompt sampled dense (A) and with the
+    AdaCluster preset (B), both decoded, compared (AdaCluster Compare) next to the Stats readout."""
+    P, L = _wan_graph(
+        "wan2.1_t2v_1.3B_fp16.safetensors", "wan_2.1_vae.safetensors",
+        "A red fox trotting through fresh snow in a birch forest at sunrise, soft golden light, the camera tracks alongside it, cinematic, highly detailed.",
+        {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 832, "height": 480, "length": 81, "batch_size": 1}},
+        {"pos": [420, 500], "size": [320, 130], "title": "Empty video latent 832x480, 81 frames"},
+        steps=30, cfg=6.0, fps=16.0, prefix="video/ab_check_B_adacluster")
+    for k in ("thr", "rules"):  # B runs a preset: the widget to switch between quality / balanced / fast
+        P.pop(k)
+    P["ada"]["inputs"] = {"model": ["shift", 0], "preset": "auto", "enabled": True}
+    P["seed"] = {"class_type": "PrimitiveInt", "inputs": {"value": 42}}
+    P["ks"]["inputs"]["seed"] = ["seed", 0]
+    P["ada_dense"] = {"class_type": "AdaClusterSparseAttention",
+                      "inputs": {"model": ["shift", 0], "preset": "auto", "enabled": False}}
+    P["ks_dense"] = {"class_type": "KSampler", "inputs": {**P["ks"]["inputs"], "model": ["ada_dense", 0]}}
+    P["dec_dense"] = {"class_type": "VAEDecode", "inputs": {"samples": ["ks_dense", 0], "vae": ["vae", 0]}}
+    P["vid_dense"] = {"class_type": "CreateVideo", "inputs": {"images": ["dec_dense", 0], "fps": 16.0}}
+    P["save_dense"] = {"class_type": "SaveVideo", "inputs": {"video": ["vid_dense", 0], "filename_prefix": "video/ab_check_A_dense",
+                                                             "format": "auto", "codec": "auto"}}
+    P["cmp"] = {"class_type": "AdaClusterCompare", "inputs": {"reference": ["dec_dense", 0], "test": ["dec", 0],
+                                                              "diff_gain": 8.0, "model": ["ada", 0]}}
+    P["vid_diff"] = {"class_type": "CreateVideo", "inputs": {"images": ["cmp", 5], "fps": 16.0}}
+    P["save_diff"] = {"class_type": "SaveVideo", "inputs": {"video": ["vid_diff", 0], "filename_prefix": "video/ab_check_difference",
+                                                            "format": "auto", "codec": "auto"}}
+    A = {"color": "#2a3a4a", "bgcolor": "#3b5166"}
+    L.update({
+        "shift": {"pos": [420, 680], "size": [320, 60]},
+        "seed": {"pos": [420, 790], "size": [320, 90], "title": "Seed (both samplers)"},
+        "ada_dense": {"pos": [880, 60], "size": [320, 150], "title": "A: AdaCluster off (dense reference)", **A},
+        "ks_dense": {"pos": [1240, 60], "size": [320, 470], "title": "A: KSampler (dense)", **A},
+        "dec_dense": {"pos": [1600, 60], "size": [220, 50], "title": "A: VAE Decode"},
+        "vid_dense": {"pos": [1600, 160], "size": [220, 60]},
+        "save_dense": {"pos": [1860, 60], "size": [360, 420], "title": "A: dense video"},
+        "ada": {"pos": [880, 620], "size": [320, 150], "title": "B: AdaCluster preset (under test)"},
+        "ks": {"pos": [1240, 620], "size": [320, 470], "title": "B: KSampler (AdaCluster)"},
+        "dec": {"pos": [1600, 620], "size": [220, 50], "title": "B: VAE Decode"},
+        "vid": {"pos": [1600, 720], "size": [220, 60]},
+        "save": {"pos": [1860, 620], "size": [360, 420], "title": "B: AdaCluster video"},
+        "cmp": {"pos": [2280, 60], "size": [620, 980], "title": "AdaCluster Compare: B vs A", **ADACLUSTER_COLOR},
+        "vid_diff": {"pos": [2960, 60], "size": [220, 60]},
+        "save_diff": {"pos": [2960, 160], "size": [360, 420], "title": "|A - B| x diff_gain"},
+        "stats": {"pos": [2960, 640], "size": [440, 500], "title": "AdaCluster Stats (B)"},
+    })
+    groups = [{"title": "A: dense reference (same seed)", "bounding": [860, -10, 1380, 550], "color": "#3f5f8e"},
+              {"title": "B: AdaCluster preset", "bounding": [860, 560, 1380, 560], "color": "#3f8e6a"},
+              {"title": "Compare B with A", "bounding": [2260, -10, 1160, 1170], "color": "#8e7a3f"}]
+    return dict(prompt=P, layout=L, note=AB_NOTE, groups=groups, note_layout={"pos": [40, 480], "size": [360, 900]},
+                card=("Wan 2.1 A/B check", "dense vs AdaCluster · PSNR / SSIM", "#8e7a3f",
+                      ["Dense", "AdaCluster", "Decode", "Compare", "Stats"]))
+
+
 def _wire_adacluster(P: dict, L: dict) -> None:
     """Lay the AdaCluster nodes out in one column, in the pack's colour."""
     L.setdefault("thr", {"pos": [880, 160], "size": [320, 470]})
@@ -335,6 +409,7 @@ WORKFLOWS = {
     "wan21_t2v_1.3b_480p_adacluster": wan21_t2v,
     "wan22_ti2v_5b_adacluster": wan22_ti2v_5b,
     "hunyuan_video_t2v_720p_adacluster": hunyuan_t2v_720p,
+    "wan21_ab_check_adacluster": wan21_ab_check,
 }
 
 
@@ -342,9 +417,10 @@ def build_one(name: str, object_info: dict) -> dict:
     g = WORKFLOWS[name]()
     P, L = g["prompt"], g["layout"]
     _wire_adacluster(P, L)
-    # one group frames the AdaCluster nodes; the note node sits under the loaders
-    groups = [{"title": "AdaCluster sparse attention", "bounding": [860, -10, 700, 910], "color": "#3f8e6a"}]
-    extra = [{"type": "MarkdownNote", "title": "AdaCluster: read me", "text": g["note"], "pos": [40, 480], "size": [360, 640]}]
+    # one group frames the AdaCluster nodes (unless the graph brings its own); the note node sits under the loaders
+    groups = g.get("groups") or [{"title": "AdaCluster sparse attention", "bounding": [860, -10, 700, 910], "color": "#3f8e6a"}]
+    note_layout = g.get("note_layout") or {"pos": [40, 480], "size": [360, 640]}
+    extra = [{"type": "MarkdownNote", "title": "AdaCluster: read me", "text": g["note"], **note_layout}]
     wf = api_to_ui(P, object_info, layout=L, extra_nodes=extra, groups=groups)
     missing = missing_node_types(wf, object_info)
     if missing:
@@ -372,8 +448,10 @@ def _font(size: int, bold: bool = False):
         return ImageFont.load_default()
 
 
-def draw_card(path: Path, title: str, subtitle: str, accent: str, size=(512, 384)) -> None:
-    """A small template card: title, subtitle and a diagram of the node chain + a sparse block mask."""
+def draw_card(path: Path, title: str, subtitle: str, accent: str, boxes: Optional[Sequence[str]] = None,
+              size=(512, 384)) -> None:
+    """A small template card: title, subtitle and a diagram of the node chain (`boxes`, the 4th in
+    grey) + a sparse block mask."""
     import random
 
     from PIL import Image, ImageDraw
@@ -384,7 +462,7 @@ def draw_card(path: Path, title: str, subtitle: str, accent: str, size=(512, 384
     d.text((24, 22), title, font=_font(30, bold=True), fill="#f2f2f2")
     d.text((24, 62), subtitle, font=_font(18), fill="#b8c0cc")
     # node chain
-    boxes = ["Thresholds", "Layers", "Sparse Attn", "KSampler", "Stats"]
+    boxes = list(boxes or ["Thresholds", "Layers", "Sparse Attn", "KSampler", "Stats"])
     x, y, bw, bh, gap = 18, 112, 84, 34, 12
     for i, label in enumerate(boxes):
         fill = accent if i != 3 else "#3a3f48"

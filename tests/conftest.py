@@ -4,6 +4,8 @@ Fixtures:
   repo_root      the clone (also put on sys.path so `tests.harness` and `adacluster_core` import)
   tiny_models    {"wan21"|"wan22_5b"|"hunyuan"|"hunyuan15": path}: tiny random DiTs, once per session
   test_out_dir   where the test-only AdaClusterTestSaveLatent node writes latents (session)
+  ab_models      for the A/B (Compare) tests, added to the running comfy_server: {"vae": VAELoader name of
+                 a tiny Wan 2.1 VAE, "wan21_sharp": UNETLoader name of a tiny Wan 2.1 whose attention matters}
   comfy_server   ONE real ComfyUI 0.3.75 server per session with this pack (as custom_nodes/adacluster)
                  and tests/comfy_test_nodes loaded, the tiny models in models/diffusion_models.
                  ADACLUSTER_SKIP_SERVER=1 skips the tests that need it; a missing .venv/.comfyui
@@ -23,6 +25,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from tests.harness.comfy_server import ComfyServer, ComfyServerError  # noqa: E402
 from tests.harness.make_tiny_dits import make_all  # noqa: E402
+from tests.harness.make_ab_models import make_sharp_wan21, make_tiny_vae  # noqa: E402
 
 COMFY_DIR = REPO_ROOT / ".comfyui"
 PACK_NAME = "adacluster"                       # custom_nodes/<PACK_NAME> -> repo root
@@ -92,6 +95,19 @@ def comfy_server(comfy_install, tiny_models, test_out_dir, tmp_path_factory):
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def ab_models(comfy_server, tmp_path_factory) -> dict:
+    """The A/B test models (tests/harness/make_ab_models.py), linked into the running server's model
+    folders (ComfyUI re-lists a folder whose mtime changed): {"vae": name, "wan21_sharp": name}."""
+    d = tmp_path_factory.mktemp("ab_models")
+    vae = make_tiny_vae(d, COMFY_DIR, sys.executable)
+    vae_dir = comfy_server.base_dir / "models" / "vae"
+    vae_dir.mkdir(parents=True, exist_ok=True)
+    if not (vae_dir / os.path.basename(vae)).exists():
+        os.symlink(vae, vae_dir / os.path.basename(vae))
+    return {"vae": os.path.basename(vae), "wan21_sharp": comfy_server.add_model(make_sharp_wan21(d))}
 
 
 @pytest.hookimpl(hookwrapper=True)

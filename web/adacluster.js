@@ -4,12 +4,15 @@
 // heatmap as the standard `ui.images` list. The ComfyUI frontend (1.32.x) draws `images` for any
 // node by itself, but draws PreviewText only for the core PreviewAny node, so this extension adds a
 // read-only multiline text widget ("adacluster_stats") to the Stats node, creates it once, and
-// fills it on every execution. Nothing here is needed for the Python side to work.
+// fills it on every execution. AdaCluster Compare gets the same widget for its PSNR / SSIM readout.
+// Nothing here is needed for the Python side to work.
 import { app } from "../../scripts/app.js";
 
-const STATS_NODE = "AdaClusterStats";
-const WIDGET_NAME = "adacluster_stats";
-const PLACEHOLDER = "Run the workflow: the AdaCluster sparse-attention readout appears here.";
+// Nodes that get a read-only text widget for their PreviewText readout: type -> widget name, placeholder.
+const TEXT_NODES = {
+  AdaClusterStats: ["adacluster_stats", "Run the workflow: the AdaCluster sparse-attention readout appears here."],
+  AdaClusterCompare: ["adacluster_compare", "Run the workflow: PSNR / SSIM of the test frames vs the reference appear here."],
+};
 
 // Turn whatever the node sent into display text. PreviewText sends {text: [str]}; a JSON payload
 // (e.g. {adacluster: [{...}]}) is pretty-printed as a fallback.
@@ -18,7 +21,7 @@ function statsText(message) {
   const pick = (v) => (Array.isArray(v) ? v.filter((x) => x !== null && x !== undefined).join("\n") : v);
   const text = pick(message.text);
   if (typeof text === "string" && text.length) return text;
-  for (const key of ["adacluster_stats", "stats", "adacluster"]) {
+  for (const key of ["adacluster_stats", "adacluster_compare", "stats", "adacluster"]) {
     const v = pick(message[key]);
     if (typeof v === "string" && v.length) return v;
     if (v && typeof v === "object") return JSON.stringify(v, null, 2);
@@ -28,14 +31,14 @@ function statsText(message) {
 
 // A read-only multiline text widget, made the way core PreviewAny makes its widget when the
 // frontend exposes its widget constructors, otherwise as a plain DOM textarea widget.
-function makeTextWidget(node) {
+function makeTextWidget(node, name, placeholder) {
   const ctor = window.comfyAPI?.widgets?.ComfyWidgets?.STRING;
   let widget;
   if (ctor) {
-    widget = ctor(node, WIDGET_NAME, ["STRING", { multiline: true }], app).widget;
+    widget = ctor(node, name, ["STRING", { multiline: true }], app).widget;
   } else {
     const el = document.createElement("textarea");
-    widget = node.addDOMWidget(WIDGET_NAME, "customtext", el, {
+    widget = node.addDOMWidget(name, "customtext", el, {
       getValue: () => el.value,
       setValue: (v) => { el.value = v; },
     });
@@ -45,12 +48,12 @@ function makeTextWidget(node) {
   const el = widget.element || widget.inputEl;
   if (el) {
     el.readOnly = true;
-    el.placeholder = PLACEHOLDER;
+    el.placeholder = placeholder;
     el.classList?.add("adacluster-stats-text");
     el.style.fontFamily = "monospace";
     el.style.fontSize = "11px";
     el.style.whiteSpace = "pre";
-    el.title = "AdaCluster stats (read-only). Copy it into an issue when reporting quality or speed problems.";
+    el.title = "AdaCluster readout (read-only). Copy it into an issue when reporting quality or speed problems.";
   }
   widget.serialize = false; // never stored in the workflow nor sent to the server
   // Room for the readout (grows with its line count, see showStats); the heatmap preview gets the rest.
@@ -58,19 +61,19 @@ function makeTextWidget(node) {
   return widget;
 }
 
-function ensureTextWidget(node) {
-  let w = node.widgets?.find((x) => x.name === WIDGET_NAME);
+function ensureTextWidget(node, [name, placeholder]) {
+  let w = node.widgets?.find((x) => x.name === name);
   if (!w) {
-    w = makeTextWidget(node);
+    w = makeTextWidget(node, name, placeholder);
     const [w0, h0] = node.size;
     node.setSize([Math.max(w0, 420), Math.max(h0, 320)]);
   }
   return w;
 }
 
-function showStats(node, message) {
+function showStats(node, message, spec) {
   const text = statsText(message);
-  const w = ensureTextWidget(node);
+  const w = ensureTextWidget(node, spec);
   w.value = text;
   const el = w.element || w.inputEl;
   if (el && el.value !== text) el.value = text;
@@ -87,12 +90,13 @@ function showStats(node, message) {
 app.registerExtension({
   name: "adacluster.stats",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name !== STATS_NODE) return;
+    const spec = TEXT_NODES[nodeData?.name];
+    if (!spec) return;
 
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const r = onNodeCreated?.apply(this, arguments);
-      ensureTextWidget(this);
+      ensureTextWidget(this, spec);
       return r;
     };
 
@@ -101,7 +105,7 @@ app.registerExtension({
       // The default handler keeps `images` and shows the heatmap preview on the node.
       const r = onExecuted?.apply(this, arguments);
       try {
-        showStats(this, message);
+        showStats(this, message, spec);
       } catch (e) {
         console.error("[adacluster] could not show stats", e);
       }

@@ -9,9 +9,13 @@ Debian Chromium, driven by Playwright, against the session's test server:
 3. a tiny Wan graph (test-only zero conditioning + the tiny random-weight Wan 2.1 model) is loaded
    into the page and queued with the Run button; the AdaCluster Stats node then shows its readout in
    the text widget made by web/adacluster.js and the heatmap image preview.
+4. the bundled "Wan 2.1 A/B check" graph, built by the same scripts/build_workflows.py function with
+   the tiny model, the tiny Wan 2.1 VAE and zero conditioning swapped in (no text encoder here), runs
+   end to end from the Run button: AdaCluster Compare shows PSNR / SSIM and its chart, Stats its readout.
 
 Screenshots: artifacts/browser/*.png. ADACLUSTER_UPDATE_DOCS_SCREENSHOT=1 also refreshes
-docs/screenshot_stats.png (the README picture) from the last one.
+docs/screenshot_stats.png (the README picture) from the last one, and docs/ab_check_plot.png (the
+A/B chart) from the A/B run.
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.server]
 WORKFLOWS = sorted(p.stem for p in (REPO_ROOT / "workflows").glob("*.json"))
 STATS_WIDGET = "adacluster_stats"
 DOCS_SCREENSHOT = REPO_ROOT / "docs" / "screenshot_stats.png"
+DOCS_AB_PLOT = REPO_ROOT / "docs" / "ab_check_plot.png"
+COMPARE_WIDGET = "adacluster_compare"
 MODEL_FILE_WIDGETS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name"}
 
 
@@ -248,3 +254,89 @@ def _save_docs_screenshot(src):
         if buf.tell() < 300_000:
             break
     DOCS_SCREENSHOT.write_bytes(buf.getvalue())
+
+
+def _tiny_ab_workflow(object_info: dict, ab_models: dict) -> dict:
+    """The bundled A/B graph (scripts/build_workflows.py: wan21_ab_check) at test size: the tiny Wan
+    2.1 model whose attention matters and the tiny VAE (tests/harness/make_ab_models.py), zero
+    conditioning instead of the T5 encoder (not loadable here), 9 frames of 64x64, 4 steps; B gets a
+    Thresholds config with a small budget so the tiny model goes sparse."""
+    g = BW.wan21_ab_check()
+    P, L = g["prompt"], g["layout"]
+    P["unet"]["inputs"]["unet_name"] = ab_models["wan21_sharp"]
+    P["vae"]["inputs"]["vae_name"] = ab_models["vae"]
+    P.pop("clip")
+    for k in ("pos", "neg"):
+        P[k] = {"class_type": "AdaClusterTestZeroConditioning", "inputs": {"tokens": 16, "width": 4096, "pooled_width": 0}}
+    P["latent"]["inputs"].update(width=64, height=64, length=9)
+    for k in ("ks", "ks_dense"):
+        P[k]["inputs"]["steps"] = 4
+    P["thr"] = {"class_type": "AdaClusterThresholds",
+                "inputs": {"q_clusters": 8, "k_clusters": 8, "top_k": 1, "max_density": 0.05, "pooled_tail": False,
+                           "warmup": 0.0,
+                           "dense_layer_fraction": 0.0, "min_tokens": 0, "calibration_dense": False, "backend": "torch"}}
+    P["ada"]["inputs"]["config"] = ["thr", 0]
+    L["thr"] = {"pos": [880, 800], "size": [320, 300]}
+    note = {"type": "MarkdownNote", "title": "AdaCluster: read me", "text": g["note"], **g["note_layout"]}
+    return BW.api_to_ui(P, object_info, layout=L, extra_nodes=[note], groups=g["groups"])
+
+
+def test_ab_check_workflow_runs_end_to_end(comfy_page, comfy_server, ab_models, artifacts_dir):
+    page = comfy_page
+    dialog = page.locator(".workflow-template-selector-dialog")
+    if dialog.is_visible():  # a first visit opens the template browser by itself: close it (screenshots)
+        page.keyboard.press("Escape")
+        dialog.wait_for(state="hidden", timeout=10_000)
+    wf = _tiny_ab_workflow(comfy_server.object_info(), ab_models)
+    page.evaluate("async (wf) => { await app.loadGraphData(wf, true, true, 'adacluster_ab_check_tiny'); }", wf)
+    page.wait_for_function("(n) => app.graph._nodes.length === n", arg=len(wf["nodes"]))
+    page.wait_for_timeout(500)
+    cmp_id = next(n["id"] for n in wf["nodes"] if n["type"] == "AdaClusterCompare")
+    stats_id = next(n["id"] for n in wf["nodes"] if n["type"] == "AdaClusterStats")
+
+    how = _click_run(page)
+    try:
+        page.wait_for_function(
+            """([id, w]) => { const n = app.graph.getNodeById(id);
+                const x = n?.widgets?.find(v => v.name === w);
+                return !!x && typeof x.value === 'string' && x.value.includes('PSNR'); }""",
+            arg=[cmp_id, COMPARE_WIDGET], timeout=480_000, polling=500)
+    except Exception:
+        page.screenshot(path=str(artifacts_dir / "30_ab_check_FAILED.png"))
+        raise AssertionError(f"the Compare readout never appeared (queued via {how}).\nbrowser console:\n"
+                             f"{page.comfy_log.tail()}\nserver log:\n{comfy_server.log_tail(40)}")
+    text = page.evaluate("([id, w]) => app.graph.getNodeById(id).widgets.find(v => v.name === w).value",
+                         [cmp_id, COMPARE_WIDGET])
+    report = page.evaluate("(id) => app.graph.getNodeById(id).adaclusterStats.message.adacluster_compare[0]", cmp_id)
+    assert report["frames"] == 9, report
+    assert report["sparse_run"] and report["sparse_run"]["sparse_calls"] > 0, report["sparse_run"]
+    assert report["psnr_mean_db"] < report["psnr_cap_db"], "B equals A: the sparse branch did not change anything"
+    assert f"{report['psnr_mean_db']:.2f} dB" in text and "SSIM" in text, text
+    # the chart preview reaches the node and decodes; Stats shows its readout next to it
+    page.wait_for_function("""(id) => { const n = app.graph.getNodeById(id);
+        return n.imgs && n.imgs.length > 0 && n.imgs[0].complete && n.imgs[0].naturalWidth > 0; }""",
+                           arg=cmp_id, timeout=30_000)
+    src = page.evaluate("(id) => app.graph.getNodeById(id).imgs[0].src", cmp_id)
+    assert "/view?" in src and "type=temp" in src, src
+    size = page.evaluate("(id) => [app.graph.getNodeById(id).imgs[0].naturalWidth, "
+                         "app.graph.getNodeById(id).imgs[0].naturalHeight]", cmp_id)
+    assert size == [1200, 760], size
+    page.wait_for_function("""([id, w]) => { const x = app.graph.getNodeById(id)?.widgets?.find(v => v.name === w);
+        return !!x && typeof x.value === 'string' && x.value.includes('density'); }""",
+                           arg=[stats_id, STATS_WIDGET], timeout=30_000)
+    png = comfy_server.get(src[src.index("/view?"):])
+    assert isinstance(png, bytes) and png[:4] == b"\x89PNG"
+    (artifacts_dir / "ab_check_plot.png").write_bytes(png)
+    (artifacts_dir / "ab_check_compare.txt").write_text(f"queued via {how}\n\n{text}\n")
+
+    clip = page.evaluate("""(id) => { const n = app.graph.getNodeById(id); const ds = app.canvas.ds;
+        ds.scale = 0.8; ds.offset[0] = -n.pos[0] + 200; ds.offset[1] = -n.pos[1] + 60;
+        app.graph.setDirtyCanvas(true, true);
+        const r = app.canvas.canvas.getBoundingClientRect();
+        return {x: r.left, y: r.top, width: r.width, height: r.height}; }""", cmp_id)
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(artifacts_dir / "30_ab_check_compare.png"), clip=clip)
+    _fit_view(page)
+    page.screenshot(path=str(artifacts_dir / "31_ab_check_graph.png"))
+    if os.environ.get("ADACLUSTER_UPDATE_DOCS_SCREENSHOT") == "1":
+        DOCS_AB_PLOT.write_bytes(png)

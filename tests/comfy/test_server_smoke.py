@@ -120,6 +120,15 @@ def test_checker_on_canned_logs():
     assert len(found) == 3
     assert find_import_failures(log, ["somethingelse"]) == []
     assert find_import_failures("   0.0 seconds: /x/custom_nodes/adacluster\n", ["adacluster"]) == []
+    # a node's runtime error while a prompt executes is the queuing test's business, not an import failure
+    runtime = ("Traceback (most recent call last):\n"
+               '  File "/c/execution.py", line 510, in execute\n'
+               "    output_data = await get_output_data(...)\n"
+               '  File "/x/custom_nodes/adacluster/nodes/compare.py", line 57, in execute\n'
+               '    raise ValueError("AdaCluster Compare: frame counts differ")\n'
+               "ValueError: AdaCluster Compare: frame counts differ\n")
+    assert find_import_failures(runtime, ["adacluster"]) == []
+    assert len(find_import_failures(log + runtime, ["adacluster"])) == 3
 
 
 def test_server_with_bad_flag_is_never_ready(comfy_install, tmp_path):

@@ -13,7 +13,9 @@ from tests.conftest import PACK_NAME, REPO_ROOT
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 SHIPPED = sorted(p.stem for p in WORKFLOWS_DIR.glob("*.json"))
-EXPECTED = {"wan21_t2v_1.3b_480p_adacluster", "wan22_ti2v_5b_adacluster", "hunyuan_video_t2v_720p_adacluster"}
+EXPECTED = {"wan21_t2v_1.3b_480p_adacluster", "wan22_ti2v_5b_adacluster", "hunyuan_video_t2v_720p_adacluster",
+            "wan21_ab_check_adacluster"}
+AB_CHECKS = {"wan21_ab_check_adacluster"}  # dense vs preset A/B graphs: their own chain (test below)
 MODEL_FILE_WIDGETS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name"}
 PACK_NODES = {"AdaClusterSparseAttention", "AdaClusterThresholds", "AdaClusterLayerOverrides", "AdaClusterStats"}
 
@@ -53,7 +55,8 @@ def test_workflow_is_ui_format_with_the_adacluster_chain_and_a_note(name):
     wf = _load(name)
     assert wf.get("version") == 0.4 and isinstance(wf.get("nodes"), list) and "links" in wf
     types = [n["type"] for n in wf["nodes"]]
-    assert PACK_NODES <= set(types), f"{name}: lacks {sorted(PACK_NODES - set(types))}"
+    pack_nodes = {"AdaClusterSparseAttention", "AdaClusterStats", "AdaClusterCompare"} if name in AB_CHECKS else PACK_NODES
+    assert pack_nodes <= set(types), f"{name}: lacks {sorted(pack_nodes - set(types))}"
     assert {"UNETLoader", "VAELoader"} <= set(types)
     assert {"CLIPLoader", "DualCLIPLoader"} & set(types)
     notes = [n for n in wf["nodes"] if n["type"] in ("MarkdownNote", "Note")]
@@ -80,12 +83,52 @@ def test_workflow_is_ui_format_with_the_adacluster_chain_and_a_note(name):
         link = next(lk for lk in wf["links"] if lk[0] == inp["link"])
         return by_id[link[1]]["type"]
 
+    if name in AB_CHECKS:
+        return  # test_ab_check_workflow_compares_dense_with_the_preset
     ada = next(n for n in wf["nodes"] if n["type"] == "AdaClusterSparseAttention")
     stats = next(n for n in wf["nodes"] if n["type"] == "AdaClusterStats")
     assert src_type(ada, "config") == "AdaClusterThresholds"
     assert src_type(ada, "layer_overrides") == "AdaClusterLayerOverrides"
     assert src_type(stats, "model") == "AdaClusterSparseAttention"
     assert src_type(stats, "samples") in ("KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced")
+
+
+@pytest.mark.parametrize("name", sorted(AB_CHECKS))
+def test_ab_check_workflow_compares_dense_with_the_preset(name):
+    """One model loader and one latent; one seed node feeding both samplers; sampler A's model is
+    AdaCluster with enabled = false, sampler B's the preset; A's and B's decoded frames go to Compare
+    as reference / test; Stats reads B; the note explains how to read the numbers."""
+    wf = _load(name)
+    by_id = {n["id"]: n for n in wf["nodes"]}
+    links = {lk[0]: lk for lk in wf["links"]}
+
+    def src(node, input_name):
+        inp = next(i for i in node["inputs"] if i["name"] == input_name)
+        assert inp["link"] is not None, f"{name}: {node['type']}.{input_name} is not connected"
+        return by_id[links[inp["link"]][1]]
+
+    types = [n["type"] for n in wf["nodes"]]
+    assert types.count("UNETLoader") == 1 and types.count("KSampler") == 2 and types.count("VAEDecode") == 2
+    cmp_node = next(n for n in wf["nodes"] if n["type"] == "AdaClusterCompare")
+    ref_dec, test_dec = src(cmp_node, "reference"), src(cmp_node, "test")
+    assert ref_dec["type"] == test_dec["type"] == "VAEDecode" and ref_dec["id"] != test_dec["id"]
+    ks_a, ks_b = src(ref_dec, "samples"), src(test_dec, "samples")
+    ada_a, ada_b = src(ks_a, "model"), src(ks_b, "model")
+    assert ada_a["type"] == ada_b["type"] == "AdaClusterSparseAttention"
+    # AdaClusterSparseAttention widgets: preset, enabled (+ probe widgets of newer versions)
+    assert ada_a["widgets_values"][1] is False and ada_b["widgets_values"][1] is True
+    assert src(ada_a, "model")["id"] == src(ada_b, "model")["id"], "A and B must sample the same model"
+    assert src(ks_a, "latent_image")["id"] == src(ks_b, "latent_image")["id"]
+    assert src(ks_a, "positive")["id"] == src(ks_b, "positive")["id"]
+    seed_a, seed_b = src(ks_a, "seed"), src(ks_b, "seed")
+    assert seed_a["id"] == seed_b["id"] and seed_a["type"] == "PrimitiveInt", "one seed node must drive both samplers"
+    assert ks_a["widgets_values"][2:] == ks_b["widgets_values"][2:], "A and B sampler settings differ"
+    assert src(cmp_node, "model")["id"] == ada_b["id"]
+    stats = next(n for n in wf["nodes"] if n["type"] == "AdaClusterStats")
+    assert src(stats, "model")["id"] == ada_b["id"] and src(stats, "samples")["id"] == ks_b["id"]
+    note = next(n for n in wf["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+    for words in ("29-31 dB", "25 dB", "probe", "worst layers", "enabled = false", "Pick a preset"):
+        assert words in note, f"{name}: the note does not mention {words!r}"
 
 
 # ------------------------------------------------------------------------------- server checks

@@ -68,9 +68,16 @@ def find_import_failures(log_text: str, pack_names: Iterable[str], paths: Iterab
                 block.append(nxt)
                 if nxt and not nxt.startswith((" ", "\t", "Traceback")):
                     break  # the exception line ends the traceback
-            if any(mentions(b) for b in block):
+            if any(mentions(b) for b in block) and not _is_prompt_execution_error(block):
                 problems.append("\n".join(block))
     return problems
+
+
+def _is_prompt_execution_error(block: List[str]) -> bool:
+    """A traceback raised while ComfyUI executed a queued prompt (its frames start in execution.py's
+    `execute`), e.g. a node rejecting mismatched inputs: a runtime error that the test which queued
+    the prompt sees as a PromptError, not an import failure."""
+    return any(re.search(r'execution\.py", line \d+, in execute$', b.strip()) for b in block[1:3])
 
 
 class ComfyServer:

@@ -1,0 +1,185 @@
+"""Frame metrics for the AdaCluster Compare node: per-frame PSNR / SSIM of a test video against a
+reference (the same seed and prompt sampled dense), the amplified difference video, and the
+report (text + JSON-able dict).
+
+Pure torch + kornia (no ComfyUI import), so the tests can call it directly. The metrics are
+kornia's (`kornia.metrics.psnr`, `kornia.metrics.ssim`: Gaussian window 11, sigma 1.5, the
+usual constants), evaluated frame by frame on RGB in [0, 1].
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+# Identical frames have an infinite PSNR; JSON has no infinity and one identical frame would make
+# the mean infinite too, so every per-frame PSNR is capped here (documented in the README).
+PSNR_CAP_DB = 100.0
+SSIM_WINDOW = 11
+# Reading guide (dB vs the dense run at the same seed): the AdaCluster paper reports 29-31 dB;
+# below about 25 dB the difference is usually visible.
+PAPER_PSNR_DB = (29.0, 31.0)
+LOOK_CLOSER_PSNR_DB = 25.0
+FRAMES_PER_CHUNK = 8  # bounds the SSIM buffers (5 filtered copies per frame) on long videos
+REPORT_VERSION = 1
+
+
+class CompareInputError(ValueError):
+    """The two IMAGE batches cannot be compared frame by frame (the message names the input)."""
+
+
+def _describe(x: torch.Tensor) -> str:
+    if x.dim() != 4:
+        return f"a tensor of shape {list(x.shape)}"
+    return f"{x.shape[0]} frame(s) of {x.shape[2]}x{x.shape[1]} (WxH) with {x.shape[3]} channel(s)"
+
+
+def check_inputs(reference: torch.Tensor, test: torch.Tensor) -> None:
+    """Raise CompareInputError naming the offending input when the batches don't line up."""
+    for name, x in (("reference", reference), ("test", test)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] < 1 or x.shape[-1] not in (1, 3, 4):
+            raise CompareInputError(f"`{name}` is not an IMAGE batch [frames, height, width, channels]: "
+                                    f"got {_describe(x) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    hint = ("decode both runs from the same latent size and length (one Empty Latent node feeding both "
+            "samplers, same seed)")
+    if reference.shape[0] != test.shape[0]:
+        raise CompareInputError(f"frame counts differ: `test` has {test.shape[0]} frame(s), `reference` has "
+                                f"{reference.shape[0]}: {hint}")
+    if reference.shape[1:3] != test.shape[1:3]:
+        raise CompareInputError(f"frame sizes differ: `test` is {test.shape[2]}x{test.shape[1]} (WxH), "
+                                f"`reference` is {reference.shape[2]}x{reference.shape[1]}: {hint}")
+    if reference.shape[3] != test.shape[3]:
+        raise CompareInputError(f"channel counts differ: `test` has {test.shape[3]}, `reference` has "
+                                f"{reference.shape[3]} (compare RGB with RGB)")
+
+
+def _rgb(x: torch.Tensor) -> torch.Tensor:
+    """IMAGE [F, H, W, C] -> [F, C, H, W] float32 in [0, 1], colour channels only (alpha dropped)."""
+    x = x[..., :3] if x.shape[-1] == 4 else x
+    return x.permute(0, 3, 1, 2).to(torch.float32).clamp(0.0, 1.0)
+
+
+def ssim_window(height: int, width: int) -> int:
+    """The standard 11 px window, shrunk (odd, >= 3) for frames smaller than that."""
+    w = min(SSIM_WINDOW, height, width)
+    return max(3, w if w % 2 else w - 1)
+
+
+def frame_metrics(reference: torch.Tensor, test: torch.Tensor, device: torch.device | str | None = None
+                  ) -> tuple[list[float], list[float]]:
+    """Per-frame PSNR (dB, capped at PSNR_CAP_DB) and SSIM (mean over pixels and channels)."""
+    try:
+        import kornia  # ComfyUI lists it among its optional requirements; this pack's requirements.txt has it
+    except ImportError as e:
+        raise RuntimeError(f"AdaCluster Compare: the metrics need the `kornia` package ({e}): run `pip install kornia` "
+                                "(or `pip install -r requirements.txt` of this pack) in ComfyUI's Python") from None
+
+    check_inputs(reference, test)
+    F, H, W = reference.shape[0], reference.shape[1], reference.shape[2]
+    if min(H, W) < 3:
+        raise CompareInputError(f"frames of {W}x{H} are too small for SSIM (need at least 3x3)")
+    win = ssim_window(H, W)
+    padding = "valid" if min(H, W) >= win + 2 else "same"
+    device = torch.device(device) if device is not None else reference.device
+    psnr: list[float] = []
+    ssim: list[float] = []
+    for s in range(0, F, FRAMES_PER_CHUNK):
+        r = _rgb(reference[s:s + FRAMES_PER_CHUNK]).to(device)
+        t = _rgb(test[s:s + FRAMES_PER_CHUNK]).to(device)
+        for i in range(r.shape[0]):
+            p = float(kornia.metrics.psnr(t[i], r[i], 1.0))
+            psnr.append(PSNR_CAP_DB if not math.isfinite(p) or p > PSNR_CAP_DB else p)
+        smap = kornia.metrics.ssim(t, r, win, max_val=1.0, padding=padding)
+        ssim.extend(float(v) for v in smap.mean(dim=(1, 2, 3)).cpu())
+    return psnr, ssim
+
+
+def difference_video(reference: torch.Tensor, test: torch.Tensor, gain: float) -> torch.Tensor:
+    """IMAGE [F, H, W, 3]: |reference - test| x gain, clipped to [0, 1] (black = no change)."""
+    check_inputs(reference, test)
+    c = 3 if reference.shape[-1] == 4 else reference.shape[-1]
+    d = test[..., :c].to(torch.float32).clamp(0.0, 1.0)  # one new buffer, then in place
+    d.sub_(reference[..., :c].to(torch.float32).clamp(0.0, 1.0)).abs_().mul_(float(gain)).clamp_(0.0, 1.0)
+    if c == 1:
+        d = d.expand(*d.shape[:3], 3)
+    return d.contiguous().cpu()
+
+
+def verdict(psnr_mean: float) -> str:
+    lo, hi = PAPER_PSNR_DB
+    if psnr_mean >= PSNR_CAP_DB:
+        return "identical: the test frames equal the reference (is AdaCluster enabled on the test branch?)"
+    if psnr_mean >= lo:
+        return f">= {lo:g} dB: as close to dense as the paper's results ({lo:g}-{hi:g} dB); a faster preset may still hold"
+    if psnr_mean >= LOOK_CLOSER_PSNR_DB:
+        return (f"{LOOK_CLOSER_PSNR_DB:g}-{lo:g} dB: below the paper's range; watch both videos side by side "
+                "(fine detail, faces, flicker) and try the `quality` preset if it shows")
+    return (f"< {LOOK_CLOSER_PSNR_DB:g} dB: the sparse run moved away from dense: run with probe = on and see "
+            "AdaCluster Stats' worst layers, then follow the README's tuning advice (quality preset, "
+            "more dense layers, more warmup)")
+
+
+def build_report(psnr: list[float], ssim: list[float], sparse_run: dict | None = None) -> dict[str, Any]:
+    """The JSON-able report of one comparison (also the node's `json` output)."""
+    n = len(psnr)
+    mean_p = sum(psnr) / n
+    mean_s = sum(ssim) / n
+    worst = min(range(n), key=lambda i: psnr[i])
+    return {
+        "version": REPORT_VERSION,
+        "frames": n,
+        "psnr_mean_db": mean_p,
+        "psnr_min_db": min(psnr),
+        "ssim_mean": mean_s,
+        "ssim_min": min(ssim),
+        "worst_frame": worst,
+        "identical_frames": sum(1 for p in psnr if p >= PSNR_CAP_DB),
+        "psnr_cap_db": PSNR_CAP_DB,
+        "ssim_window": None,  # filled by the caller (depends on the frame size)
+        "reference_point": {"paper_psnr_db": list(PAPER_PSNR_DB), "look_closer_below_db": LOOK_CLOSER_PSNR_DB},
+        "verdict": verdict(mean_p),
+        "per_frame": {"psnr_db": psnr, "ssim": ssim},
+        "sparse_run": sparse_run,
+    }
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    lines = [f"AdaCluster Compare: test vs reference over {rep['frames']} frame(s)",
+             f"PSNR  mean {rep['psnr_mean_db']:.2f} dB   min {rep['psnr_min_db']:.2f} dB (frame {rep['worst_frame']})"
+             + (f"   (capped at {rep['psnr_cap_db']:g} dB: {rep['identical_frames']} identical frame(s))"
+                if rep["identical_frames"] else ""),
+             f"SSIM  mean {rep['ssim_mean']:.4f}   min {rep['ssim_min']:.4f}",
+             f"reading: {rep['verdict']}"]
+    sr = rep.get("sparse_run")
+    if sr:
+        dens = sr.get("mean_density")
+        lines.append(f"sparse run: {sr.get('family')} preset {sr.get('preset')}, {sr.get('sparse_calls')}/"
+                     f"{sr.get('calls')} attention calls sparse"
+                     + (f", mean density {dens:.3f}" if dens is not None else "")
+                     + f", est. attention FLOPs saved {100 * (sr.get('flops_saved_frac') or 0):.1f}%")
+    lines.append("per frame (PSNR dB / SSIM):")
+    row = []
+    for i, (p, s) in enumerate(zip(rep["per_frame"]["psnr_db"], rep["per_frame"]["ssim"])):
+        row.append(f"{i:>3}: {p:6.2f} / {s:.4f}")
+        if len(row) == 4:
+            lines.append("  " + "   ".join(row))
+            row = []
+    if row:
+        lines.append("  " + "   ".join(row))
+    return "\n".join(lines)
+
+
+SPARSE_RUN_KEYS = ("family", "preset", "calls", "sparse_calls", "dense_calls", "mean_density", "flops_saved_frac",
+                   "attention_time_s", "run_wall_s", "dense_reasons")
+
+
+def sparse_run_summary(stats: dict | None) -> dict | None:
+    """The few Stats fields that belong next to the quality numbers (to tabulate presets)."""
+    if not stats or not stats.get("calls"):
+        return None
+    out = {k: stats.get(k) for k in SPARSE_RUN_KEYS}
+    probe = stats.get("probe") or {}
+    if probe.get("calls"):  # probe = on: the layers to look at first when the PSNR is low
+        out["probe_worst_layers"] = [w.get("layer") for w in (probe.get("worst_layers") or [])[:5]]
+    return out
