@@ -284,6 +284,8 @@ class AdaClusterRun:
         self.config: AdaClusterConfig | None = None
         self.layer_cfg: dict[tuple[int, int], AdaClusterConfig] = {}
         self.sigma_steps: dict[float, int] = {}
+        self.schedule: list[float] = []   # the sampler's sigmas (transformer_options["sample_sigmas"])
+        self._schedule_src = None
         self.records: list[tuple] = []
         self.probes: list[tuple] = []     # (layer, step, branch, rel_err, recall, density) 0-dim tensors ok
         self.layouts: dict[tuple, dict] = {}
@@ -352,11 +354,37 @@ class AdaClusterRun:
         return mode, cfg
 
     # ---------------------------------------------------------------- steps
+    def note_schedule(self, sample_sigmas) -> None:
+        """Remember the sampler's schedule so steps are numbered by it: a step that never reaches the
+        model (a step cache such as EasyCache / LazyCache skipped it) keeps its column, as "no call"."""
+        if sample_sigmas is self._schedule_src:
+            return
+        self._schedule_src = sample_sigmas
+        vals = [float(v) for v in sample_sigmas.detach().float().cpu().tolist()]
+        if len(vals) > 1 and vals != self.schedule:
+            self.schedule = vals
+            self.sigma_steps = {}
+
     def step_of(self, sigma: float) -> int:
+        """Sampler step of a model call: its index in the schedule (a sigma between two schedule
+        entries, e.g. a 2nd-order sampler's midpoint, belongs to the step it starts from); without a
+        schedule, the order in which distinct sigmas were first seen."""
         k = round(sigma, 7)
         if k not in self.sigma_steps:
-            self.sigma_steps[k] = len(self.sigma_steps)
+            sch = self.schedule
+            if len(sch) > 1:
+                tol = 1e-5 * max(1.0, abs(sigma))
+                i = sum(1 for s in sch[1:-1] if s >= sigma - tol)  # schedule entries at/above sigma (excl. first)
+                self.sigma_steps[k] = min(i, len(sch) - 2)
+            else:
+                self.sigma_steps[k] = len(self.sigma_steps)
         return self.sigma_steps[k]
+
+    def step_sigmas(self) -> list[float]:
+        """Sigma of each step column of the stats grid."""
+        if len(self.schedule) > 1:
+            return self.schedule[:-1]
+        return [s for s, _ in sorted(self.sigma_steps.items(), key=lambda kv: kv[1])]
 
     def phase_for(self, sigma: float, plan_key: tuple | None = None) -> str:
         cfg = self.config
@@ -472,8 +500,8 @@ class AdaClusterRun:
         saved_frac = (1.0 - spent / total_flops) if total_flops > 0 else 0.0
         mean_density = (sum(float(dens[i]) for i in sparse_idx) / len(sparse_idx)) if sparse_idx else None
         attn_time = sum(times)
-        steps = sorted(self.sigma_steps.items(), key=lambda kv: kv[1])
-        n_steps = len(steps)
+        step_sigmas = self.step_sigmas()
+        n_steps = len(step_sigmas)
         layers = sorted({r[0] for r in recs if r[0] is not None and r[0] >= 0})
         n_layers = max(self.n_layers, (layers[-1] + 1) if layers else 0)
         grid = [[None] * n_steps for _ in range(n_layers)]
@@ -542,7 +570,8 @@ class AdaClusterRun:
             "flops_saved_frac": saved_frac,
             "attention_time_s": attn_time,
             "run_wall_s": wall,
-            "sigmas": [s for s, _ in steps],
+            "sigmas": step_sigmas,
+            "steps_without_calls": [i for i in range(n_steps) if all(row[i] is None for row in grid)],
             "n_layers": n_layers,
             "density_grid": grid,           # [layer][step] mean density (1.0 = dense, None = no call)
             "per_layer": {str(k): v for k, v in sorted(per_layer.items())},
@@ -705,6 +734,7 @@ def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> For
     ss = to.get("sample_sigmas")
     if isinstance(ss, torch.Tensor) and ss.ndim == 1 and ss.numel() > 1:
         fc.n_steps = int(ss.numel()) - 1
+        run.note_schedule(ss)
     sig = to.get("sigmas")
     if isinstance(sig, torch.Tensor) and sig.numel():
         fc.sigma = float(sig.detach().float().max())

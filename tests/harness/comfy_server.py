@@ -126,6 +126,15 @@ class ComfyServer:
             os.symlink(os.path.abspath(path), dst)
         return name
 
+    def add_file(self, path, folder: str, link_name: Optional[str] = None) -> str:
+        """Symlink a file into models/<folder> (e.g. "loras"); returns the name loaders list."""
+        d = self.base_dir / "models" / folder
+        d.mkdir(parents=True, exist_ok=True)
+        name = link_name or os.path.basename(path)
+        if not (d / name).exists():
+            os.symlink(os.path.abspath(path), d / name)
+        return name
+
     def command(self) -> List[str]:
         return [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                 "--base-directory", str(self.base_dir), "--disable-auto-launch", "--disable-api-nodes",
