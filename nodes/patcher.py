@@ -981,6 +981,15 @@ def _check_mask(run, fc, mask, B, L, txt_range, vid_start):
     return km, reason
 
 
+def _on_device(st: ClusterState, device) -> ClusterState:
+    """The layer's cached centroids follow the device of the call (weights streamed or offloaded
+    between calls, another GPU): moved, not kept on the old device beside a fresh copy."""
+    for t in (st.q_centroids, st.k_centroids):
+        if t is not None and t.device != device:
+            return st.to(device)
+    return st
+
+
 def _probe_call(run, layer, step, br, Q, K, o, ref, stats, st_before, cfg, scale, txt_range, km):
     """Record relative L2 error and attention-mass recall of one sparse call (never raises)."""
     try:
@@ -1046,7 +1055,7 @@ def _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, ma
     try:
         for i, br in enumerate(branches):
             sl = slice(i * bs, (i + 1) * bs)
-            st = run.state_for(layer, br)
+            st = _on_device(run.state_for(layer, br), Q.device)
             if mode == "sparse" and st.dense and st.dense_reason == "planned-dense-layer":
                 st.dense = False
             km = None
@@ -1223,6 +1232,9 @@ def format_stats(d: dict | None) -> str:
             if pl.get("adaptive_count") is not None:
                 extra += f" (adaptive {pl['adaptive_count']})"
             lines.append(f"  L{li:>3}: {cells}{extra}")
+        if d.get("steps_without_calls"):
+            lines.append("steps with no call (the model did not run, e.g. skipped by a step cache): "
+                         + ", ".join(str(i) for i in d["steps_without_calls"]))
     pr = d.get("probe")
     if pr:
         lines.append(f"probe ({pr.get('spec')}): {pr.get('calls', 0)} calls measured against dense "

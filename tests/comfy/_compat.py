@@ -86,7 +86,8 @@ def run_matrix_case(srv, out_dir, tag: str, *, before=(), after=(), loader=None,
     assert err <= bound, f"{tag}: every cluster selected differs from the stack without AdaCluster: {err} > {bound}"
     if ref_differs_from is not None:  # the stacked node really changed the result
         other = latent(out_dir, ref_differs_from)
-        assert (ref - other).abs().max().item() > 100 * bound, f"{tag}: the stack did not change the output"
+        changed = (ref - other).abs().max().item()
+        assert changed > 10 * bound, f"{tag}: the stack did not change the output ({changed} vs bound {bound})"
     record(tag, max_abs_diff_all_clusters=err, bound=bound, sparse_calls=s_sp["sparse_calls"],
            calls=s_sp["calls"], mean_density=s_sp["mean_density"], dense_reasons=s_sp["dense_reasons"])
     return {"ref": ref, "allk_stats": s_all, "sparse_stats": s_sp, "err": err, "bound": bound,
