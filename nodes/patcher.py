@@ -408,8 +408,11 @@ class AdaClusterRun:
             else:
                 self.phase = "sparse"
         elif self.phase == "calibration" and self.calib_sigma is not None and abs(sigma - self.calib_sigma) > 1e-9:
-            self.plan()
-            self.phase = "sparse"
+            if not self.states:  # no attention call reached calibration (a step cache skipped that step)
+                self.calib_sigma = sigma
+            else:
+                self.plan()
+                self.phase = "sparse"
         return self.phase
 
     def plan(self):
