@@ -18,17 +18,17 @@ import time
 import pytest
 
 from tests.comfy._compat import plain_reference, record, run_matrix_case
-from tests.conftest import COMFY_DIR, PACK_DIR, PACK_NAME, TEST_PACK_DIR, TEST_PACK_NAME
+from tests.conftest import PACK_DIR, PACK_NAME, TEST_PACK_DIR, TEST_PACK_NAME
 from tests.harness import compat
 from tests.harness.comfy_server import ComfyServer, ComfyServerError
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
-def _server(tmp_path_factory, tiny_models, test_out_dir, name, extra_args=(), packs=None, cpu=True):
+def _server(comfy_dir, tmp_path_factory, tiny_models, test_out_dir, name, extra_args=(), packs=None, cpu=True):
     base = tmp_path_factory.mktemp(f"comfy_{name}")
     nodes = {PACK_NAME: PACK_DIR, TEST_PACK_NAME: TEST_PACK_DIR, **(packs or {})}
-    srv = ComfyServer(sys.executable, COMFY_DIR, base, custom_nodes=nodes, extra_args=list(extra_args),
+    srv = ComfyServer(sys.executable, comfy_dir, base, custom_nodes=nodes, extra_args=list(extra_args),
                       env={"ADACLUSTER_TEST_OUT": str(test_out_dir), "TRITON_INTERPRET": "1"}, cpu=cpu)
     srv.prepare_base()
     srv.add_model(tiny_models["wan21"])
@@ -60,7 +60,8 @@ def test_vram_flag_server(comfy_install, tiny_models, test_out_dir, tmp_path_fac
         pytest.skip(f"{flag} needs a CUDA device: ComfyUI rejects it with --cpu and cannot start without --cpu "
                     "on a CPU-only machine (the CPU run of the same path: test_lowvram_inprocess.py)")
     t0 = time.time()
-    srv = _server(tmp_path_factory, tiny_models, test_out_dir, flag.strip("-"), extra_args=[flag], cpu=False)
+    srv = _server(comfy_install, tmp_path_factory, tiny_models, test_out_dir, flag.strip("-"), extra_args=[flag],
+                  cpu=False)
     try:
         lora = _lora(srv, tiny_models, tmp_path_factory)
         plain = plain_reference(srv, test_out_dir, name=f"plain_{flag.strip('-')}")
@@ -93,7 +94,8 @@ def test_gguf_q8_0(comfy_install, tiny_models, test_out_dir, tmp_path_factory, g
     out = tmp_path_factory.mktemp("gguf_models")
     path = compat.make_gguf(tiny_models["wan21"], out / "tiny_wan21_t2v_Q8_0.gguf", gguf_pack, "Q8_0")
     t_convert = time.time() - t0
-    srv = _server(tmp_path_factory, tiny_models, test_out_dir, "gguf", packs={"ComfyUI-GGUF": gguf_pack})
+    srv = _server(comfy_install, tmp_path_factory, tiny_models, test_out_dir, "gguf",
+                  packs={"ComfyUI-GGUF": gguf_pack})
     try:
         assert not srv.import_failures(["ComfyUI-GGUF"]), srv.import_failures(["ComfyUI-GGUF"])
         name = srv.add_model(path)
