@@ -8,9 +8,9 @@ AdaCluster, made at test time (stdlib + torch + safetensors; `gguf` only for the
   root in CI; `ADACLUSTER_SHARED_DIR` overrides), None when absent.
 * `install_gguf_pack(tarball, dest)`: unpack city96's ComfyUI-GGUF into a test folder (never into
   the repo); the test server loads it as a custom node pack.
-* `make_gguf(src, dst, pack_dir, qtype)`: the pack's own `tools/convert.py` (+ its
-  `fix_5d_tensors.py` for Wan's 5-D patch embedding) makes an F16 GGUF; `qtype="Q8_0"` then
-  re-quantizes its 2-D weights with the `gguf` package (the format users download).
+* `make_gguf(src, dst, pack_dir, qtype)`: the pack's own `tools/convert.py` makes an F16 GGUF;
+  `qtype="Q8_0"` then re-quantizes its 2-D weights with the `gguf` package (the format users
+  download), and Wan's 5-D patch embedding (which convert.py sets aside) is added back as F32.
 """
 from __future__ import annotations
 
