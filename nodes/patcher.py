@@ -284,6 +284,8 @@ class AdaClusterRun:
         self.config: AdaClusterConfig | None = None
         self.layer_cfg: dict[tuple[int, int], AdaClusterConfig] = {}
         self.sigma_steps: dict[float, int] = {}
+        self.schedule: list[float] = []   # the sampler's sigmas (transformer_options["sample_sigmas"])
+        self._schedule_src = None
         self.records: list[tuple] = []
         self.probes: list[tuple] = []     # (layer, step, branch, rel_err, recall, density) 0-dim tensors ok
         self.layouts: dict[tuple, dict] = {}
@@ -352,11 +354,37 @@ class AdaClusterRun:
         return mode, cfg
 
     # ---------------------------------------------------------------- steps
+    def note_schedule(self, sample_sigmas) -> None:
+        """Remember the sampler's schedule so steps are numbered by it: a step that never reaches the
+        model (a step cache such as EasyCache / LazyCache skipped it) keeps its column, as "no call"."""
+        if sample_sigmas is self._schedule_src:
+            return
+        self._schedule_src = sample_sigmas
+        vals = [float(v) for v in sample_sigmas.detach().float().cpu().tolist()]
+        if len(vals) > 1 and vals != self.schedule:
+            self.schedule = vals
+            self.sigma_steps = {}
+
     def step_of(self, sigma: float) -> int:
+        """Sampler step of a model call: its index in the schedule (a sigma between two schedule
+        entries, e.g. a 2nd-order sampler's midpoint, belongs to the step it starts from); without a
+        schedule, the order in which distinct sigmas were first seen."""
         k = round(sigma, 7)
         if k not in self.sigma_steps:
-            self.sigma_steps[k] = len(self.sigma_steps)
+            sch = self.schedule
+            if len(sch) > 1:
+                tol = 1e-5 * max(1.0, abs(sigma))
+                i = sum(1 for s in sch[1:-1] if s >= sigma - tol)  # schedule entries at/above sigma (excl. first)
+                self.sigma_steps[k] = min(i, len(sch) - 2)
+            else:
+                self.sigma_steps[k] = len(self.sigma_steps)
         return self.sigma_steps[k]
+
+    def step_sigmas(self) -> list[float]:
+        """Sigma of each step column of the stats grid."""
+        if len(self.schedule) > 1:
+            return self.schedule[:-1]
+        return [s for s, _ in sorted(self.sigma_steps.items(), key=lambda kv: kv[1])]
 
     def phase_for(self, sigma: float, plan_key: tuple | None = None) -> str:
         cfg = self.config
@@ -380,8 +408,11 @@ class AdaClusterRun:
             else:
                 self.phase = "sparse"
         elif self.phase == "calibration" and self.calib_sigma is not None and abs(sigma - self.calib_sigma) > 1e-9:
-            self.plan()
-            self.phase = "sparse"
+            if not self.states:  # no attention call reached calibration (a step cache skipped that step)
+                self.calib_sigma = sigma
+            else:
+                self.plan()
+                self.phase = "sparse"
         return self.phase
 
     def plan(self):
@@ -472,8 +503,8 @@ class AdaClusterRun:
         saved_frac = (1.0 - spent / total_flops) if total_flops > 0 else 0.0
         mean_density = (sum(float(dens[i]) for i in sparse_idx) / len(sparse_idx)) if sparse_idx else None
         attn_time = sum(times)
-        steps = sorted(self.sigma_steps.items(), key=lambda kv: kv[1])
-        n_steps = len(steps)
+        step_sigmas = self.step_sigmas()
+        n_steps = len(step_sigmas)
         layers = sorted({r[0] for r in recs if r[0] is not None and r[0] >= 0})
         n_layers = max(self.n_layers, (layers[-1] + 1) if layers else 0)
         grid = [[None] * n_steps for _ in range(n_layers)]
@@ -542,7 +573,8 @@ class AdaClusterRun:
             "flops_saved_frac": saved_frac,
             "attention_time_s": attn_time,
             "run_wall_s": wall,
-            "sigmas": [s for s, _ in steps],
+            "sigmas": step_sigmas,
+            "steps_without_calls": [i for i in range(n_steps) if all(row[i] is None for row in grid)],
             "n_layers": n_layers,
             "density_grid": grid,           # [layer][step] mean density (1.0 = dense, None = no call)
             "per_layer": {str(k): v for k, v in sorted(per_layer.items())},
@@ -705,6 +737,7 @@ def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> For
     ss = to.get("sample_sigmas")
     if isinstance(ss, torch.Tensor) and ss.ndim == 1 and ss.numel() > 1:
         fc.n_steps = int(ss.numel()) - 1
+        run.note_schedule(ss)
     sig = to.get("sigmas")
     if isinstance(sig, torch.Tensor) and sig.numel():
         fc.sigma = float(sig.detach().float().max())
@@ -951,6 +984,15 @@ def _check_mask(run, fc, mask, B, L, txt_range, vid_start):
     return km, reason
 
 
+def _on_device(st: ClusterState, device) -> ClusterState:
+    """The layer's cached centroids follow the device of the call (weights streamed or offloaded
+    between calls, another GPU): moved, not kept on the old device beside a fresh copy."""
+    for t in (st.q_centroids, st.k_centroids):
+        if t is not None and t.device != device:
+            return st.to(device)
+    return st
+
+
 def _probe_call(run, layer, step, br, Q, K, o, ref, stats, st_before, cfg, scale, txt_range, km):
     """Record relative L2 error and attention-mass recall of one sparse call (never raises)."""
     try:
@@ -1016,7 +1058,7 @@ def _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, ma
     try:
         for i, br in enumerate(branches):
             sl = slice(i * bs, (i + 1) * bs)
-            st = run.state_for(layer, br)
+            st = _on_device(run.state_for(layer, br), Q.device)
             if mode == "sparse" and st.dense and st.dense_reason == "planned-dense-layer":
                 st.dense = False
             km = None
@@ -1193,6 +1235,9 @@ def format_stats(d: dict | None) -> str:
             if pl.get("adaptive_count") is not None:
                 extra += f" (adaptive {pl['adaptive_count']})"
             lines.append(f"  L{li:>3}: {cells}{extra}")
+        if d.get("steps_without_calls"):
+            lines.append("steps with no call (the model did not run, e.g. skipped by a step cache): "
+                         + ", ".join(str(i) for i in d["steps_without_calls"]))
     pr = d.get("probe")
     if pr:
         lines.append(f"probe ({pr.get('spec')}): {pr.get('calls', 0)} calls measured against dense "

@@ -83,7 +83,7 @@ def _is_prompt_execution_error(block: List[str]) -> bool:
 class ComfyServer:
     def __init__(self, python: str, comfy_dir, base_dir, custom_nodes: Optional[Dict[str, str]] = None,
                  port: Optional[int] = None, extra_args: Iterable[str] = (), env: Optional[Dict[str, str]] = None,
-                 ready_timeout: float = READY_TIMEOUT_S):
+                 ready_timeout: float = READY_TIMEOUT_S, cpu: bool = True):
         self.python = str(python)
         self.comfy_dir = Path(comfy_dir)
         self.base_dir = Path(base_dir)
@@ -92,6 +92,7 @@ class ComfyServer:
         self.extra_args = list(extra_args)
         self.env_overrides = dict(env or {})
         self.ready_timeout = ready_timeout
+        self.cpu = cpu  # False: no --cpu (ComfyUI rejects --lowvram / --novram together with --cpu)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base_dir / "comfyui.log"
         # A file database: with "sqlite:///:memory:" 0.3.75 logs sqlite "objects created in a thread
@@ -126,8 +127,17 @@ class ComfyServer:
             os.symlink(os.path.abspath(path), dst)
         return name
 
+    def add_file(self, path, folder: str, link_name: Optional[str] = None) -> str:
+        """Symlink a file into models/<folder> (e.g. "loras"); returns the name loaders list."""
+        d = self.base_dir / "models" / folder
+        d.mkdir(parents=True, exist_ok=True)
+        name = link_name or os.path.basename(path)
+        if not (d / name).exists():
+            os.symlink(os.path.abspath(path), d / name)
+        return name
+
     def command(self) -> List[str]:
-        return [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        return [self.python, "main.py", *(["--cpu"] if self.cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
                 "--base-directory", str(self.base_dir), "--disable-auto-launch", "--disable-api-nodes",
                 "--database-url", self.database_url, *self.extra_args]
 
