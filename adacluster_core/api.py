@@ -20,14 +20,16 @@ tensor; `float()` it to read it.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from . import clustering
 from .config import AdaClusterConfig
+from .guards import FiniteCheck, StopRequested, check_args, guard_interrupt, normalise_range, triton_usable
 from .layout import build_layout, run_layout, split_rows
 from .selection import select_clusters
 from .state import ClusterState
@@ -38,34 +40,16 @@ MASK_THRESHOLD = -1e4  # additive mask values <= this count as "masked"
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """"auto": triton on CUDA, else triton under TRITON_INTERPRET=1, else torch. An explicit
-    "triton" on a CPU tensor without the interpreter falls back to "torch"."""
-    interp = os.environ.get("TRITON_INTERPRET") == "1"
+    """"torch" -> the torch reference (tests, debugging); "auto" / "triton" -> "triton" where
+    Triton runs (CUDA, or TRITON_INTERPRET=1), else "dense" (the call runs dense attention,
+    reason "dense: no triton": the reference is far slower than dense attention)."""
     if backend == "torch":
         return "torch"
-    if device.type == "cuda" or interp:
-        try:
-            import triton  # noqa: F401
-            return "triton"
-        except Exception:  # pragma: no cover - triton missing
-            return "torch"
-    return "torch"
+    return "triton" if triton_usable(device) else "dense"
 
 
-def _normalise_range(N: int, always_dense_range, always_dense_prefix) -> tuple[int, int]:
-    if always_dense_range is None and always_dense_prefix:
-        always_dense_range = (0, int(always_dense_prefix))
-    if always_dense_range is None:
-        return 0, 0
-    r0, r1 = int(always_dense_range[0]), int(always_dense_range[1])
-    if r0 < 0:
-        r0 += N
-    if r1 < 0:
-        r1 += N
-    r0, r1 = max(0, min(N, r0)), max(0, min(N, r1))
-    if r1 <= r0:
-        return 0, 0
-    return r0, r1
+NO_TRITON = "dense: no triton"
+NON_FINITE = "non-finite input"
 
 
 def _key_mask(key_mask, B: int, H: int, N: int):
@@ -103,7 +87,7 @@ def _dense(q, k, v, scale, sdpa_mask):
 
 def _stats(cfg: AdaClusterConfig, device, **kw) -> dict:
     st = dict(density=torch.ones((), device=device), q_clusters=0, k_clusters=0, dense=True,
-              reason="", selection=cfg.selection, top_k=0, stage="dense", backend="torch",
+              reason="", selection=cfg.selection, top_k=0, stage="dense", backend="dense",
               attention="sdpa", n_clustered=0)
     st.update(kw)
     return st
@@ -112,7 +96,8 @@ def _stats(cfg: AdaClusterConfig, device, **kw) -> dict:
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      config: Optional[AdaClusterConfig] = None, state: Optional[ClusterState] = None,
                      *, scale: Optional[float] = None, always_dense_range=None,
-                     always_dense_prefix: Optional[int] = None, key_mask: Optional[torch.Tensor] = None):
+                     always_dense_prefix: Optional[int] = None, key_mask: Optional[torch.Tensor] = None,
+                     interrupt_check: Optional[Callable[[], None]] = None, check_finite: bool = True):
     """AdaCluster sparse self-attention.
 
     q, k, v: [B, H, N, D] (fp16 / bf16 / fp32, any device). Returns (out, stats); out has q's
@@ -125,19 +110,25 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         values are treated as 0 on the sparse path (soft biases are honoured only when the
         call runs dense). A query-dependent mask makes the call dense.
     state: the layer's ClusterState (updated in place), or None for a stateless call.
+    interrupt_check: called between k-means iterations and multi-stage rounds; whatever it
+        raises (ComfyUI: `comfy.model_management.throw_exception_if_processing_interrupted`)
+        propagates unchanged, so a long call can be stopped.
+    check_finite: a call whose q, k or v holds NaN / Inf runs dense (reason "non-finite input"),
+        so the output is what dense attention gives; the check never stalls the GPU (guards.py).
     stats: density (0-dim tensor: computed query-key pairs / (B·H·N²), dense rows included),
         q_clusters, k_clusters, dense, reason ("" when sparse), selection, top_k, stage
-        ("first" | "reuse" | "calibration" | "dense"), backend, attention ("triton" |
-        "reference" | "sdpa"), n_clustered.
-    Never raises on odd inputs (they run dense with a reason); set ADACLUSTER_STRICT=1 to
-    re-raise internal errors instead of falling back.
+        ("first" | "reuse" | "calibration" | "dense"), backend ("triton" | "torch" | "dense"),
+        attention (the kernel that ran: "triton" | "reference" | "sdpa"), n_clustered.
+    backend "auto" (and "triton") run dense where Triton cannot run (reason "dense: no triton");
+        only backend="torch" runs the slow torch reference.
+    Odd inputs, one rule (guards.check_args): a malformed argument raises ValueError naming it;
+    a well-formed call the sparse path does not cover runs dense with a reason. Internal errors
+    of the sparse path run dense with a reason too (ADACLUSTER_STRICT=1 re-raises them).
     """
     cfg = config if config is not None else AdaClusterConfig()
     if not isinstance(cfg, AdaClusterConfig):
         raise ValueError(f"config must be an AdaClusterConfig, got {type(cfg).__name__}")
-    if q.dim() != 4:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale)
-        return out, _stats(cfg, q.device, reason=f"q must be [B, H, N, D], got {tuple(q.shape)}")
+    check_args(q, k, v, scale, key_mask, always_dense_range, always_dense_prefix)
     B, H, N, D = q.shape
     sc = float(scale) if scale is not None else D ** -0.5
     masked, sdpa_mask, qdep = _key_mask(key_mask, B, H, k.shape[2] if k.dim() == 4 else N)
@@ -146,10 +137,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return _dense(q, k, v, sc, sdpa_mask), _stats(cfg, q.device, reason=reason, **kw)
 
     reason = ""
-    if k.shape != q.shape or v.shape != q.shape:
-        reason = f"q/k/v shapes differ ({tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)})"
-    elif not (q.dtype == k.dtype == v.dtype):
-        reason = "q/k/v dtypes differ"
+    if k.shape[2] != N:
+        reason = f"cross-attention ({k.shape[2]} keys for {N} queries)"
     elif q.dtype not in SPARSE_DTYPES:
         reason = f"dtype {q.dtype} unsupported"
     elif D not in SPARSE_HEAD_DIMS:
@@ -160,22 +149,43 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         reason = "key_mask is query-dependent or has an unsupported shape"
     elif state is not None and state.dense:
         reason = state.dense_reason or "layer marked dense"
+    elif resolve_backend(cfg.backend, q.device) == "dense":
+        reason = NO_TRITON
     if reason:
         return dense(reason)
-    r0, r1 = _normalise_range(N, always_dense_range, always_dense_prefix)
+    r0, r1 = normalise_range(N, always_dense_range, always_dense_prefix)
     Nt = r1 - r0
     Nv = N - Nt
     if Nv <= 0:
         return dense("no tokens to cluster (all in always_dense_range)")
+    return _guarded_sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, interrupt_check, check_finite)
+
+
+def _guarded_sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, interrupt_check, check_finite):
+    """_sparse with the finite check (read after the sparse work is queued; on NaN / Inf the
+    state is restored and the call runs dense), the interrupt pass-through and the dense
+    fallback on internal errors."""
+    fin = FiniteCheck(q, k, v) if check_finite else None
+    saved = dataclasses.replace(state) if state is not None else None
     try:
-        return _sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense)
+        res = _sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, guard_interrupt(interrupt_check))
+        err = None
+    except StopRequested as e:
+        raise e.original from None
     except Exception as e:  # never break a generation: run dense and say why
+        res, err = None, e
+    if fin is not None and not fin.ok():
+        if state is not None:   # nothing learnt from NaN / Inf inputs
+            state.__dict__.update(saved.__dict__)
+        return dense(NON_FINITE)
+    if err is not None:
         if os.environ.get("ADACLUSTER_STRICT") == "1":
-            raise
-        return dense(f"sparse path failed: {type(e).__name__}: {e}")
+            raise err
+        return dense(f"sparse path failed: {type(err).__name__}: {err}")
+    return res
 
 
-def _key_count(kv, cfg: AdaClusterConfig, state: Optional[ClusterState], ignore, backend: str):
+def _key_count(kv, cfg: AdaClusterConfig, state: Optional[ClusterState], ignore, backend: str, check=None):
     """The layer's key-cluster count: fixed, known from the state, or found now by the
     multi-stage procedure. -> (Ck, initial centroids or None, dense reason or "")."""
     if cfg.k_clusters is not None:
@@ -185,7 +195,7 @@ def _key_count(kv, cfg: AdaClusterConfig, state: Optional[ClusterState], ignore,
     ms = clustering.multi_stage_key_clustering(
         kv, init_clusters=cfg.k_clusters_init, tau_scale=cfg.tau_scale, max_stages=cfg.max_stages,
         stage_iters=cfg.stage_iters, n_max=(state.k_cap if state is not None else None),
-        ignore=ignore, backend=backend)
+        ignore=ignore, backend=backend, check=check)
     if ms.dense:
         if state is not None:
             state.dense, state.dense_reason = True, ms.reason
@@ -198,7 +208,7 @@ def _key_count(kv, cfg: AdaClusterConfig, state: Optional[ClusterState], ignore,
 
 
 def _cluster(qv, kv, Cq: int, Ck: int, k_init, cfg: AdaClusterConfig, state: Optional[ClusterState],
-             ignore, backend: str):
+             ignore, backend: str, check=None):
     """k-means of the normalised queries and the raw keys, warm-started from the state.
     -> (rq, rk, stage) with rk carrying the TensorQuest bounds when the selection needs them."""
     B, H, _, D = qv.shape
@@ -222,10 +232,10 @@ def _cluster(qv, kv, Cq: int, Ck: int, k_init, cfg: AdaClusterConfig, state: Opt
     ik = cfg.kmeans_iters_reuse if warm_k else cfg.kmeans_iters_first
     if calibrated_k:
         ik = min(cfg.kmeans_iters_first, cfg.kmeans_iters_reuse + 1)
-    rq = clustering.kmeans(qv, cq0.reshape(G, Cq, D), iq, normalize=True, backend=backend)
+    rq = clustering.kmeans(qv, cq0.reshape(G, Cq, D), iq, normalize=True, backend=backend, check=check)
     # the TensorQuest bounds come out of the last k-means update (same pass over the keys)
     rk = clustering.kmeans(kv, ck0.reshape(G, Ck, D), ik, ignore=ignore, backend=backend,
-                           with_bounds=cfg.selection == "tensorquest")
+                           with_bounds=cfg.selection == "tensorquest", check=check)
     return rq, rk, ("reuse" if warm_q and warm_k else "first")
 
 
@@ -259,7 +269,7 @@ def _co_selection_order(rk, sel: torch.Tensor) -> torch.Tensor:
 
 
 def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: float,
-            r0: int, r1: int, masked, dense):
+            r0: int, r1: int, masked, dense, check=None):
     """validate (done by the caller) -> cluster -> select -> build_layout -> run_layout."""
     B, H, N, D = q.shape
     G = B * H
@@ -276,7 +286,7 @@ def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: f
         ignore = ignore_v.reshape(G, Nv)
         masked_t = masked_t.reshape(G, Nt)
 
-    Ck, k_init, reason = _key_count(kv, cfg, state, ignore, backend)
+    Ck, k_init, reason = _key_count(kv, cfg, state, ignore, backend, check)
     if reason:
         return dense(reason, k_clusters=Ck, stage="calibration", backend=backend)
     if k_init is not None and state is not None and cfg.calibration_dense:
@@ -284,7 +294,7 @@ def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: f
                      k_clusters=Ck, stage="calibration", backend=backend)
     Cq = min(cfg.q_clusters, Nv)
     Ck = min(Ck, Nv)
-    rq, rk, stage = _cluster(qv, kv, Cq, Ck, k_init, cfg, state, ignore, backend)
+    rq, rk, stage = _cluster(qv, kv, Cq, Ck, k_init, cfg, state, ignore, backend, check)
     sel = _select(qv, rq, rk, cfg, sc)
     layout = build_layout(q, k, v, rq, rk, sel, scale=sc, dense_range=(r0, r1), masked_dense=masked_t,
                           pooled=cfg.pooled_tail, backend=backend)

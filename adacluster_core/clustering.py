@@ -12,7 +12,7 @@ at the first sparse step.
 from __future__ import annotations
 
 import math
-from typing import Dict, NamedTuple, Optional
+from typing import Callable, Dict, NamedTuple, Optional
 
 import torch
 
@@ -106,13 +106,13 @@ class KMeansResult(NamedTuple):
 
 def kmeans(x: torch.Tensor, init: torch.Tensor, iters: int, *, normalize: bool = False,
            ignore: Optional[torch.Tensor] = None, backend: str = "torch",
-           with_bounds: bool = False) -> KMeansResult:
+           with_bounds: bool = False, check: Optional[Callable[[], None]] = None) -> KMeansResult:
     """Lloyd iterations (assign, then update) from `init` float32 [G, C, D].
 
     The returned centroids are the means of the returned labels (the last update), so the
     layout (perm / offsets) and the centroids are consistent. with_bounds=True also returns the
     per-cluster Kmax / Kmin of the raw rows (TensorQuest), computed in the last update's pass.
-    No host synchronisation.
+    No host synchronisation. `check` (the caller's interrupt check) runs before each iteration.
     """
     C = init.shape[1]
     c = init.float()
@@ -120,6 +120,8 @@ def kmeans(x: torch.Tensor, init: torch.Tensor, iters: int, *, normalize: bool =
     kmax = kmin = None
     n_it = max(1, int(iters))
     for it in range(n_it):
+        if check is not None:
+            check()
         lab = assign(x, c, normalize=normalize, backend=backend)
         if ignore is not None:
             lab = torch.where(ignore, torch.full_like(lab, C), lab)
@@ -150,7 +152,8 @@ def _round8(n: int) -> int:
 def multi_stage_key_clustering(k: torch.Tensor, *, init_clusters: int = 200, tau_scale: float = 1.5,
                                max_stages: int = 10, stage_iters: int = 3,
                                n_max: Optional[int] = None, ignore: Optional[torch.Tensor] = None,
-                               backend: str = "torch") -> MultiStageResult:
+                               backend: str = "torch", check: Optional[Callable[[], None]] = None
+                               ) -> MultiStageResult:
     """Threshold-wise adaptive key clustering (docs/ALGORITHM.md, idea 3).
 
     k: raw keys [G, N, D] or [B, H, N, D]. ignore: optional bool [G, N] masked keys (a token
@@ -179,7 +182,7 @@ def multi_stage_key_clustering(k: torch.Tensor, *, init_clusters: int = 200, tau
     def stage(Ridx):
         xR = _gather_tokens(k, Ridx)  # [G, |R|, D] fp32
         n = min(int(init_clusters), Ridx.numel())
-        res = kmeans(xR, init_centroids(xR, n), stage_iters, backend=backend)
+        res = kmeans(xR, init_centroids(xR, n), stage_iters, backend=backend, check=check)
         lab, dist = assign(xR, res.centroids, return_dist=True, backend=backend)
         return res.centroids, lab.long(), dist
 

@@ -1,5 +1,6 @@
 """AdaClusterConfig: every knob of the algorithm (docs/ALGORITHM.md) plus the few the ComfyUI
-patcher reads. Frozen and validated: a bad field raises ValueError naming the field."""
+patcher reads. Frozen and validated against FIELD_SPECS (type and [min, max] of every field, the
+ranges the ComfyUI widgets show): a bad field raises ValueError naming the field."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,6 +19,63 @@ _MODEL_ALIASES = {
     "wan": "wan", "wan2.1": "wan", "wan2.2": "wan", "wan21": "wan", "wan22": "wan",
     "hunyuan": "hunyuan", "hunyuanvideo": "hunyuan", "hunyuan_video": "hunyuan",
     "cogvideox": "cogvideox", "cogvideo": "cogvideox", "cog": "cogvideox",
+}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """Type and closed range [lo, hi] of one AdaClusterConfig field: the one table that the core
+    enforces and the ComfyUI widgets read (min / max / step / options). Every numeric knob has an
+    upper bound: shared workflows are untrusted input, and a huge iteration or cluster count would
+    otherwise hang the server."""
+    kind: str                      # "int" | "float" | "bool" | "choice"
+    lo: float = 0
+    hi: float = 0
+    choices: tuple = ()
+    optional: bool = False         # None allowed (k_clusters: None = adaptive; widget 0)
+    step: float = 0.01             # widget step of float fields
+
+    def check(self, name: str, v: Any) -> None:
+        """ValueError naming the field when `v` is not a valid value."""
+        if v is None and self.optional:
+            return
+        if self.kind == "bool":
+            if not isinstance(v, bool):
+                raise ValueError(f"{name} must be a bool, got {v!r}")
+            return
+        if self.kind == "choice":
+            if v not in self.choices:
+                raise ValueError(f"{name} must be one of {self.choices}, got {v!r}")
+            return
+        if self.kind == "int":
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name} must be an int, got {v!r}")
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if not (self.lo <= v <= self.hi):
+            raise ValueError(f"{name} must be in [{self.lo:g}, {self.hi:g}], got {v!r}")
+
+
+# field -> FieldSpec, in AdaClusterConfig's field order. The bounds are the ComfyUI widget ranges.
+FIELD_SPECS: dict[str, FieldSpec] = {
+    "q_clusters": FieldSpec("int", 1, 4096),
+    "k_clusters": FieldSpec("int", 1, 8192, optional=True),
+    "k_clusters_init": FieldSpec("int", 1, 4096),
+    "tau_scale": FieldSpec("float", 0.01, 10.0),
+    "max_stages": FieldSpec("int", 1, 100),
+    "stage_iters": FieldSpec("int", 1, 100),
+    "top_k": FieldSpec("int", 1, 8192),
+    "selection": FieldSpec("choice", choices=SELECTIONS),
+    "top_p": FieldSpec("float", 0.01, 1.0),
+    "max_density": FieldSpec("float", 0.01, 1.0),
+    "kmeans_iters_first": FieldSpec("int", 1, 100),
+    "kmeans_iters_reuse": FieldSpec("int", 1, 100),
+    "backend": FieldSpec("choice", choices=BACKENDS),
+    "min_tokens": FieldSpec("int", 0, 1 << 24),
+    "calibration_dense": FieldSpec("bool"),
+    "warmup": FieldSpec("float", 0.0, 1.0),
+    "dense_layer_fraction": FieldSpec("float", 0.0, 0.99),
+    "pooled_tail": FieldSpec("bool"),
 }
 
 
@@ -82,47 +140,8 @@ class AdaClusterConfig:
     pooled_tail: bool = False  # last: ComfyUI stores widget values by position
 
     def __post_init__(self) -> None:
-        def _int(name: str, lo: int) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"{name} must be an int, got {v!r}")
-            if v < lo:
-                raise ValueError(f"{name} must be >= {lo}, got {v}")
-
-        def _float(name: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-            v = float(v)
-            bad = (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi)
-            if bad:
-                lb = "(" if lo_open else "["
-                hb = ")" if hi_open else "]"
-                raise ValueError(f"{name} must be in {lb}{lo}, {hi}{hb}, got {v}")
-
-        _int("q_clusters", 1)
-        if self.k_clusters is not None:
-            _int("k_clusters", 1)
-        _int("k_clusters_init", 1)
-        _float("tau_scale", 0.0, math.inf, lo_open=True)
-        _int("max_stages", 1)
-        _int("stage_iters", 1)
-        _int("top_k", 1)
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
-        _float("top_p", 0.0, 1.0, lo_open=True)
-        _float("max_density", 0.0, 1.0, lo_open=True)
-        _int("kmeans_iters_first", 1)
-        _int("kmeans_iters_reuse", 1)
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if not isinstance(self.pooled_tail, bool):
-            raise ValueError(f"pooled_tail must be a bool, got {self.pooled_tail!r}")
-        _int("min_tokens", 0)
-        if not isinstance(self.calibration_dense, bool):
-            raise ValueError(f"calibration_dense must be a bool, got {self.calibration_dense!r}")
-        _float("warmup", 0.0, 1.0)
-        _float("dense_layer_fraction", 0.0, 1.0, hi_open=True)
+        for name, spec in FIELD_SPECS.items():
+            spec.check(name, getattr(self, name))
 
     # ---- conveniences -------------------------------------------------------------------------
     def replace(self, **kw: Any) -> "AdaClusterConfig":
@@ -180,3 +199,13 @@ class AdaClusterConfig:
                       dense_layer_fraction=0.1)
         kw.update(overrides)
         return cls(**kw)
+
+
+if [f.name for f in dataclasses.fields(AdaClusterConfig)] != list(FIELD_SPECS):  # pragma: no cover
+    raise RuntimeError("FIELD_SPECS must list every AdaClusterConfig field, in field order")
+
+
+def widget_defaults() -> dict:
+    """Default values of the AdaCluster Thresholds widgets: the balanced preset (Wan top_k), so
+    the node's defaults equal what the Sparse Attention node runs without a config."""
+    return AdaClusterConfig.for_model("wan", "balanced").to_dict()

@@ -103,12 +103,18 @@ class Capture:
         return out
 
 
-def load_capture(path: str, device: str | torch.device = "cpu") -> Capture:
+def load_capture(path: str, device: str | torch.device = "cpu", allow_incomplete: bool = False) -> Capture:
+    """Read a capture. A capture marked complete=false (the run was interrupted or failed, so
+    later steps / layers are missing) raises ValueError unless allow_incomplete; captures
+    written before the mark existed count as complete."""
     from safetensors import safe_open
     with safe_open(path, framework="pt", device="cpu") as f:
         raw = f.metadata() or {}
         if raw.get("format") != CAPTURE_FORMAT:
             raise ValueError(f"{path}: not an AdaCluster capture (format {raw.get('format')!r})")
+        if raw.get("complete", "true") != "true" and not allow_incomplete:
+            raise ValueError(f"{path}: incomplete capture (the sampling run was interrupted or failed, so steps "
+                             "are missing); re-capture, or pass --allow-incomplete to tune it anyway")
         meta = {}
         for k, v in raw.items():
             try:
@@ -312,7 +318,10 @@ def main(argv=None) -> int:
     ap.add_argument("--top-p", action="store_true", help=f"also search selection=top_p over {TOP_P_LADDER}")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="base config override (e.g. --set k_clusters=256); repeatable")
-    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"],
+                    help="auto: the Triton kernel where Triton runs, else the torch reference")
+    ap.add_argument("--allow-incomplete", action="store_true",
+                    help="tune a capture marked complete=false (from an interrupted or failed run)")
     ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     ap.add_argument("--layers", default=None, help="comma separated layer ids to tune (default: all captured)")
     ap.add_argument("--kernel-rate", type=float, default=KERNEL_RATE)
@@ -321,7 +330,11 @@ def main(argv=None) -> int:
                     help="extra cost of pooled_tail=True, in dense calls (default: measured 0.2)")
     a = ap.parse_args(argv)
     dev = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cap = load_capture(a.capture, dev)
+    try:
+        cap = load_capture(a.capture, dev, allow_incomplete=a.allow_incomplete)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"capture: {a.capture}: {cap.meta.get('family')} grid {cap.meta.get('grid')}, {len(cap.calls)} calls, "
           f"{len(cap.layers())} layers, heads {cap.meta.get('heads')}, device {dev}")
     layers = [int(x) for x in a.layers.split(",")] if a.layers else None

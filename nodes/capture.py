@@ -14,7 +14,11 @@ File format ("adacluster-capture/1"):
            txt_first, text_range (JSON [start, stop] or null), n_layers, heads_total, head_dim,
            dtype, heads (JSON list of kept head indices), calls (JSON list of {"key", "layer",
            "step", "sigma", "n_tokens"}), n_steps, config (JSON AdaClusterConfig dict of the
-           AdaCluster patch on the model, or null), skipped (calls dropped by max_mb).
+           AdaCluster patch on the model, or null), skipped (calls dropped by max_mb),
+           complete ("true" when the sampler finished; "false" for a run that was interrupted
+           or failed: the tuner refuses such a capture unless --allow-incomplete).
+A write failure after a finished run raises (the prompt fails with the message); after a run
+that already failed it is logged (the run's own error stays the one reported).
 """
 from __future__ import annotations
 
@@ -36,6 +40,23 @@ log = logging.getLogger("AdaCluster")
 CAPTURE_KEY = "adacluster_capture"
 CAPTURE_FWD_KEY = "adacluster_capture_fwd"
 CAPTURE_FORMAT = "adacluster-capture/1"
+MAX_HEADS = 256            # widget and CaptureRun bounds (a graph is untrusted input)
+MAX_MB = 65536.0           # the buffers are held in RAM until the run ends
+MAX_PREFIX_CHARS = 200
+_SUFFIX = "_00000.safetensors"
+
+
+def check_prefix(prefix: str) -> str:
+    """ValueError naming filename_prefix when it cannot make a file name (lexical, no file access)."""
+    p = str(prefix)
+    if len(p) > MAX_PREFIX_CHARS:
+        raise ValueError(f"filename_prefix: longer than {MAX_PREFIX_CHARS} characters ({len(p)})")
+    if "\x00" in p:
+        raise ValueError("filename_prefix: contains a NUL character")
+    for part in p.replace("\\", "/").split("/"):
+        if len(part.encode("utf-8")) + len(_SUFFIX) > 255:
+            raise ValueError("filename_prefix: a path component is too long for a file name")
+    return p
 
 
 def _dtype_bytes(dt: torch.dtype) -> int:
@@ -61,9 +82,14 @@ class CaptureRun:
                  config=None):
         self.layers = parse_selection(layers, "layers")
         self.steps = parse_selection(steps, "steps")
+        if isinstance(max_heads, bool) or not isinstance(max_heads, int) or not 0 <= max_heads <= MAX_HEADS:
+            raise ValueError(f"max_heads must be an int in [0, {MAX_HEADS}], got {max_heads!r}")
+        mb = float(max_mb)
+        if not (0.0 < mb <= MAX_MB):   # also rejects NaN
+            raise ValueError(f"max_mb must be in (0, {MAX_MB:g}], got {max_mb!r}")
         self.max_heads = int(max_heads)
-        self.max_bytes = int(float(max_mb) * 2**20)
-        self.prefix = prefix
+        self.max_bytes = int(mb * 2**20)
+        self.prefix = check_prefix(prefix)
         self.out_dir = out_dir
         self.config = config
         self.helper = patcher.AdaClusterRun(None, None, "auto")   # step numbering / layer count only
@@ -81,6 +107,7 @@ class CaptureRun:
         self.meta: dict = {}
         self.bytes = 0
         self.skipped = 0
+        self.completed = False     # set when the sampler returns (SAMPLER_SAMPLE wrapper)
 
     def want(self, layer: int, fc) -> bool:
         return (fc.step >= 0 and self.layers.matches(layer, fc.n_layers or None)
@@ -122,32 +149,39 @@ class CaptureRun:
         if fc.n_steps:
             self.meta["n_steps"] = fc.n_steps
 
+    def target(self) -> tuple[str, str]:
+        """(folder, base name) of the capture file, created inside the output folder (never outside)."""
+        out = os.path.realpath(self.out_dir)
+        os.makedirs(out, exist_ok=True)
+        base = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(self.prefix)) or "capture"
+        sub = os.path.dirname(self.prefix).strip("/\\")
+        folder = os.path.realpath(os.path.join(out, sub))
+        if os.path.commonpath([folder, out]) != out:
+            folder = out
+        os.makedirs(folder, exist_ok=True)
+        return folder, base
+
     def write(self, model_name: str = "") -> str | None:
         if not self.tensors:
             self.last_info = "AdaCluster Capture: nothing captured (no matching video self-attention call)"
             log.warning(self.last_info)
             return None
         from safetensors.torch import save_file
-        os.makedirs(self.out_dir, exist_ok=True)
-        base = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(self.prefix)) or "capture"
-        sub = os.path.dirname(self.prefix).strip("/\\")
-        folder = os.path.realpath(os.path.join(self.out_dir, sub))
-        if os.path.commonpath([folder, os.path.realpath(self.out_dir)]) != os.path.realpath(self.out_dir):
-            folder = os.path.realpath(self.out_dir)     # never outside the output folder
-        os.makedirs(folder, exist_ok=True)
+        folder, base = self.target()
         i = 1
         while os.path.exists(os.path.join(folder, f"{base}_{i:05d}.safetensors")):
             i += 1
         path = os.path.join(folder, f"{base}_{i:05d}.safetensors")
         meta = {"format": CAPTURE_FORMAT, "model": model_name, "calls": json.dumps(self.calls),
                 "config": json.dumps(self.config.to_dict() if self.config is not None else None),
-                "skipped": str(self.skipped)}
+                "skipped": str(self.skipped), "complete": "true" if self.completed else "false"}
         for k2, v2 in self.meta.items():
             meta[k2] = v2 if isinstance(v2, str) else json.dumps(v2)
         save_file(self.tensors, path, metadata=meta)
         self.last_path = path
         self.last_info = (f"AdaCluster Capture: wrote {len(self.calls)} calls, {self.bytes / 2**20:.2f} MiB to {path}"
-                          + (f" ({self.skipped} calls skipped: max_mb reached)" if self.skipped else ""))
+                          + (f" ({self.skipped} calls skipped: max_mb reached)" if self.skipped else "")
+                          + ("" if self.completed else " (INCOMPLETE: the run did not finish)"))
         log.info(self.last_info)
         return path
 
@@ -216,6 +250,8 @@ def capture_model(model, layers="*", steps="*", max_heads=4, max_mb=256.0, prefi
 
     m.remove_wrappers_with_key(pe.WrappersMP.DIFFUSION_MODEL, CAPTURE_KEY)
     m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, CAPTURE_KEY, wrapper)
+    m.remove_wrappers_with_key(pe.WrappersMP.SAMPLER_SAMPLE, CAPTURE_KEY)
+    m.add_wrapper_with_key(pe.WrappersMP.SAMPLER_SAMPLE, CAPTURE_KEY, sampler_wrapper)
     name = ""
     try:
         name = type(m.model.diffusion_model).__name__
@@ -225,11 +261,20 @@ def capture_model(model, layers="*", steps="*", max_heads=4, max_mb=256.0, prefi
     def on_pre_run(patcher_):
         cap.reset()
 
+    def sampler_wrapper(executor, *args, **kwargs):
+        out = executor(*args, **kwargs)
+        cap.completed = True       # reached only when the sampler returns (not on interrupt / error)
+        return out
+
     def on_cleanup(patcher_):
+        completed = cap.completed
         try:
             cap.write(name)
-        except Exception:
-            log.exception("AdaCluster Capture: failed to write the capture file")
+        except Exception as e:
+            msg = f"AdaCluster Capture: could not write the capture file ({type(e).__name__}: {e})"
+            if completed:   # a finished run: fail the prompt with the message
+                raise RuntimeError(msg) from None
+            log.exception(msg)   # the run already failed: keep its own error the reported one
         finally:
             cap.reset()
 
@@ -285,23 +330,27 @@ class AdaClusterCapture(io.ComfyNode):
                                  tooltip="Off (default): the model passes through unchanged, nothing is written."),
                 io.String.Input("layers", default="*", tooltip="Layers to capture: '*', '0-3, -1' (rule grammar)."),
                 io.String.Input("steps", default="*", tooltip="Sampling steps to capture (0 = first): '*', '2-', '0, -1'."),
-                io.Int.Input("max_heads", default=4, min=0, max=256,
+                io.Int.Input("max_heads", default=4, min=0, max=MAX_HEADS,
                              tooltip="Keep at most this many heads per call (evenly spaced); 0 = all. "
                                      "Size = 3 x heads x tokens x head_dim x 2 bytes (bf16) per layer x step: "
                                      "Wan 14B at 75,600 tokens, 4 heads, bf16: 221 MiB per layer x step."),
-                io.Float.Input("max_mb", default=256.0, min=0.01, max=65536.0, step=1.0,
+                io.Float.Input("max_mb", default=256.0, min=0.01, max=MAX_MB, step=1.0,
                                tooltip="File size cap in MiB: calls that would exceed it are skipped."),
                 io.String.Input("filename_prefix", default="adacluster/capture",
-                                tooltip="Relative to ComfyUI's output folder; _00001.safetensors is appended."),
+                                tooltip="Relative to ComfyUI's output folder (at most 200 characters); "
+                                        "_00001.safetensors is appended."),
             ],
             outputs=[io.Model.Output(), io.String.Output(display_name="info")],
         )
 
     @classmethod
-    def validate_inputs(cls, layers="*", steps="*", **kwargs):
+    def validate_inputs(cls, layers="*", steps="*", filename_prefix="adacluster/capture"):
+        # only the strings: ComfyUI range-checks max_heads / max_mb itself (it would skip them if
+        # they were named here or caught by **kwargs); the message names the widget
         try:
             parse_selection(layers or "*", "layers")
             parse_selection(steps or "*", "steps")
+            check_prefix(filename_prefix if filename_prefix is not None else "")
         except ValueError as e:
             return f"AdaCluster Capture: {e}"
         return True
@@ -312,5 +361,14 @@ class AdaClusterCapture(io.ComfyNode):
         info = size_info(model, layers, steps, max_heads, max_mb)
         if not enabled:
             return io.NodeOutput(model, "AdaCluster Capture: disabled (" + info + ")")
-        m, _cap = capture_model(model, layers, steps, max_heads, max_mb, filename_prefix)
+        try:
+            m, cap = capture_model(model, layers, steps, max_heads, max_mb, filename_prefix)
+        except ValueError as e:
+            raise ValueError(f"AdaCluster Capture: {e}") from None
+        try:   # fail now, not after sampling, when the output folder cannot be written
+            folder, _base = cap.target()
+            if not os.access(folder, os.W_OK):
+                raise OSError("not writable")
+        except OSError as e:
+            raise ValueError(f"AdaCluster Capture: filename_prefix: cannot create the output folder ({e})") from None
         return io.NodeOutput(m, info, ui={"text": [info]})

@@ -42,10 +42,12 @@ import torch
 try:
     from ..adacluster_core import AdaClusterConfig, ClusterState, sparse_attention
     from ..adacluster_core import api as _core_api
+    from ..adacluster_core import config as _core_config
     from ..adacluster_core.clustering import plan_layers
 except ImportError:
     from adacluster_core import AdaClusterConfig, ClusterState, sparse_attention
     from adacluster_core import api as _core_api
+    from adacluster_core import config as _core_config
     from adacluster_core.clustering import plan_layers
 
 from .layer_rules import LayerRules, Selection, parse_rules, parse_selection
@@ -73,6 +75,17 @@ _STRICT_ENV = "ADACLUSTER_STRICT"  # "1": re-raise kernel errors instead of fall
 def config_fields() -> dict[str, Any]:
     """AdaClusterConfig field name -> default."""
     return {f.name: f.default for f in dataclasses.fields(AdaClusterConfig)}
+
+
+def config_specs() -> dict:
+    """AdaClusterConfig field name -> FieldSpec (kind, lo, hi, choices, optional, step): the one
+    bounds table, read by the Thresholds widgets and enforced by the config."""
+    return dict(_core_config.FIELD_SPECS)
+
+
+def config_widget_defaults() -> dict:
+    """AdaClusterConfig field name -> the Thresholds widget default (the balanced preset)."""
+    return _core_config.widget_defaults()
 
 
 def make_config(**kw) -> AdaClusterConfig:

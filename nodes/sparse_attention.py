@@ -42,11 +42,14 @@ class AdaClusterSparseAttention(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, probe="off", probe_layers="*", probe_steps="*", **kwargs):
-        try:
-            patcher.make_probe(probe or "off", probe_layers or "*", probe_steps or "*")
-        except ValueError as e:
-            return f"AdaCluster Sparse Attention: {e}"
+    def validate_inputs(cls, probe_layers="*", probe_steps="*"):
+        # only the two selector strings: ComfyUI checks preset / probe (choices) itself, which it
+        # would skip for every input named here (or for all inputs with a **kwargs catch-all)
+        for name, text in (("probe_layers", probe_layers), ("probe_steps", probe_steps)):
+            try:
+                patcher.parse_selection(text or "*", name)
+            except ValueError as e:
+                return f"AdaCluster Sparse Attention: {e}"
         return True
 
     @classmethod

@@ -4,67 +4,62 @@ from comfy_api.latest import io
 from . import patcher
 from .io_types import CATEGORY, AdaClusterConfigType
 
-# widget name -> (kind, kwargs). Names equal AdaClusterConfig field names, so an error from the
-# config ("top_k must be >= 1") names the widget too. k_clusters uses 0 for "adaptive" (None).
-WIDGETS = {
-    "q_clusters": ("int", dict(default=65, min=1, max=4096, tooltip="Query clusters Cq (k-means on L2-normalised queries). Clamped to the token count.")),
-    "k_clusters": ("int", dict(default=0, min=0, max=8192, tooltip="Fixed key clusters Ck; 0 = adaptive per layer (multi-stage clustering at the first sparse step).")),
-    "k_clusters_init": ("int", dict(default=200, min=1, max=4096, tooltip="Centroids per multi-stage round of the adaptive key clustering.")),
-    "tau_scale": ("float", dict(default=1.5, min=0.01, max=10.0, step=0.01, tooltip="tau = tau_scale x mean first-stage key distance: keys closer than tau to their centroid are accepted.")),
-    "max_stages": ("int", dict(default=10, min=1, max=100, tooltip="At most this many multi-stage clustering rounds.")),
-    "stage_iters": ("int", dict(default=3, min=1, max=100, tooltip="k-means iterations per multi-stage round.")),
-    "top_k": ("int", dict(default=128, min=1, max=8192, tooltip="Key clusters each query cluster attends to (tensorquest / centroid selection). >= key clusters = dense-equivalent.")),
-    "selection": ("combo", dict(options=["tensorquest", "top_p", "centroid"], default="tensorquest", tooltip="tensorquest: upper-bound score (paper); top_p: SVG2 cluster-size-weighted top-p; centroid: centroid score.")),
-    "top_p": ("float", dict(default=0.9, min=0.01, max=1.0, step=0.01, tooltip="Attention mass kept by selection=top_p.")),
-    "kmeans_iters_first": ("int", dict(default=10, min=1, max=100, tooltip="k-means iterations at the first sparse step (cold start).")),
-    "kmeans_iters_reuse": ("int", dict(default=2, min=1, max=100, tooltip="k-means iterations at later steps (warm-started from the previous step's centroids).")),
-    "warmup": ("float", dict(default=0.3, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the denoising schedule (by sigma, so split high/low samplers agree) that runs dense.")),
-    "dense_layer_fraction": ("float", dict(default=0.15, min=0.0, max=0.99, step=0.01, tooltip="Fraction of layers with the most key clusters (least compressible) kept dense.")),
-    "min_tokens": ("int", dict(default=1024, min=0, max=1 << 24, tooltip="Videos with fewer tokens than this run dense (clustering would cost more than it saves).")),
-    "calibration_dense": ("bool", dict(default=True, tooltip="The first sparse step runs dense while the adaptive key-cluster counts are measured (the paper's procedure).")),
-    "backend": ("combo", dict(options=["auto", "triton", "torch"], default="auto", tooltip="Kernel backend: auto = Triton on GPU (or TRITON_INTERPRET), torch reference otherwise.")),
+# widget name -> tooltip, in widget order (ComfyUI stores widget values by position: new fields are
+# APPENDED, so saved workflows keep loading and the new widget takes its default). Names equal
+# AdaClusterConfig field names, so an error from the config ("top_k must be in [1, 8192]") names
+# the widget too. Kinds, min/max/options come from the core's one bounds table
+# (adacluster_core.config.FIELD_SPECS, which the config enforces), defaults from the balanced
+# preset (config.widget_defaults). k_clusters uses 0 for "adaptive" (None).
+TOOLTIPS = {
+    "q_clusters": "Query clusters Cq (k-means on L2-normalised queries). Clamped to the token count.",
+    "k_clusters": "Fixed key clusters Ck; 0 = adaptive per layer (multi-stage clustering at the first sparse step).",
+    "k_clusters_init": "Centroids per multi-stage round of the adaptive key clustering.",
+    "tau_scale": "tau = tau_scale x mean first-stage key distance: keys closer than tau to their centroid are accepted.",
+    "max_stages": "At most this many multi-stage clustering rounds.",
+    "stage_iters": "k-means iterations per multi-stage round.",
+    "top_k": "Key clusters each query cluster attends to (tensorquest / centroid selection). >= key clusters = dense-equivalent.",
+    "selection": "tensorquest: upper-bound score (paper); top_p: SVG2 cluster-size-weighted top-p; centroid: centroid score.",
+    "top_p": "Attention mass kept by selection=top_p.",
+    "kmeans_iters_first": "k-means iterations at the first sparse step (cold start).",
+    "kmeans_iters_reuse": "k-means iterations at later steps (warm-started from the previous step's centroids).",
+    "warmup": "Fraction of the denoising schedule (by sigma, so split high/low samplers agree) that runs dense.",
+    "dense_layer_fraction": "Fraction of layers with the most key clusters (least compressible) kept dense.",
+    "min_tokens": "Videos with fewer tokens than this run dense (clustering would cost more than it saves).",
+    "calibration_dense": "The first sparse step runs dense while the adaptive key-cluster counts are measured (the paper's procedure).",
+    "backend": "Kernel backend: auto = the Triton kernel where Triton runs (GPU, or TRITON_INTERPRET=1), otherwise "
+               "dense through ComfyUI's attention; triton = the same (dense where Triton cannot run); torch = the "
+               "slow torch reference (tests / debugging).",
+    # added after the first release (appended)
+    "max_density": "Density budget: per query cluster the best key clusters are kept while their keys stay <= "
+                   "max_density x the clustered keys (1.0 = no cap, the paper's selection).",
+    "pooled_tail": "Pooled tail: every unselected key cluster still enters the softmax as one pooled key (its centroid, "
+                   "weighted by its size, value = its mean value). Much lower error at the same density; off = attend "
+                   "to the selected clusters only (the paper).",
 }
-
-
-# fields that may or may not exist in the installed core (added later): used only when they do.
-# Defaults are the balanced preset's (AdaClusterConfig.for_model), not the dataclass fields'.
-OPTIONAL_WIDGETS = {
-    "max_density": ("float", dict(default=0.15, min=0.01, max=1.0, step=0.01, tooltip="Density budget: per query cluster the best key clusters are kept while their keys stay <= max_density x the clustered keys (1.0 = no cap, the paper's selection).")),
-    "pooled_tail": ("bool", dict(default=True, tooltip="Pooled tail: every unselected key cluster still enters the softmax as one pooled key (its centroid, weighted by its size, value = its mean value). Much lower error at the same density; off = attend to the selected clusters only (the paper).")),
-}
-
-
-def _auto_widgets() -> dict:
-    """Widgets for config fields added to AdaClusterConfig after this table was written (so every
-    field always has a widget): kind from the default's type; a None default maps to 0 = none."""
-    out = {}
-    for name, default in patcher.config_fields().items():
-        if name in WIDGETS:
-            continue
-        if name in OPTIONAL_WIDGETS:
-            kind, kw = OPTIONAL_WIDGETS[name]
-            out[name] = (kind, dict(kw))  # the balanced preset's value, like every other widget
-
-            continue
-        tip = f"AdaClusterConfig.{name} (default {default!r}; see docs/ALGORITHM.md)."
-        if isinstance(default, bool):
-            out[name] = ("bool", dict(default=default, tooltip=tip))
-        elif isinstance(default, int):
-            out[name] = ("int", dict(default=default, min=0, max=1 << 24, tooltip=tip))
-        elif isinstance(default, float):
-            out[name] = ("float", dict(default=default, min=0.0, max=1e6, step=0.01, tooltip=tip))
-        elif default is None:
-            out[name] = ("float", dict(default=0.0, min=0.0, max=1e6, step=0.01,
-                                       tooltip=tip + " 0 = none (off)."))
-        else:
-            out[name] = ("string", dict(default=str(default), tooltip=tip))
-    return out
 
 
 def all_widgets() -> dict:
-    """WIDGETS, then widgets of fields added later, APPENDED (ComfyUI stores widget values by
-    position: appending keeps saved workflows loading, the new widget taking its default)."""
-    return {**WIDGETS, **_auto_widgets()}
+    """widget name -> (kind, kwargs for the io input): TOOLTIPS order, then any config field added
+    later (appended, generic tooltip). Ranges and options from the core's bounds table."""
+    specs = patcher.config_specs()
+    defaults = patcher.config_widget_defaults()
+    names = [n for n in TOOLTIPS if n in specs] + [n for n in specs if n not in TOOLTIPS]
+    out = {}
+    for name in names:
+        sp, d = specs[name], defaults[name]
+        tip = TOOLTIPS.get(name) or f"AdaClusterConfig.{name} (see docs/ALGORITHM.md)."
+        if sp.kind == "bool":
+            out[name] = ("bool", dict(default=bool(d), tooltip=tip))
+        elif sp.kind == "choice":
+            out[name] = ("combo", dict(options=list(sp.choices), default=d, tooltip=tip))
+        elif sp.kind == "int":
+            lo = 0 if sp.optional else int(sp.lo)     # 0 = None
+            out[name] = ("int", dict(default=0 if d is None else int(d), min=lo, max=int(sp.hi), tooltip=tip))
+        else:
+            lo = 0.0 if sp.optional else float(sp.lo)
+            out[name] = ("float", dict(default=0.0 if d is None else float(d), min=lo, max=float(sp.hi),
+                                       step=sp.step, tooltip=tip))
+    return out
 
 
 def _inputs():
@@ -86,13 +81,11 @@ def _inputs():
 def build_config(**values):
     """Widget values -> AdaClusterConfig (ValueError naming the field)."""
     kw = {}
-    fields = patcher.config_fields()
+    specs = patcher.config_specs()
     for name, v in values.items():
-        if name not in fields:
+        if name not in specs:
             raise ValueError(f"{name}: not an AdaClusterConfig field")
-        if name == "k_clusters":
-            v = None if v in (None, 0) else int(v)
-        elif fields[name] is None and name not in WIDGETS and v in (0, 0.0, "", "none"):
+        if specs[name].optional and v in (None, 0, 0.0):
             v = None
         kw[name] = v
     return patcher.make_config(**kw)
@@ -111,15 +104,10 @@ class AdaClusterThresholds(io.ComfyNode):
             outputs=[AdaClusterConfigType.Output(display_name="config")],
         )
 
-    @classmethod
-    def validate_inputs(cls, **kwargs):
-        names = all_widgets()
-        vals = {k: v for k, v in kwargs.items() if k in names and v is not None}
-        try:
-            build_config(**vals)
-        except (ValueError, TypeError) as e:
-            return f"AdaCluster Thresholds: {e}"
-        return True
+    # No validate_inputs: every widget is a plain range / choice that ComfyUI's own validation
+    # checks (min / max / options from the bounds table), naming the widget. A validate_inputs with
+    # **kwargs would switch those checks off for every input. Values arriving through links are
+    # checked by the config in execute (ValueError naming the field).
 
     @classmethod
     def execute(cls, **kwargs) -> io.NodeOutput:
