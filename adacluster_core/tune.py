@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from .api import sparse_attention
 from .config import AdaClusterConfig
+from .guards import triton_usable
 from .state import ClusterState
 
 CAPTURE_FORMAT = "adacluster-capture/1"
@@ -148,6 +149,9 @@ def base_config(cap: Capture, overrides: dict | None = None, backend: str = "aut
         cfg = AdaClusterConfig.for_model(_FAMILY_MODEL.get(str(cap.meta.get("family")), "wan"), "balanced")
     kw = dict(overrides or {})
     kw.setdefault("backend", backend)
+    if kw["backend"] == "auto":   # offline: the torch reference where Triton cannot run (auto would run dense)
+        dev = cap.calls[0].q.device if cap.calls else torch.device("cpu")
+        kw["backend"] = "triton" if triton_usable(dev) else "torch"
     kw["min_tokens"] = 0
     kw["calibration_dense"] = False
     return cfg.replace(**kw)

@@ -34,6 +34,7 @@ import time
 from collections import Counter, OrderedDict, defaultdict
 from typing import Any
 
+import comfy.model_management
 import comfy.patcher_extension as pe
 import torch
 
@@ -67,6 +68,26 @@ _CORE_MODEL = {"wan": "wan", "hunyuan": "hunyuan", "hunyuan15": "hunyuan", "cogv
 _SUPPORTED_DTYPES = tuple(getattr(_core_api, "SPARSE_DTYPES", (torch.float16, torch.bfloat16, torch.float32)))
 _SUPPORTED_HEAD_DIMS = tuple(getattr(_core_api, "SPARSE_HEAD_DIMS", (64, 128)))
 _STRICT_ENV = "ADACLUSTER_STRICT"  # "1": re-raise kernel errors instead of falling back to dense
+_NO_TRITON = getattr(_core_api, "NO_TRITON", "dense: no triton")
+_NON_FINITE = getattr(_core_api, "NON_FINITE", "non-finite input")
+# ComfyUI's interrupt: raises InterruptProcessingException once /interrupt was posted. The core
+# calls it between k-means iterations and multi-stage rounds (feature-tested: >= 0.3.60 has it).
+_INTERRUPT_CHECK = getattr(comfy.model_management, "throw_exception_if_processing_interrupted", None)
+_INTERRUPT_EXC = getattr(comfy.model_management, "InterruptProcessingException", None)
+
+
+def _is_interrupt(e: BaseException) -> bool:
+    return _INTERRUPT_EXC is not None and isinstance(e, _INTERRUPT_EXC)
+
+
+def _bad_scale(scale) -> bool:
+    """A scale the core refuses (it must be a finite number > 0): such calls run dense here."""
+    if scale is None:
+        return False
+    try:
+        return not (math.isfinite(float(scale)) and float(scale) > 0)
+    except (TypeError, ValueError):
+        return True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -300,6 +321,7 @@ class AdaClusterRun:
         self.schedule: list[float] = []   # the sampler's sigmas (transformer_options["sample_sigmas"])
         self._schedule_src = None
         self.records: list[tuple] = []
+        self.kernels: Counter = Counter()   # attention kernel of the sparse calls ("triton" | "reference")
         self.probes: list[tuple] = []     # (layer, step, branch, rel_err, recall, density) 0-dim tensors ok
         self.layouts: dict[tuple, dict] = {}
         self.forwards = 0
@@ -580,6 +602,8 @@ class AdaClusterRun:
             "sparse_calls": len(sparse_idx),
             "dense_calls": n - len(sparse_idx),
             "dense_reasons": dict(reasons),
+            # which kernel ran: the sparse calls' kernel, and the calls that had no Triton to run on
+            "kernels": {**dict(self.kernels), **({_NO_TRITON: reasons[_NO_TRITON]} if reasons.get(_NO_TRITON) else {})},
             "mean_density": mean_density,
             "min_density": min((float(dens[i]) for i in sparse_idx), default=None),
             "max_density": max((float(dens[i]) for i in sparse_idx), default=None),
@@ -1053,6 +1077,10 @@ def _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, ma
     planned_dense = (layer in run.planned_dense) and mode != "sparse"
     if planned_dense:
         return _timed_dense(run, fc, layer, "planned-dense-layer", func, args, kwargs, dense, q, k, heads, skip_reshape)
+    if _core_api.resolve_backend(cfg.backend, q.device) == "dense":   # no Triton: ComfyUI's attention
+        return _timed_dense(run, fc, layer, _NO_TRITON, func, args, kwargs, dense, q, k, heads, skip_reshape)
+    if _bad_scale(kwargs.get("scale", None)):
+        return _timed_dense(run, fc, layer, "scale", func, args, kwargs, dense, q, k, heads, skip_reshape)
 
     if skip_reshape:
         Q, K, V = q, k, v
@@ -1068,6 +1096,9 @@ def _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, ma
         dense_out = dense(func, args, kwargs)
         dense_bhld = dense_out if kwargs.get("skip_output_reshape", False) else \
             dense_out.reshape(B, L, H, D).transpose(1, 2)
+    n_rec = len(run.records)
+    non_finite = False
+    kernels: list[str] = []
     try:
         for i, br in enumerate(branches):
             sl = slice(i * bs, (i + 1) * bs)
@@ -1081,8 +1112,11 @@ def _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, ma
             st_before = copy.deepcopy(st) if probing else None
             tm = _Timer(q.device)
             o, stats = sparse_attention(Q[sl], K[sl], V[sl], config=cfg, state=st, scale=scale,
-                                        always_dense_range=txt_range, key_mask=km)
+                                        always_dense_range=txt_range, key_mask=km, interrupt_check=_INTERRUPT_CHECK)
             t = tm.stop()
+            if isinstance(stats, dict) and stats.get("reason") == _NON_FINITE:
+                non_finite = True   # the whole call runs dense through ComfyUI's attention (below)
+                break
             if probing:
                 _probe_call(run, layer, fc.step, br, Q[sl], K[sl], o, dense_bhld[sl], stats, st_before, cfg,
                             scale, txt_range, km)
@@ -1095,14 +1129,20 @@ def _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, ma
             run.record(layer, fc.step, br, not is_dense, reason, dens,
                        stats.get("q_clusters") if isinstance(stats, dict) else None,
                        stats.get("k_clusters") if isinstance(stats, dict) else None, t, fl // nb)
+            if not is_dense:
+                kernels.append(str(stats.get("attention", "?")))
             outs.append(o)
     except Exception as e:  # a kernel problem must not kill the user's run
-        if os.environ.get(_STRICT_ENV) == "1":
+        if _is_interrupt(e) or os.environ.get(_STRICT_ENV) == "1":
             raise
         run.warn_once(("kernel-error", type(e).__name__), "AdaCluster: sparse attention failed (%s: %s); "
                       "falling back to dense for this call", type(e).__name__, e)
         return _timed_dense(run, fc, layer, f"error {type(e).__name__}", func, args, kwargs, dense, q, k, heads,
                             skip_reshape)
+    if non_finite:   # NaN / Inf in q, k or v: exactly what ComfyUI's dense attention gives
+        del run.records[n_rec:]   # this call's branch records: replaced by the dense call's
+        return _timed_dense(run, fc, layer, _NON_FINITE, func, args, kwargs, dense, q, k, heads, skip_reshape)
+    run.kernels.update(kernels)
     if dense_out is not None:
         return dense_out
     O = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)   # [B, H, L, D]
@@ -1221,6 +1261,8 @@ def format_stats(d: dict | None) -> str:
     lines.append(f"model: {d.get('family')}  preset: {d.get('preset')}  layers: {d.get('n_layers')}  "
                  f"steps: {len(d.get('sigmas') or [])}  forwards: {d.get('forwards')}")
     lines.append(f"calls: {d['calls']}  sparse: {d['sparse_calls']}  dense: {d['dense_calls']}")
+    if d.get("kernels"):
+        lines.append("kernel: " + ", ".join(f"{k} {v}" for k, v in sorted(d["kernels"].items(), key=lambda kv: -kv[1])))
     for r, c in sorted(d.get("dense_reasons", {}).items(), key=lambda kv: -kv[1]):
         lines.append(f"  dense because {r}: {c}")
     if d.get("mean_density") is not None:

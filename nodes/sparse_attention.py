@@ -3,6 +3,7 @@ from comfy_api.latest import io
 
 from . import patcher
 from .io_types import CATEGORY, AdaClusterConfigType, AdaClusterLayersType
+from .validation import COMFY_CHECKS_V3_COMBOS, choice_error
 
 
 class AdaClusterSparseAttention(io.ComfyNode):
@@ -41,16 +42,29 @@ class AdaClusterSparseAttention(io.ComfyNode):
             outputs=[io.Model.Output(tooltip="The patched model (a clone; the input is untouched).")],
         )
 
+    # only what ComfyUI does not check itself (validation.py): the selector strings, and the
+    # combos where this ComfyUI does not check V3 combos
     @classmethod
-    def validate_inputs(cls, probe_layers="*", probe_steps="*"):
-        # only the two selector strings: ComfyUI checks preset / probe (choices) itself, which it
-        # would skip for every input named here (or for all inputs with a **kwargs catch-all)
+    def _validate(cls, preset=None, probe=None, probe_layers="*", probe_steps="*"):
+        for name, val, opts in (("preset", preset, patcher.PRESETS), ("probe", probe, patcher.PROBE_MODES)):
+            err = choice_error(name, val, opts)
+            if err:
+                return f"AdaCluster Sparse Attention: {err}"
         for name, text in (("probe_layers", probe_layers), ("probe_steps", probe_steps)):
             try:
                 patcher.parse_selection(text or "*", name)
             except ValueError as e:
                 return f"AdaCluster Sparse Attention: {e}"
         return True
+
+    if COMFY_CHECKS_V3_COMBOS:
+        @classmethod
+        def validate_inputs(cls, probe_layers="*", probe_steps="*"):
+            return cls._validate(probe_layers=probe_layers, probe_steps=probe_steps)
+    else:
+        @classmethod
+        def validate_inputs(cls, preset=None, probe=None, probe_layers="*", probe_steps="*"):
+            return cls._validate(preset, probe, probe_layers, probe_steps)
 
     @classmethod
     def execute(cls, model, preset="auto", enabled=True, config=None, layer_overrides=None, probe="off",

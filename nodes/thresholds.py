@@ -3,6 +3,7 @@ from comfy_api.latest import io
 
 from . import patcher
 from .io_types import CATEGORY, AdaClusterConfigType
+from .validation import COMFY_CHECKS_V3_COMBOS, choice_error
 
 # widget name -> tooltip, in widget order (ComfyUI stores widget values by position: new fields are
 # APPENDED, so saved workflows keep loading and the new widget takes its default). Names equal
@@ -104,10 +105,19 @@ class AdaClusterThresholds(io.ComfyNode):
             outputs=[AdaClusterConfigType.Output(display_name="config")],
         )
 
-    # No validate_inputs: every widget is a plain range / choice that ComfyUI's own validation
-    # checks (min / max / options from the bounds table), naming the widget. A validate_inputs with
-    # **kwargs would switch those checks off for every input. Values arriving through links are
-    # checked by the config in execute (ValueError naming the field).
+    # ComfyUI's own validation checks min / max (from the bounds table) of the numeric widgets,
+    # naming the widget; a validate_inputs with **kwargs would switch that off for every input.
+    # Only the two combos are checked here, and only where ComfyUI does not (validation.py).
+    # Values arriving through links are checked by the config in execute (ValueError naming it).
+    if not COMFY_CHECKS_V3_COMBOS:
+        @classmethod
+        def validate_inputs(cls, selection=None, backend=None):
+            specs = patcher.config_specs()
+            for name, val in (("selection", selection), ("backend", backend)):
+                err = choice_error(name, val, specs[name].choices)
+                if err:
+                    return f"AdaCluster Thresholds: {err}"
+            return True
 
     @classmethod
     def execute(cls, **kwargs) -> io.NodeOutput:

@@ -108,11 +108,11 @@ def test_hunyuan_text_slice_and_mask_both_orders(monkeypatch, txt_first):
     seen = {}
     real = P.sparse_attention
 
-    def spy(q_, k_, v_, config=None, state=None, scale=None, always_dense_range=None, key_mask=None):
+    def spy(q_, k_, v_, config=None, state=None, scale=None, always_dense_range=None, key_mask=None, **kw):
         seen["range"] = always_dense_range
         seen["masked"] = torch.nonzero(key_mask.reshape(-1, L)[0] < -1e4).flatten().tolist()
         return real(q_, k_, v_, config=config, state=state, scale=scale, always_dense_range=always_dense_range,
-                    key_mask=key_mask)
+                    key_mask=key_mask, **kw)
 
     monkeypatch.setattr(P, "sparse_attention", spy)
     out = run.override(_dense_func, q, k, v, H, skip_reshape=True, mask=mask, transformer_options=to)
@@ -245,7 +245,7 @@ def test_chaining_clone_and_unpatch_with_a_real_model_patcher():
 
 
 def test_layer_rule_validation_names_line_and_field():
-    with pytest.raises(ValueError, match=r"line 2: top_k must be >= 1"):
+    with pytest.raises(ValueError, match=r"line 2: top_k must be in \[1, 8192\]"):
         P.parse_layer_rules("0: dense\n1: top_k=0")
     with pytest.raises(ValueError, match=r"line 1: unknown field 'topk'"):
         P.parse_layer_rules("1: topk=3")
