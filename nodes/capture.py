@@ -248,6 +248,11 @@ def capture_model(model, layers="*", steps="*", max_heads=4, max_mb=256.0, prefi
         begin(cap, executor.class_obj, args, kwargs)
         return executor(*args, **kwargs)
 
+    def sampler_wrapper(executor, *args, **kwargs):
+        out = executor(*args, **kwargs)
+        cap.completed = True       # reached only when the sampler returns (not on interrupt / error)
+        return out
+
     m.remove_wrappers_with_key(pe.WrappersMP.DIFFUSION_MODEL, CAPTURE_KEY)
     m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, CAPTURE_KEY, wrapper)
     m.remove_wrappers_with_key(pe.WrappersMP.SAMPLER_SAMPLE, CAPTURE_KEY)
@@ -260,11 +265,6 @@ def capture_model(model, layers="*", steps="*", max_heads=4, max_mb=256.0, prefi
 
     def on_pre_run(patcher_):
         cap.reset()
-
-    def sampler_wrapper(executor, *args, **kwargs):
-        out = executor(*args, **kwargs)
-        cap.completed = True       # reached only when the sampler returns (not on interrupt / error)
-        return out
 
     def on_cleanup(patcher_):
         completed = cap.completed

@@ -55,3 +55,80 @@ def test_writer_stays_in_output_folder_and_writes_format(tmp_path):
 def test_nothing_captured_writes_nothing(tmp_path):
     cap = C.CaptureRun("*", "*", 1, 1.0, "x/cap", str(tmp_path))
     assert cap.write() is None and "nothing captured" in cap.last_info
+
+
+def test_capture_bounds_are_enforced(tmp_path):
+    for kw, field in ((dict(max_mb=1e12), "max_mb"), (dict(max_mb=-5.0), "max_mb"), (dict(max_mb=float("nan")), "max_mb"),
+                      (dict(max_heads=-3), "max_heads"), (dict(max_heads=10**6), "max_heads"),
+                      (dict(prefix="x" * 300), "filename_prefix")):
+        args = dict(layers="*", steps="*", max_heads=1, max_mb=1.0, prefix="cap", out_dir=str(tmp_path))
+        args.update(kw)
+        with pytest.raises(ValueError, match=f"^{field}"):
+            C.CaptureRun(**args)
+
+
+def _capture_with_cleanup(tmp_path, out_dir):
+    """A capture on a minimal ModelPatcher, one call added; returns (patcher, CaptureRun, on_cleanup)."""
+    import comfy.model_patcher
+    import comfy.patcher_extension as pe
+    mp = comfy.model_patcher.ModelPatcher(torch.nn.Linear(1, 1), torch.device("cpu"), torch.device("cpu"))
+    m, cap = C.capture_model(mp, "*", "*", 1, 1.0, "sub/cap", out_dir=str(out_dir))
+    B, H, L, D = 1, 2, 8, 64
+    q, k, v = (torch.randn(B, L, H * D) for _ in range(3))
+    cap.add(_fc(), 0, (B, H, L, D, 0, None), q, k, v, None, False)
+    (wrapper,) = m.get_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, C.CAPTURE_KEY)
+    (cleanup,) = m.get_callbacks(pe.CallbacksMP.ON_CLEANUP, C.CAPTURE_KEY)
+    return m, cap, wrapper, cleanup
+
+
+class _Exec:   # the executor handed to a SAMPLER_SAMPLE wrapper
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *a, **kw):
+        return self.fn(*a, **kw)
+
+
+def test_partial_capture_marked_incomplete_and_refused_by_the_tuner(tmp_path):
+    from safetensors import safe_open
+
+    from adacluster_core import tune
+    out = tmp_path / "output"
+    # an interrupted run: the sampler never returns, cleanup still writes the file
+    m, cap, wrapper, cleanup = _capture_with_cleanup(tmp_path, out)
+
+    def interrupted():
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        wrapper(_Exec(interrupted))
+    cleanup(m)
+    (f,) = sorted((out / "sub").glob("*.safetensors"))
+    with safe_open(str(f), "pt") as h:
+        assert h.metadata()["complete"] == "false"
+    with pytest.raises(ValueError, match="incomplete capture"):
+        tune.load_capture(str(f))
+    assert len(tune.load_capture(str(f), allow_incomplete=True).calls) == 1
+    assert tune.main([str(f), "--backend", "torch", "--device", "cpu", "--out", str(tmp_path / "p.json")]) == 2
+    assert not (tmp_path / "p.json").exists()
+    # a finished run: complete=true
+    m, cap, wrapper, cleanup = _capture_with_cleanup(tmp_path, out)
+    assert wrapper(_Exec(lambda: "latent")) == "latent"
+    cleanup(m)
+    f2 = sorted((out / "sub").glob("*.safetensors"))[-1]
+    with safe_open(str(f2), "pt") as h:
+        assert h.metadata()["complete"] == "true"
+
+
+def test_write_failure_fails_a_finished_run(tmp_path):
+    out = tmp_path / "output"
+    m, cap, wrapper, cleanup = _capture_with_cleanup(tmp_path, out)
+    wrapper(_Exec(lambda: None))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sub").write_text("a file where the folder should be")
+    with pytest.raises(RuntimeError, match="AdaCluster Capture: could not write the capture file"):
+        cleanup(m)
+    # after a run that failed anyway, the write error is only logged (the run's own error stays)
+    m, cap, wrapper, cleanup = _capture_with_cleanup(tmp_path, tmp_path / "output2")
+    (tmp_path / "output2").mkdir()
+    (tmp_path / "output2" / "sub").write_text("blocker")
+    cleanup(m)

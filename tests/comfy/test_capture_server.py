@@ -87,6 +87,7 @@ def test_capture_tune_profile_probe_roundtrip(comfy_server, tmp_path):
         assert h.get_tensor("L0.S0.q").shape == (HEADS, N_VID, HEAD_DIM)
     assert keys == {f"L{layer}.S{s}.{t}" for layer in range(LAYERS) for s in range(STEPS) for t in "qkv"}
     assert meta["format"] == "adacluster-capture/1" and meta["family"] == "wan"
+    assert meta["complete"] == "true"       # the sampler finished (SAMPLER_SAMPLE wrapper)
     assert json.loads(meta["grid"]) == [3, 4, 4] and json.loads(meta["n_vid"]) == N_VID
     assert json.loads(meta["text_range"]) is None and json.loads(meta["heads"]) == [0, 1]
     assert json.loads(meta["n_layers"]) == LAYERS and meta["model"] == "WanModel"

@@ -188,14 +188,21 @@ def test_other_nodes_out_of_range_rejected_naming_the_widget(comfy_server):
 
 # ------------------------------------------------------------------------------------- interrupt
 def test_interrupt_stops_a_slow_sparse_call_within_seconds(comfy_server):
-    """One sampling step whose every attention call runs 100 k-means iterations with ~3K clusters
-    over 3,072 tokens (in range: every value within its widget bounds): on this CPU one such call
-    takes far longer than the 15 s allowed here, so stopping in time needs the check between
-    iterations (ComfyUI's sampler itself only checks between steps)."""
+    """One sampling step whose every attention call runs 100 k-means iterations with 3,072 clusters
+    over 3,072 tokens (in range: every value within its widget bounds): on the CPU one iteration
+    takes ~0.9 s (measured), one call ~3 minutes, far longer than the 15 s allowed here, so
+    stopping in time needs the check between
+    iterations (ComfyUI's sampler itself only checks between steps). A Capture node after the patch
+    writes what it got, marked complete=false, which the tuner refuses unless told."""
+    from safetensors import safe_open
+
+    from adacluster_core import tune
     srv = comfy_server
     slow = dict(TINY, q_clusters=4096, k_clusters=4096, kmeans_iters_first=100, kmeans_iters_reuse=100,
                 top_k=8, calibration_dense=False)
-    p = build(prompts.wan21_prompt, save_name="slow", config=slow, steps=1, size=512, stats=False)
+    cap = ("AdaClusterCapture", {"enabled": True, "layers": "*", "steps": "*", "max_heads": 1, "max_mb": 64.0,
+                                 "filename_prefix": "int_cap/cap"})
+    p = build(prompts.wan21_prompt, save_name="slow", config=slow, steps=1, size=512, stats=False, extra_patch=[cap])
     pid = srv.queue_prompt(p)
     t_run = time.time()
     while time.time() - t_run < 120:        # until the sampler is running
@@ -221,6 +228,12 @@ def test_interrupt_stops_a_slow_sparse_call_within_seconds(comfy_server):
     assert "execution_interrupted" in msgs, h[pid]["status"]
     assert dt < 15.0, f"stopped {dt:.1f} s after /interrupt"
     assert _system_stats_ok(srv)
+    (f,) = sorted((srv.base_dir / "output" / "int_cap").glob("*.safetensors"))
+    with safe_open(str(f), "pt") as h:
+        assert h.metadata()["complete"] == "false"
+    with pytest.raises(ValueError, match="incomplete capture"):
+        tune.load_capture(str(f))
+    assert tune.load_capture(str(f), allow_incomplete=True).calls
 
 
 # ------------------------------------------------------------------------------------- no Triton
