@@ -90,7 +90,8 @@ def test_all_clusters_selected_reproduces_unpatched(comfy_server, test_out_dir, 
     assert s["min_density"] == pytest.approx(expect, abs=1e-4), text_of(entry)
     assert s["dense_reasons"].get("calibration", 0) > 0, "the first sparse step should calibrate (dense)"
     err = (got - ref).abs().max().item()
-    assert err < 2e-3 * max(1.0, ref.abs().max().item()), f"{family}: max |patched - unpatched| = {err}"
+    # fp32 on the CPU, same attention up to summation order: observed ~1e-6 of the latent's scale
+    assert err < 2e-5 * max(1.0, ref.abs().max().item()), f"{family}: max |patched - unpatched| = {err}"
 
 
 @pytest.mark.parametrize("family", ["wan21", "hunyuan", "wan22_5b", "hunyuan15"])
