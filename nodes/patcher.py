@@ -219,7 +219,7 @@ def _mass_recall(Q, K, cfg, state_copy, scale, txt_range, km, max_rows):
         pad = km.new_zeros(km.shape[:-1] + (1,))
         km2 = torch.cat([pad, km], -1) if pos == "start" else torch.cat([km, pad], -1)
     o2, _ = sparse_attention(cat(Q, z), cat(K, z), cat(vr, vs), config=cfg, state=state_copy, scale=scale,
-                             always_dense_range=rng, key_mask=km2)
+                             always_dense_range=rng, key_mask=km2, interrupt_check=_INTERRUPT_CHECK)
     nv = vid[1] - vid[0]
     r = min(nv, max(1, int(max_rows)))
     idx = torch.linspace(vid[0], vid[1] - 1, r, device=Q.device).round().long().unique()
@@ -1042,7 +1042,7 @@ def _probe_call(run, layer, step, br, Q, K, o, ref, stats, st_before, cfg, scale
         dens = stats.get("density") if isinstance(stats, dict) and not is_dense else 1.0
         run.probes.append((layer, step, br, err, rec, dens))
     except Exception as e:
-        if os.environ.get(_STRICT_ENV) == "1":
+        if _is_interrupt(e) or os.environ.get(_STRICT_ENV) == "1":
             raise
         run.warn_once(("probe-error", type(e).__name__), "AdaCluster: probe measurement failed (%s: %s)",
                       type(e).__name__, e)
