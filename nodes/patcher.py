@@ -1218,7 +1218,7 @@ def format_stats(d: dict | None) -> str:
         lines.append(f"  dense because {r}: {c}")
     kern = d.get("kernels") or {}
     if kern:
-        names = {"triton": "Triton", "reference": "torch reference (no Triton here: correct, not faster)"}
+        names = {"triton": "Triton", "reference": "torch reference (correct, not faster than dense)"}
         interp = " through the Triton interpreter (CPU, TRITON_INTERPRET=1)" \
             if "triton" in kern and os.environ.get("TRITON_INTERPRET") == "1" else ""
         lines.append("sparse kernel: " + ", ".join(f"{names.get(k, k)} {v}" for k, v in sorted(kern.items()))

@@ -86,13 +86,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "artifacts" / "demo"))
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--frames", type=int, default=17)
-    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--frames", type=int, default=9)
+    ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--layers", type=int, default=6, help="blocks of the tiny Wan model")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--backend", default="auto", choices=["torch", "triton", "auto"],
-                    help="auto/triton: the Triton kernels (on the CPU through the Triton interpreter, "
-                         "TRITON_INTERPRET=1); torch: the pure-torch reference of the same algorithm")
+    ap.add_argument("--backend", default="mixed", choices=["mixed", "triton", "torch"],
+                    help="mixed: the pack's Triton kernels on --triton-layer (on the CPU through the Triton "
+                         "interpreter, TRITON_INTERPRET=1), the pure-torch reference of the same algorithm on "
+                         "the other layers; triton: Triton on every layer (the interpreter makes that take "
+                         "many minutes); torch: the reference only")
+    ap.add_argument("--triton-layer", type=int, default=2, help="the layer that runs Triton with --backend mixed")
     ap.add_argument("--dense", action="store_true", help="do not insert the AdaCluster nodes")
     ap.add_argument("--timeout", type=float, default=1500)
     a = ap.parse_args(argv)
@@ -130,16 +133,26 @@ def main(argv=None) -> int:
             wf = json.loads(WORKFLOW.read_text())
             thr = workflow_widgets(wf, "AdaClusterThresholds", info)
             n_tok = ((a.frames - 1) // 4 + 1) * (a.size // 16) ** 2
-            thr.update(min_tokens=min(int(thr.get("min_tokens", 1024)), n_tok), backend=a.backend,
+            thr.update(min_tokens=min(int(thr.get("min_tokens", 1024)), n_tok),
+                       backend="triton" if a.backend == "triton" else "torch",
                        q_clusters=min(int(thr.get("q_clusters", 65)), max(1, n_tok // 8)),
                        k_clusters_init=min(int(thr.get("k_clusters_init", 200)), max(1, n_tok // 4)))
             rules = workflow_widgets(wf, "AdaClusterLayerOverrides", info)
             sa = workflow_widgets(wf, "AdaClusterSparseAttention", info)
+            if a.backend == "mixed":  # a per-layer field override, as a user could write it
+                rules["rules"] = rules.get("rules", "").rstrip() + f"\n{a.triton_layer}: backend=triton\n"
             log(f"AdaCluster chain from {WORKFLOW.name}: Thresholds {thr}")
-            log("sparse kernels: " + ("the pure-torch reference (--backend torch)" if a.backend == "torch" else
-                                      "Triton" + (" through the Triton interpreter on the CPU (TRITON_INTERPRET=1)"
-                                                  if os.environ.get("TRITON_INTERPRET") == "1" else "")))
-            log(f"  Layer Overrides: {rules.get('rules', '').strip().splitlines()[-1] if rules.get('rules') else '-'}")
+            interp = os.environ.get("TRITON_INTERPRET") == "1"
+            triton_how = ("the pack's Triton kernels, run by the Triton interpreter on the CPU (TRITON_INTERPRET=1: "
+                          "the real kernels, far slower than on a GPU)" if interp else
+                          "the pack's Triton kernels (the torch reference where no GPU/Triton is found)")
+            log("sparse kernels: " + {
+                "torch": "the pure-torch reference of the same algorithm (--backend torch)",
+                "triton": triton_how + " on every layer",
+                "mixed": f"{triton_how} on layer {a.triton_layer}; the pure-torch reference of the same "
+                         "algorithm on the other layers (--backend triton: Triton everywhere, many minutes)"}[a.backend])
+            rule_lines = [x for x in rules.get("rules", "").splitlines() if x.strip() and not x.lstrip().startswith("#")]
+            log(f"  Layer Overrides: {' | '.join(rule_lines) or '-'}")
             extra = {"thr": ["AdaClusterThresholds", thr], "ovr": ["AdaClusterLayerOverrides", rules]}
             patch = [("AdaClusterSparseAttention", {**sa, "config": ["thr", 0], "layer_overrides": ["ovr", 0]})]
             post = [("AdaClusterStats", {"model": ["p1", 0]})]
