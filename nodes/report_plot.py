@@ -70,7 +70,7 @@ def heatmap_pil(d: Optional[dict], max_grid: int = 560) -> Image.Image:
         dr.text((16, 52), d.get("summary") or "no AdaCluster run recorded yet", fill=MUTED, font=f_txt)
         return img
     R, C = len(grid), len(grid[0])
-    cell = max(3.0, min(44.0, max_grid / C, max_grid / R))
+    cell = max(3.0, min(56.0, max_grid / C, max_grid / R))
     gw, gh = int(round(cell * C)), int(round(cell * R))
     ylab_w = max(_tw(probe, str(R - 1), f_small), 8) + 6
     left = 14 + 16 + ylab_w + 4            # axis title, tick labels

@@ -27,6 +27,7 @@ import time
 
 import pytest
 
+from tests.browser.conftest import VIEWPORT
 from tests.conftest import PACK_NAME, REPO_ROOT
 from tests.harness import prompts
 from tests.harness.make_tiny_dits import FILENAMES
@@ -74,6 +75,25 @@ def _fit_view(page):
     page.evaluate("""() => { try { app.extensionManager.command.execute('Comfy.Canvas.FitView'); }
                              catch (e) { app.canvas.ds.reset?.(); } app.graph.setDirtyCanvas(true, true); }""")
     page.wait_for_timeout(400)
+
+
+BIG_VIEWPORT = {"width": 2560, "height": 1440}
+
+
+def _screenshot_fitted(page, path):
+    """The whole graph fitted into a large window (zoom ~0.8 for the bundled workflows: every
+    widget label readable), then the window goes back to its normal size."""
+    page.set_viewport_size(BIG_VIEWPORT)
+    page.wait_for_timeout(300)
+    _fit_view(page)
+    page.screenshot(path=str(path))
+    page.set_viewport_size(VIEWPORT)
+    page.wait_for_timeout(200)
+
+
+NODE_BOXES = """() => { const T = LiteGraph.NODE_TITLE_HEIGHT || 30;
+  return app.graph._nodes.map(n => ({id: n.id, type: n.type, x: n.pos[0], y: n.pos[1] - T,
+                                     w: n.size[0], h: n.size[1] + T})); }"""
 
 
 def _open_templates_dialog(page):
@@ -152,8 +172,9 @@ def test_bundled_workflow_opens_from_template_browser(comfy_page, artifacts_dir,
     if thumb_ok is not None:
         assert thumb_ok, f"{name}: the template card's .jpg thumbnail did not load"
 
-    _fit_view(page)
-    page.screenshot(path=str(artifacts_dir / f"10_template_{name}.png"))
+    overlaps = _overlaps(page.evaluate(NODE_BOXES))
+    assert not overlaps, f"{name}: nodes overlap on the canvas once the frontend sized them: {overlaps}"
+    _screenshot_fitted(page, artifacts_dir / f"10_template_{name}.png")
 
 
 def _tiny_ui_workflow(object_info: dict):
@@ -182,7 +203,8 @@ def _tiny_ui_workflow(object_info: dict):
 # its text visible), columns sit GAP px apart and never overlap. The Stats node is wide enough for
 # its readout lines and tall enough for the readout plus the heatmap.
 COLUMNS = [["1", "3", "4"], ["thr"], ["ada", "5", "6"], ["stats"]]
-STATS_SIZE = [760, 760]
+CLEAR_OF_CHROME = [90, 130]   # client px right of the sidebar, below the tab bar and workflow-name pill
+STATS_SIZE = [760, 720]
 ARRANGE = """([columns, statsSize]) => {
   const GAP = 40, TITLE = LiteGraph.NODE_TITLE_HEIGHT || 30;
   let x = 40;
@@ -285,23 +307,25 @@ def test_queue_tiny_graph_shows_stats_readout(comfy_page, comfy_server, artifact
 
     # Screenshots at zoom 1.0 (readable): the patch node + sampler column next to the Stats node
     # (the README picture), and the whole graph fitted to the window.
-    clip = page.evaluate("""(id) => { const ds = app.canvas.ds; const T = LiteGraph.NODE_TITLE_HEIGHT || 30;
+    clip = page.evaluate("""([id, margin]) => { const ds = app.canvas.ds; const T = LiteGraph.NODE_TITLE_HEIGHT || 30;
         const ada = app.graph._nodes.find(n => n.type === 'AdaClusterSparseAttention');
         const st = app.graph.getNodeById(id);
-        ds.scale = 1.0; ds.offset[0] = -ada.pos[0] + 20; ds.offset[1] = -ada.pos[1] + T + 20;
-        app.graph.setDirtyCanvas(true, true);
         const r = app.canvas.canvas.getBoundingClientRect();
-        const right = st.pos[0] + st.size[0] - ada.pos[0] + 40;
-        const bottom = Math.max(st.pos[1] + st.size[1], ada.pos[1]) - ada.pos[1] + T + 40;
-        return {x: r.left, y: r.top, width: Math.min(right, r.width), height: Math.min(bottom, r.height)}; }""",
-                         stats_id)
+        // zoom 1.0, the patch node's top-left corner `margin` px inside the free canvas area
+        ds.scale = 1.0;
+        ds.offset[0] = (margin[0] - r.left) - ada.pos[0];
+        ds.offset[1] = (margin[1] - r.top) - (ada.pos[1] - T);
+        app.graph.setDirtyCanvas(true, true);
+        const x0 = margin[0] - 14, y0 = margin[1] - 30;   // room for the node badges above the titles
+        const x1 = r.left + (st.pos[0] + st.size[0] + ds.offset[0]) + 12;
+        const y1 = r.top + (Math.max(st.pos[1] + st.size[1], ada.pos[1]) + ds.offset[1]) + 12;
+        return {x: x0, y: y0, width: Math.min(x1, r.right) - x0, height: Math.min(y1, r.bottom) - y0}; }""",
+                         [stats_id, CLEAR_OF_CHROME])
     page.wait_for_timeout(800)
     shot = artifacts_dir / "20_tiny_run_stats.png"
     page.screenshot(path=str(shot))
     page.screenshot(path=str(artifacts_dir / "20_tiny_run_stats_node.png"), clip=clip)
-    full = artifacts_dir / "21_tiny_run_graph.png"
-    _fit_view(page)
-    page.screenshot(path=str(full))
+    _screenshot_fitted(page, artifacts_dir / "21_tiny_run_graph.png")
     (artifacts_dir / "tiny_run_stats.txt").write_text(f"queued via {how}; readout after {wall:.1f} s\n\n{text}\n")
     if os.environ.get("ADACLUSTER_UPDATE_DOCS_SCREENSHOT") == "1":
         _save_docs_screenshot(artifacts_dir / "20_tiny_run_stats_node.png")
