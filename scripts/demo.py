@@ -90,11 +90,11 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--layers", type=int, default=6, help="blocks of the tiny Wan model")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--backend", default="mixed", choices=["mixed", "triton", "torch"],
-                    help="mixed: the pack's Triton kernels on --triton-layer (on the CPU through the Triton "
-                         "interpreter, TRITON_INTERPRET=1), the pure-torch reference of the same algorithm on "
-                         "the other layers; triton: Triton on every layer (the interpreter makes that take "
-                         "many minutes); torch: the reference only")
+    ap.add_argument("--backend", default="triton", choices=["triton", "mixed", "torch"],
+                    help="triton: the pack's Triton kernels on every layer (on the CPU through the Triton "
+                         "interpreter, TRITON_INTERPRET=1: a few minutes); mixed: Triton on --triton-layer, the "
+                         "pure-torch reference of the same algorithm on the other layers (faster); torch: the "
+                         "reference only")
     ap.add_argument("--triton-layer", type=int, default=2, help="the layer that runs Triton with --backend mixed")
     ap.add_argument("--dense", action="store_true", help="do not insert the AdaCluster nodes")
     ap.add_argument("--timeout", type=float, default=1500)
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
                 "torch": "the pure-torch reference of the same algorithm (--backend torch)",
                 "triton": triton_how + " on every layer",
                 "mixed": f"{triton_how} on layer {a.triton_layer}; the pure-torch reference of the same "
-                         "algorithm on the other layers (--backend triton: Triton everywhere, many minutes)"}[a.backend])
+                         "algorithm on the other layers"}[a.backend])
             rule_lines = [x for x in rules.get("rules", "").splitlines() if x.strip() and not x.lstrip().startswith("#")]
             log(f"  Layer Overrides: {' | '.join(rule_lines) or '-'}")
             extra = {"thr": ["AdaClusterThresholds", thr], "ovr": ["AdaClusterLayerOverrides", rules]}
