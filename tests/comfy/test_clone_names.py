@@ -18,7 +18,7 @@ from tests.conftest import COMFY_DIR, REPO_ROOT, comfy_install_problem
 
 NAMES = ["adacluster", "adacluster-comfyui", "ComfyUI-AdaCluster", "Ada Cluster"]
 PACK_NODES = {"AdaClusterSparseAttention", "AdaClusterThresholds", "AdaClusterLayerOverrides", "AdaClusterStats",
-              "AdaClusterCapture"}
+              "AdaClusterCapture", "AdaClusterCompare"}
 _SKIP = shutil.ignore_patterns(".venv", ".venv-*", ".comfyui", ".git", ".cache", "artifacts", "__pycache__",
                                ".pytest_cache", ".hypothesis", "*.safetensors")
 
