@@ -51,6 +51,7 @@ except ImportError:
     from adacluster_core import config as _core_config
     from adacluster_core.clustering import plan_layers
 
+from . import report_plot
 from .layer_rules import LayerRules, Selection, parse_rules, parse_selection
 
 log = logging.getLogger("AdaCluster")
@@ -1126,6 +1127,8 @@ def _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, ma
                 reason = "calibration" if stats.get("stage") == "calibration" and "calibration" in str(
                     stats.get("reason", "")) else (stats.get("reason") or "core")
             dens = stats.get("density") if isinstance(stats, dict) else None
+            if not is_dense and isinstance(stats, dict):
+                run.kernels[str(stats.get("attention") or stats.get("backend") or "?")] += 1
             run.record(layer, fc.step, br, not is_dense, reason, dens,
                        stats.get("q_clusters") if isinstance(stats, dict) else None,
                        stats.get("k_clusters") if isinstance(stats, dict) else None, t, fl // nb)
@@ -1255,7 +1258,8 @@ def _rss_mb() -> float | None:
 def format_stats(d: dict | None) -> str:
     if d is None:
         return "AdaCluster: the MODEL input is not patched by AdaCluster Sparse Attention."
-    lines = [d.get("summary", "")]
+    # the one-line summary (also logged) in two lines, so the node's readout stays narrow
+    lines = d.get("summary", "").replace(", est. ", ",\n  est. ").split("\n")
     if not d.get("calls"):
         return "\n".join(lines)
     lines.append(f"model: {d.get('family')}  preset: {d.get('preset')}  layers: {d.get('n_layers')}  "
@@ -1265,6 +1269,13 @@ def format_stats(d: dict | None) -> str:
         lines.append("kernel: " + ", ".join(f"{k} {v}" for k, v in sorted(d["kernels"].items(), key=lambda kv: -kv[1])))
     for r, c in sorted(d.get("dense_reasons", {}).items(), key=lambda kv: -kv[1]):
         lines.append(f"  dense because {r}: {c}")
+    kern = {k: v for k, v in (d.get("kernels") or {}).items() if k in ("triton", "reference")}
+    if kern:
+        names = {"triton": "Triton", "reference": "torch reference (correct, not faster than dense)"}
+        interp = " through the Triton interpreter (CPU, TRITON_INTERPRET=1)" \
+            if "triton" in kern and os.environ.get("TRITON_INTERPRET") == "1" else ""
+        lines.append("sparse kernel: " + ", ".join(f"{names.get(k, k)} {v}" for k, v in sorted(kern.items()))
+                     + interp)
     if d.get("mean_density") is not None:
         lines.append(f"density of sparse calls: mean {d['mean_density']:.3f}  min {d['min_density']:.3f}  "
                      f"max {d['max_density']:.3f}")
@@ -1321,32 +1332,10 @@ def format_stats(d: dict | None) -> str:
     return "\n".join(lines)
 
 
-_CMAP = [(0.0, (0.267, 0.005, 0.329)), (0.25, (0.229, 0.322, 0.546)), (0.5, (0.128, 0.567, 0.551)),
-         (0.75, (0.369, 0.789, 0.383)), (1.0, (0.993, 0.906, 0.144))]
-
-
-def heatmap_image(d: dict | None, cell: int = 12, max_side: int = 1024, min_side: int = 256) -> torch.Tensor:
-    """IMAGE [1, H, W, 3] float: layers (rows) x steps (columns), viridis-like colour of density
-    (dark = sparse, yellow = dense), grey = no call. Nearest-neighbour upscaled."""
-    grid = (d or {}).get("density_grid") or []
-    if not grid or not grid[0]:
-        return torch.full((1, min_side, min_side, 3), 0.5)
-    rows, cols = len(grid), len(grid[0])
-    vals = torch.tensor([[float("nan") if v is None else float(v) for v in row] for row in grid], dtype=torch.float32)
-    img = torch.empty(rows, cols, 3)
-    xs = torch.tensor([p for p, _ in _CMAP])
-    cs = torch.tensor([c for _, c in _CMAP])
-    v = vals.clamp(0, 1).nan_to_num(0.0)
-    idx = torch.clamp(torch.searchsorted(xs, v.flatten(), right=True) - 1, 0, len(_CMAP) - 2)
-    t = ((v.flatten() - xs[idx]) / (xs[idx + 1] - xs[idx])).unsqueeze(1)
-    col = cs[idx] * (1 - t) + cs[idx + 1] * t
-    img = col.view(rows, cols, 3)
-    img[torch.isnan(vals)] = torch.tensor([0.5, 0.5, 0.5])
-    # at least `min_side` px on the short side (tiny models: 2 layers x 3 steps), at most max_side long
-    scale = max(cell, math.ceil(min_side / max(1, min(rows, cols))))
-    scale = max(1, min(scale, max_side // max(rows, cols)))
-    img = img.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-    return img.unsqueeze(0).contiguous()
+def heatmap_image(d: dict | None) -> torch.Tensor:
+    """IMAGE [1, H, W, 3] float in 0..1: the density heatmap (layers x steps) with axes, a colour
+    legend and the run's mean density in the title (drawn by report_plot)."""
+    return report_plot.heatmap_tensor(d)
 
 
 def stats_json(d: dict | None) -> dict:

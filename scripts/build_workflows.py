@@ -202,7 +202,7 @@ def _note(model_line: str, extra: str = "") -> str:
 
 **Want more speed?** lower `max_density`, turn `pooled_tail` off, lower `warmup` (not below ~0.15), use the `fast` preset.
 
-**Stats node:** density (share of attention actually computed), speed-up estimate, per-layer heatmap, and the reasons calls stayed dense (warmup, short sequence, no Triton, unsupported layout...).
+**Stats node:** sparse vs dense calls and the reasons calls stayed dense (`warmup`, `calibration`, `few-tokens`, `layer-rule`, `head_dim 96`, …: the README's troubleshooting table lists them all), which kernel ran (`Triton` or the slow `torch reference` when Triton is missing), density (share of attention actually computed), estimated attention FLOPs saved and attention wall time, and a layers × steps density heatmap.
 {extra}"""
 
 

@@ -22,9 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.harness import prompts  # noqa: E402
-from tests.harness.comfy_server import ComfyServer, ComfyServerError, PromptError  # noqa: E402
+from tests.harness.comfy_server import ComfyServer, ComfyServerError, PromptError, core_import_note  # noqa: E402
 from tests.harness.make_tiny_dits import FILENAMES, make_all  # noqa: E402
 
+
+
+class _PackImportFailed(Exception):
+    pass
 
 
 def log(msg):
@@ -56,27 +60,42 @@ def workflow_widgets(workflow: dict, node_type: str, info: dict) -> dict:
     return out
 
 
-def save_latent_preview(latent_pt: Path, png: Path):
-    """Middle frame of the sampled latent, first three channels normalised to RGB."""
+def load_report_plot():
+    """nodes/report_plot.py (no ComfyUI imports), loaded by path: the pack's own drawing code."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("adacluster_report_plot", ROOT / "nodes" / "report_plot.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def save_report(stats: dict | None, sparse_pt: Path, dense_pt: Path | None, png: Path):
+    """One picture of the run: the Stats heatmap, mean density per layer, and the sparse latent next
+    to the dense one (enabled = false) with their difference."""
     import torch
-    from PIL import Image
-    x = torch.load(latent_pt, map_location="cpu").float()
-    x = x[0, :3, x.shape[2] // 2]
-    x = (x - x.amin(dim=(1, 2), keepdim=True)) / (x.amax(dim=(1, 2), keepdim=True) - x.amin(dim=(1, 2), keepdim=True) + 1e-6)
-    img = (x.permute(1, 2, 0).numpy() * 255).astype("uint8")
-    Image.fromarray(img).resize((img.shape[1] * 16, img.shape[0] * 16), Image.NEAREST).save(png)
+    rp = load_report_plot()
+    parts = [rp.heatmap_pil(stats), rp.layer_density_bars_pil(stats)]
+    if dense_pt is not None and dense_pt.exists():
+        parts.append(rp.latent_comparison_pil(torch.load(sparse_pt, map_location="cpu"),
+                                              torch.load(dense_pt, map_location="cpu")))
+    top = rp.stack(parts[:2], columns=2)
+    rp.stack([top, *parts[2:]], columns=1).save(png)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "artifacts" / "demo"))
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--frames", type=int, default=17)
-    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--frames", type=int, default=9)
+    ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--layers", type=int, default=6, help="blocks of the tiny Wan model")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--backend", default="torch", choices=["torch", "triton", "auto"],
-                    help="torch: reference kernels (fast on CPU); triton: the Triton kernels through the interpreter (slow)")
+    ap.add_argument("--backend", default="triton", choices=["triton", "mixed", "torch"],
+                    help="triton: the pack's Triton kernels on every layer (on the CPU through the Triton "
+                         "interpreter, TRITON_INTERPRET=1: a few minutes); mixed: Triton on --triton-layer, the "
+                         "pure-torch reference of the same algorithm on the other layers (faster); torch: the "
+                         "reference only")
+    ap.add_argument("--triton-layer", type=int, default=2, help="the layer that runs Triton with --backend mixed")
     ap.add_argument("--dense", action="store_true", help="do not insert the AdaCluster nodes")
     ap.add_argument("--timeout", type=float, default=1500)
     a = ap.parse_args(argv)
@@ -99,10 +118,13 @@ def main(argv=None) -> int:
     try:
         srv.start()
         log(f"ComfyUI ready on {srv.url} in {srv.started_in_s:.1f} s")
-        failures = srv.import_failures(["adacluster"], paths=[str(ROOT / "nodes") + "/", str(ROOT / "__init__.py")])
+        failures = srv.import_failures(["adacluster"])   # what ComfyUI says about custom_nodes/adacluster
         if failures:
             log("ERROR: the AdaCluster pack failed to import (exit code 3):\n" + "\n".join(failures[:3]))
-            return 3
+            raise _PackImportFailed()
+        note = core_import_note(srv.log_text())
+        if note:
+            log("note: " + note)
         info = srv.object_info()
         patch, post = [], []
         if not a.dense:
@@ -111,13 +133,26 @@ def main(argv=None) -> int:
             wf = json.loads(WORKFLOW.read_text())
             thr = workflow_widgets(wf, "AdaClusterThresholds", info)
             n_tok = ((a.frames - 1) // 4 + 1) * (a.size // 16) ** 2
-            thr.update(min_tokens=min(int(thr.get("min_tokens", 1024)), n_tok), backend=a.backend,
+            thr.update(min_tokens=min(int(thr.get("min_tokens", 1024)), n_tok),
+                       backend="triton" if a.backend == "triton" else "torch",
                        q_clusters=min(int(thr.get("q_clusters", 65)), max(1, n_tok // 8)),
                        k_clusters_init=min(int(thr.get("k_clusters_init", 200)), max(1, n_tok // 4)))
             rules = workflow_widgets(wf, "AdaClusterLayerOverrides", info)
             sa = workflow_widgets(wf, "AdaClusterSparseAttention", info)
+            if a.backend == "mixed":  # a per-layer field override, as a user could write it
+                rules["rules"] = rules.get("rules", "").rstrip() + f"\n{a.triton_layer}: backend=triton\n"
             log(f"AdaCluster chain from {WORKFLOW.name}: Thresholds {thr}")
-            log(f"  Layer Overrides: {rules.get('rules', '').strip().splitlines()[-1] if rules.get('rules') else '-'}")
+            interp = os.environ.get("TRITON_INTERPRET") == "1"
+            triton_how = ("the pack's Triton kernels, run by the Triton interpreter on the CPU (TRITON_INTERPRET=1: "
+                          "the real kernels, far slower than on a GPU)" if interp else
+                          "the pack's Triton kernels (the torch reference where no GPU/Triton is found)")
+            log("sparse kernels: " + {
+                "torch": "the pure-torch reference of the same algorithm (--backend torch)",
+                "triton": triton_how + " on every layer",
+                "mixed": f"{triton_how} on layer {a.triton_layer}; the pure-torch reference of the same "
+                         "algorithm on the other layers"}[a.backend])
+            rule_lines = [x for x in rules.get("rules", "").splitlines() if x.strip() and not x.lstrip().startswith("#")]
+            log(f"  Layer Overrides: {' | '.join(rule_lines) or '-'}")
             extra = {"thr": ["AdaClusterThresholds", thr], "ovr": ["AdaClusterLayerOverrides", rules]}
             patch = [("AdaClusterSparseAttention", {**sa, "config": ["thr", 0], "layer_overrides": ["ovr", 0]})]
             post = [("AdaClusterStats", {"model": ["p1", 0]})]
@@ -140,6 +175,7 @@ def main(argv=None) -> int:
         entry = srv.run_prompt(p, timeout=a.timeout, on_poll=progress)
         log(f"sampling done in {time.time() - t1:.1f} s")
         outputs = entry.get("outputs", {})
+        stats = next((o["adacluster_stats"][0] for o in outputs.values() if o.get("adacluster_stats")), None)
         (out / "demo_outputs.json").write_text(json.dumps(outputs, indent=1, default=str))
         for nid, o in outputs.items():
             for t in o.get("text", []):
@@ -149,10 +185,12 @@ def main(argv=None) -> int:
                                             "type": im.get("type", "temp")})
                 (out / "stats_heatmap.png").write_bytes(srv.get(f"/view?{q}"))
                 log(f"stats heatmap (layers x steps): {out / 'stats_heatmap.png'}")
-        lat = out / "demo_wan21_latent.pt"
-        if lat.exists():
-            save_latent_preview(lat, out / "latent_preview.png")
-            log(f"latent preview (middle frame, channels 0-2): {out / 'latent_preview.png'}")
+        if stats and stats.get("kernels"):
+            log("kernels that ran the sparse calls (from the Stats node): "
+                + ", ".join(f"{k} {v}" for k, v in sorted(stats["kernels"].items())))
+        elif not a.dense:
+            log("no call ran sparse: see the Stats text above for the reasons")
+        dense_lat = None
         if not a.dense:
             # the same graph with the switch off: the dense reference to compare the latent with
             pd = json.loads(json.dumps(p))
@@ -166,12 +204,21 @@ def main(argv=None) -> int:
             xd = torch.load(out / "demo_wan21_latent_dense.pt").float()
             rel = float((xs - xd).norm() / xd.norm().clamp_min(1e-12))
             log(f"sampled latent vs dense reference: relative L2 difference {rel:.4f}")
+            dense_lat = out / "demo_wan21_latent_dense.pt"
+        lat = out / "demo_wan21_latent.pt"
+        if lat.exists():
+            save_report(stats, lat, dense_lat, out / "demo_report.png")
+            log(f"report (heatmap, density per layer, sparse vs dense latent): {out / 'demo_report.png'}")
         summary = [ln for ln in srv.log_text().splitlines() if "AdaCluster:" in ln]
         if summary:
             log("run summary from the server log: " + summary[0].split("AdaCluster:", 1)[1].strip())
         rc = 0
+    except _PackImportFailed:
+        rc = 3
     except (ComfyServerError, PromptError) as e:
         log(f"FAILED: {e}")
+    except Exception as e:  # noqa: BLE001 - say where the log is whatever went wrong
+        log(f"FAILED: {type(e).__name__}: {e}")
     finally:
         srv.stop()
         try:
@@ -180,6 +227,8 @@ def main(argv=None) -> int:
             pass
         shutil.rmtree(work, ignore_errors=True)
     log(f"{'done' if rc == 0 else 'FAILED (exit %d)' % rc} in {time.time() - t0:.1f} s; outputs in {out}:")
+    if rc != 0:
+        log(f"the ComfyUI server log: {out / 'comfyui.log'}")
     for f in sorted(out.iterdir()):
         print(f"    {f}")
     return rc

@@ -9,6 +9,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 T0=$(date +%s)
 bash scripts/setup_env.sh || { echo "[test] scripts/setup_env.sh failed" >&2; exit 2; }
+# Chromium for the browser tests: setup_env.sh installs it on a fresh build, but an environment built
+# by scripts/demo.sh (which needs no browser) has none yet. Idempotent, never fatal.
+bash scripts/setup_browser.sh || true
 export TRITON_INTERPRET=1
 export PYTHONDONTWRITEBYTECODE=1
 echo "[test] pytest (TRITON_INTERPRET=1) ..."

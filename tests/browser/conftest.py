@@ -22,7 +22,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]
 ARTIFACTS = REPO_ROOT / "artifacts" / "browser"
-VIEWPORT = {"width": 1600, "height": 1000}
+VIEWPORT = {"width": 1600, "height": 1100}
 
 
 def browser_problem() -> str | None:
@@ -102,6 +102,12 @@ def comfy_page(chromium, comfy_server):
     page.wait_for_function("() => window.app && window.app.graph && window.app.canvas && "
                            "window.app.extensions && window.app.extensions.length > 0", timeout=90_000)
     page.comfy_log = log  # type: ignore[attr-defined]
+    # Full node detail at every zoom (the frontend otherwise draws text-less boxes below ~0.6),
+    # so fitted screenshots of whole workflows stay readable.
+    try:
+        page.evaluate("async () => { await app.extensionManager.setting.set('LiteGraph.Canvas.MinFontSizeForLOD', 0); }")
+    except Exception:  # noqa: BLE001 - cosmetic; an older frontend has no such setting
+        pass
     # Cosmetic, for the screenshots: close the "Introducing Nodes 2.0" banner if this frontend shows it.
     try:
         banner = page.get_by_text("Introducing Nodes 2.0")

@@ -27,6 +27,7 @@ import time
 
 import pytest
 
+from tests.browser.conftest import VIEWPORT
 from tests.conftest import PACK_NAME, REPO_ROOT
 from tests.harness import prompts
 from tests.harness.make_tiny_dits import FILENAMES
@@ -76,12 +77,43 @@ def _fit_view(page):
     page.wait_for_timeout(400)
 
 
+BIG_VIEWPORT = {"width": 2560, "height": 1440}
+
+
+def _screenshot_fitted(page, path):
+    """The whole graph fitted into a large window (zoom ~0.8 for the bundled workflows: every
+    widget label readable), then the window goes back to its normal size."""
+    page.set_viewport_size(BIG_VIEWPORT)
+    page.wait_for_timeout(300)
+    _fit_view(page)
+    page.screenshot(path=str(path))
+    page.set_viewport_size(VIEWPORT)
+    page.wait_for_timeout(200)
+
+
+NODE_BOXES = """() => { const T = LiteGraph.NODE_TITLE_HEIGHT || 30;
+  return app.graph._nodes.map(n => ({id: n.id, type: n.type, x: n.pos[0], y: n.pos[1] - T,
+                                     w: n.size[0], h: n.size[1] + T})); }"""
+
+
 def _open_templates_dialog(page):
     dialog = page.locator(".workflow-template-selector-dialog")
     if not dialog.is_visible():  # a first visit opens it by itself; later visits need the sidebar button
         page.locator("button[aria-label='Templates']").first.click()
     dialog.wait_for(state="visible", timeout=30_000)
     return dialog
+
+
+def _close_templates_dialog(page):
+    """The template browser opens by itself on a first visit and has no close control this test can
+    rely on: leave it the way a user does, by opening one of our workflows (the tiny graph then
+    replaces it)."""
+    dialog = page.locator(".workflow-template-selector-dialog")
+    if not dialog.count() or not dialog.first.is_visible():
+        return
+    dialog.get_by_text(PACK_NAME, exact=True).first.click()
+    page.locator("[data-testid^='template-workflow-']").first.click()
+    dialog.wait_for(state="hidden", timeout=30_000)
 
 
 # ----------------------------------------------------------------------------------------- tests
@@ -152,11 +184,12 @@ def test_bundled_workflow_opens_from_template_browser(comfy_page, artifacts_dir,
     if thumb_ok is not None:
         assert thumb_ok, f"{name}: the template card's .jpg thumbnail did not load"
 
-    _fit_view(page)
-    page.screenshot(path=str(artifacts_dir / f"10_template_{name}.png"))
+    overlaps = _overlaps(page.evaluate(NODE_BOXES))
+    assert not overlaps, f"{name}: nodes overlap on the canvas once the frontend sized them: {overlaps}"
+    _screenshot_fitted(page, artifacts_dir / f"10_template_{name}.png")
 
 
-def _tiny_ui_workflow(object_info: dict) -> dict:
+def _tiny_ui_workflow(object_info: dict):
     """The demo-sized Wan 2.1 graph with the AdaCluster chain, as a UI workflow (what a user
     would have on the canvas): zero conditioning, 9 frames of 64x64, 2 steps; AdaCluster with
     min_tokens 0 and no warmup so the tiny model actually goes sparse."""
@@ -168,11 +201,58 @@ def _tiny_ui_workflow(object_info: dict) -> dict:
                 "inputs": {"model": ["1", 0], "preset": "auto", "enabled": True, "config": ["thr", 0]}}
     p["5"]["inputs"]["model"] = ["ada", 0]
     p["stats"] = {"class_type": "AdaClusterStats", "inputs": {"model": ["ada", 0], "samples": ["5", 0]}}
-    layout = {"1": {"pos": [40, 40], "size": [320, 90]}, "3": {"pos": [40, 180], "size": [320, 150]},
-              "4": {"pos": [40, 380], "size": [320, 150]}, "thr": {"pos": [400, 40], "size": [320, 470]},
-              "ada": {"pos": [760, 40], "size": [300, 150]}, "5": {"pos": [760, 240], "size": [300, 270]},
-              "6": {"pos": [760, 560], "size": [300, 80]}, "stats": {"pos": [1100, 40], "size": [640, 440]}}
-    return BW.api_to_ui(p, object_info, layout=layout)
+    # first guess only: _arrange_columns() lays the nodes out from their real sizes in the page
+    layout = {nid: {"pos": [40 + 40 * i, 40], "size": [300, 100]} for i, nid in enumerate(p)}
+    wf = BW.api_to_ui(p, object_info, layout=layout)
+    ui_id = {k: i + 1 for i, k in enumerate(p)}   # api_to_ui numbers the nodes in prompt order
+    columns = [[ui_id[k] for k in col if k in ui_id] for col in COLUMNS]
+    placed = {i for col in columns for i in col}
+    columns[0] += [ui_id[k] for k in p if ui_id[k] not in placed]   # anything else: first column
+    return wf, columns
+
+
+# Columns of the tiny graph's API node ids, left to right; each node gets at least its computeSize() (every widget and
+# its text visible), columns sit GAP px apart and never overlap. The Stats node is wide enough for
+# its readout lines and tall enough for the readout plus the heatmap.
+COLUMNS = [["1", "3", "4"], ["thr"], ["ada", "5", "6"], ["stats"]]
+CLEAR_OF_CHROME = [90, 130]   # client px right of the sidebar, below the tab bar and workflow-name pill
+STATS_SIZE = [760, 720]
+ARRANGE = """([columns, statsSize]) => {
+  const GAP = 40, TITLE = LiteGraph.NODE_TITLE_HEIGHT || 30;
+  let x = 40;
+  for (const col of columns) {
+    let y = 40 + TITLE, w = 0;
+    for (const id of col) {
+      const n = app.graph.getNodeById(id);
+      if (!n) continue;
+      const min = n.computeSize ? n.computeSize() : n.size;
+      const want = n.type === 'AdaClusterStats' ? statsSize : [Math.max(n.size[0], 320), 0];
+      n.setSize([Math.max(min[0], want[0]), Math.max(min[1], want[1])]);
+      n.pos = [x, y];
+      y += n.size[1] + TITLE + GAP;
+      w = Math.max(w, n.size[0]);
+    }
+    x += w + GAP;
+  }
+  app.graph.setDirtyCanvas(true, true);
+  return app.graph._nodes.map(n => ({id: n.id, type: n.type, x: n.pos[0], y: n.pos[1] - TITLE,
+                                     w: n.size[0], h: n.size[1] + TITLE}));
+}"""
+
+
+def _arrange_columns(page, columns) -> list:
+    boxes = page.evaluate(ARRANGE, [columns, STATS_SIZE])
+    page.wait_for_timeout(300)
+    return boxes
+
+
+def _overlaps(boxes: list) -> list:
+    out = []
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            if a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]:
+                out.append((a["type"], b["type"]))
+    return out
 
 
 def _click_run(page) -> str:
@@ -191,11 +271,14 @@ def _click_run(page) -> str:
 
 def test_queue_tiny_graph_shows_stats_readout(comfy_page, comfy_server, artifacts_dir):
     page = comfy_page
-    wf = _tiny_ui_workflow(comfy_server.object_info())
+    wf, columns = _tiny_ui_workflow(comfy_server.object_info())
+    _close_templates_dialog(page)   # a first visit opens it by itself (when this test runs alone)
     page.evaluate("async (wf) => { await app.loadGraphData(wf, true, true, 'adacluster_browser_tiny'); }", wf)
     page.wait_for_function("(n) => app.graph._nodes.length === n", arg=len(wf["nodes"]))
     page.wait_for_timeout(500)
     stats_id = next(n["id"] for n in wf["nodes"] if n["type"] == "AdaClusterStats")
+    boxes = _arrange_columns(page, columns)
+    assert not _overlaps(boxes), f"nodes overlap on the canvas: {_overlaps(boxes)}"
 
     t0 = time.time()
     how = _click_run(page)
@@ -225,20 +308,37 @@ def test_queue_tiny_graph_shows_stats_readout(comfy_page, comfy_server, artifact
     src = page.evaluate("(id) => app.graph.getNodeById(id).imgs[0].src", stats_id)
     assert "/view?" in src and "type=temp" in src, src
 
-    # Screenshot: the Stats node (readout + heatmap) next to the sampler and the patch node.
-    clip = page.evaluate("""(id) => { const n = app.graph.getNodeById(id); const ds = app.canvas.ds;
-        ds.scale = 1.0; ds.offset[0] = -n.pos[0] + 500; ds.offset[1] = -n.pos[1] + 170;
-        app.graph.setDirtyCanvas(true, true);
+    # The run resized the Stats node (readout + heatmap): lay out again, check nothing overlaps and
+    # every readout line fits the node's width (no cut-off text).
+    boxes = _arrange_columns(page, columns)
+    assert not _overlaps(boxes), f"nodes overlap on the canvas after the run: {_overlaps(boxes)}"
+    fits = page.evaluate("""([id, w]) => { const x = app.graph.getNodeById(id).widgets.find(v => v.name === w);
+        const el = x.element || x.inputEl; if (!el || !el.offsetParent) return null;
+        return {scroll: el.scrollWidth, client: el.clientWidth}; }""", [stats_id, STATS_WIDGET])
+    if fits is not None:
+        assert fits["scroll"] <= fits["client"] + 2, f"the readout is cut off on the node: {fits}"
+
+    # Screenshots at zoom 1.0 (readable): the patch node + sampler column next to the Stats node
+    # (the README picture), and the whole graph fitted to the window.
+    clip = page.evaluate("""([id, margin]) => { const ds = app.canvas.ds; const T = LiteGraph.NODE_TITLE_HEIGHT || 30;
+        const ada = app.graph._nodes.find(n => n.type === 'AdaClusterSparseAttention');
+        const st = app.graph.getNodeById(id);
         const r = app.canvas.canvas.getBoundingClientRect();
-        return {x: r.left + 130, y: r.top + 125, width: Math.min(n.size[0] + 390, r.width - 140),
-                height: Math.min(n.size[1] + 60, r.height - 135)}; }""", stats_id)
+        // zoom 1.0, the patch node's top-left corner `margin` px inside the free canvas area
+        ds.scale = 1.0;
+        ds.offset[0] = (margin[0] - r.left) - ada.pos[0];
+        ds.offset[1] = (margin[1] - r.top) - (ada.pos[1] - T);
+        app.graph.setDirtyCanvas(true, true);
+        const x0 = margin[0] - 14, y0 = margin[1] - 30;   // room for the node badges above the titles
+        const x1 = r.left + (st.pos[0] + st.size[0] + ds.offset[0]) + 12;
+        const y1 = r.top + (Math.max(st.pos[1] + st.size[1], ada.pos[1]) + ds.offset[1]) + 12;
+        return {x: x0, y: y0, width: Math.min(x1, r.right) - x0, height: Math.min(y1, r.bottom) - y0}; }""",
+                         [stats_id, CLEAR_OF_CHROME])
     page.wait_for_timeout(800)
     shot = artifacts_dir / "20_tiny_run_stats.png"
     page.screenshot(path=str(shot))
     page.screenshot(path=str(artifacts_dir / "20_tiny_run_stats_node.png"), clip=clip)
-    full = artifacts_dir / "21_tiny_run_graph.png"
-    _fit_view(page)
-    page.screenshot(path=str(full))
+    _screenshot_fitted(page, artifacts_dir / "21_tiny_run_graph.png")
     (artifacts_dir / "tiny_run_stats.txt").write_text(f"queued via {how}; readout after {wall:.1f} s\n\n{text}\n")
     if os.environ.get("ADACLUSTER_UPDATE_DOCS_SCREENSHOT") == "1":
         _save_docs_screenshot(artifacts_dir / "20_tiny_run_stats_node.png")

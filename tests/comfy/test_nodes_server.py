@@ -252,6 +252,10 @@ def test_layer_overrides_apply_per_layer(comfy_server):
 def test_torch_compile_model_still_samples(comfy_server, test_out_dir):
     """TorchCompileModel (inductor, CPU needs gcc) after the patch: the override is excluded from
     the graph by torch.compiler.disable; the compiled model samples and AdaCluster still runs."""
+    if " " in torch.__file__:
+        # torch's inductor passes its include paths to g++ unquoted: with torch installed under a
+        # path with a space (a clone in "My Projects/"), compiling fails and can take the server down
+        pytest.skip(f"torch inductor cannot compile from a path with a space ({torch.__file__})")
     compile_node = ("TorchCompileModel", {"backend": "inductor"})
     entry = _run(comfy_server, build(prompts.wan21_prompt, save_name="compiled_wan", config=TINY, steps=2,
                                      extra_patch=[compile_node]), timeout=600)

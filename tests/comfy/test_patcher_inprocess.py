@@ -305,7 +305,8 @@ def test_real_wan_forward_with_wrapper_and_chained_override():
     assert "AdaCluster: 48 attention calls, 6 sparse" in s["summary"]
     assert s["plan_source"] == "calibration"
     img = P.heatmap_image(s)
-    assert img.shape[0] == 1 and img.shape[-1] == 3 and img.shape[1] == 3 * img.shape[2] // 4
+    assert img.shape[0] == 1 and img.shape[-1] == 3 and min(img.shape[1:3]) >= 150
+    assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0
 
     # a second generation with the same patched model and resolution: the calibrated counts come
     # from the plan cache, so the step that calibrated before now runs sparse (still exact here)

@@ -104,8 +104,24 @@ def test_probe_off_and_bad_selection():
         P.make_probe("on", "a-b", "*")
 
 
-def test_heatmap_short_side_at_least_256():
-    img = P.heatmap_image({"density_grid": [[0.5, 0.2, None], [1.0, 0.3, 0.1]]})
-    assert min(img.shape[1], img.shape[2]) >= 256 and img.shape[1] * 3 == img.shape[2] * 2
-    big = P.heatmap_image({"density_grid": [[0.5] * 50 for _ in range(40)]})
-    assert max(big.shape[1:3]) <= 1024
+def test_heatmap_cells_axes_and_legend():
+    """Each cell has the colour of its density (grey = no call), at a readable size, with room for the
+    title, layer/step labels and the colour legend; large grids stay within a screen."""
+    RP = load_nodes_module("report_plot")
+    d = {"density_grid": [[0.5, 0.2, None], [1.0, 0.3, 0.1]], "mean_density": 0.275, "calls": 12, "sparse_calls": 8}
+    pil = RP.heatmap_pil(d)
+    left, top, cell, R, C = pil.info["grid_box"]
+    assert (R, C) == (2, 3) and cell >= 24
+    for li, row in enumerate(d["density_grid"]):
+        for si, v in enumerate(row):
+            px = pil.getpixel((int(left + (si + 0.2) * cell), int(top + (li + 0.2) * cell)))
+            assert px == RP.colour(v), (li, si, v, px)
+    assert RP.colour(None) != RP.colour(0.0) and RP.colour(1.0) != RP.colour(0.0)
+    assert pil.width > left + C * cell + 60            # legend right of the grid
+    assert pil.height > top + R * cell + 30            # step labels and axis title below
+    title = pil.crop((0, 0, pil.width, top - 4)).convert("L")
+    assert title.getextrema()[1] > 150                 # the title is drawn (light text on dark)
+    img = P.heatmap_image(d)
+    assert img.shape == (1, pil.height, pil.width, 3)
+    big = RP.heatmap_pil({"density_grid": [[0.5] * 50 for _ in range(40)]})
+    assert max(big.size) <= 1024 and big.info["grid_box"][2] >= 8

@@ -12,15 +12,11 @@ import torch
 
 from tests.conftest import COMFY_DIR, PACK_DIR, PACK_NAME, REPO_ROOT, TEST_PACK_DIR, TEST_PACK_NAME
 from tests.harness import prompts
-from tests.harness.comfy_server import ComfyServer, ComfyServerError, PromptError, find_import_failures
+from tests.harness.comfy_server import (ComfyServer, ComfyServerError, PromptError, core_import_failures,
+                                        core_import_note, find_import_failures)
 from tests.harness.make_tiny_dits import FILENAMES
 
 pytestmark = pytest.mark.server
-
-# the pack's real locations (tracebacks show them when ComfyUI resolved the symlink); not the
-# repo root itself, which also holds .comfyui/ and .venv/
-PACK_PATHS = [str(REPO_ROOT / "__init__.py"), str(REPO_ROOT / "nodes") + "/", str(REPO_ROOT / "adacluster_core") + "/"]
-
 
 # litegraph/frontend node types that never appear in /object_info
 FRONTEND_ONLY_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
@@ -32,7 +28,7 @@ def pack_node_types(object_info: dict) -> list:
 
 
 def test_pack_imports_without_errors(comfy_server):
-    failures = comfy_server.import_failures([PACK_NAME, TEST_PACK_NAME], paths=PACK_PATHS)
+    failures = comfy_server.import_failures([PACK_NAME, TEST_PACK_NAME])
     assert not failures, ("the pack failed to import in ComfyUI:\n" + "\n---\n".join(failures))
     log = comfy_server.log_text()
     assert f"custom_nodes/{PACK_NAME}" in log, "ComfyUI did not list the pack in its import times"
@@ -117,8 +113,10 @@ def test_checker_on_canned_logs():
            "   0.0 seconds (IMPORT FAILED): /x/custom_nodes/adacluster\n"
            "   0.0 seconds (IMPORT FAILED): /x/custom_nodes/adacluster_other\n")
     found = find_import_failures(log, ["adacluster"])
-    assert len(found) == 3
+    assert len(found) == 2
+    assert found[0].startswith("Traceback") and "einops" in found[0]   # ComfyUI's traceback comes along
     assert find_import_failures(log, ["somethingelse"]) == []
+    assert len(find_import_failures(log, ["adacluster_other"])) == 1
     assert find_import_failures("   0.0 seconds: /x/custom_nodes/adacluster\n", ["adacluster"]) == []
     # a node's runtime error while a prompt executes is the queuing test's business, not an import failure
     runtime = ("Traceback (most recent call last):\n"
@@ -128,7 +126,33 @@ def test_checker_on_canned_logs():
                '    raise ValueError("AdaCluster Compare: frame counts differ")\n'
                "ValueError: AdaCluster Compare: frame counts differ\n")
     assert find_import_failures(runtime, ["adacluster"]) == []
-    assert len(find_import_failures(log + runtime, ["adacluster"])) == 3
+    assert len(find_import_failures(log + runtime, ["adacluster"])) == 2
+
+
+def test_checker_blames_only_what_comfyui_names():
+    """A clone named `adacluster` holds .comfyui/: ComfyUI core's nodes_audio traceback then has
+    `adacluster` in every path, and is still ComfyUI's, not the pack's (issue 11)."""
+    core = ("Traceback (most recent call last):\n"
+            '  File "/home/u/adacluster/.comfyui/nodes.py", line 2131, in load_custom_node\n'
+            '  File "/home/u/adacluster/.comfyui/comfy_extras/nodes_audio.py", line 4, in <module>\n'
+            "    import torchaudio\n"
+            "ModuleNotFoundError: No module named 'torchaudio'\n"
+            "Cannot import /home/u/adacluster/.comfyui/comfy_extras/nodes_audio.py module for custom nodes: "
+            "No module named 'torchaudio'\n"
+            "WARNING: some comfy_extras/ nodes did not import correctly.\n"
+            "IMPORT FAILED: nodes_audio.py\n"
+            "   0.1 seconds: /tmp/base/custom_nodes/adacluster\n")
+    for name in ("adacluster", "adacluster-comfyui", "ComfyUI-AdaCluster", "My Packs"):
+        assert find_import_failures(core.replace("/adacluster", "/" + name), [name]) == []
+    assert core_import_failures(core) == ["nodes_audio.py"]
+    note = core_import_note(core)
+    assert "nodes_audio.py" in note and "torchaudio" in note and "not the AdaCluster pack" in note
+    assert core_import_note("   0.1 seconds: /tmp/base/custom_nodes/adacluster\n") == ""
+    # the pack itself failing under a folder name with a space / dash is still found
+    for name in ("adacluster-comfyui", "ComfyUI AdaCluster"):
+        bad = f"   0.0 seconds (IMPORT FAILED): /b/custom_nodes/{name}\n"
+        assert len(find_import_failures(bad, [name])) == 1, name
+        assert find_import_failures(bad, ["adacluster"]) == []
 
 
 def test_server_with_bad_flag_is_never_ready(comfy_install, tmp_path):
