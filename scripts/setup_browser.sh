@@ -8,7 +8,9 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
-VENV="$ROOT/.venv"
+# the venv chosen by ADACLUSTER_COMFYUI (scripts/comfy_select.sh): .venv by default
+source "$ROOT/scripts/comfy_select.sh"
+VENV=$ADACLUSTER_VENV
 say() { echo "[setup_browser] $*"; }
 
 if [ "${ADACLUSTER_SKIP_BROWSER_SETUP:-0}" = 1 ]; then
