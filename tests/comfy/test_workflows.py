@@ -16,6 +16,7 @@ import json
 import pytest
 
 from tests.conftest import PACK_NAME, REPO_ROOT
+from tests.harness.version_diffs import NEWER_OUTPUTS, NEWER_WIDGETS
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 SHIPPED = sorted(p.stem for p in WORKFLOWS_DIR.glob("*.json"))
@@ -24,10 +25,6 @@ EXPECTED = {"wan21_t2v_1.3b_480p_adacluster", "wan22_ti2v_5b_adacluster", "hunyu
 AB_CHECKS = {"wan21_ab_check_adacluster"}  # dense vs preset A/B graphs: their own chain (test below)
 MODEL_FILE_WIDGETS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name"}
 PACK_NODES = {"AdaClusterSparseAttention", "AdaClusterThresholds", "AdaClusterLayerOverrides", "AdaClusterStats"}
-# Known differences between the ComfyUI the files are generated with and 0.3.75 (newer nodes add
-# these; on a ComfyUI whose node lacks them the file carries them as ignored trailing values).
-NEWER_WIDGETS = {"CreateVideo": ["bit_depth"]}
-NEWER_OUTPUTS = {"SaveVideo": ["video"]}
 
 
 def _build_module():
