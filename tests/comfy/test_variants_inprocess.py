@@ -129,6 +129,21 @@ def test_wan_variant(name):
     _check(s, err, expected, name)
 
 
+def test_wan_context_window():
+    """Context windows (comfy/context_windows.py) run the model on one window of frames at a time:
+    the forward's latent is the window, so its layout is a video grid of its own and goes sparse."""
+    import comfy.ldm.wan.model as W
+
+    torch.manual_seed(0)
+    dm = W.WanModel(**BASE, operations=comfy.ops.disable_weight_init)
+    with torch.no_grad():
+        for p_ in dm.parameters():
+            p_.normal_(0, 0.05)
+    for frames in (1, 3):     # two window lengths through one model
+        s, err = _measure(dm, _r(1, 16, frames, 8, 8), _r(1, 20, 64), {})
+        _check(s, err, SPARSE, f"window of {frames} latent frames")
+
+
 # HunyuanVideo: the tiny checkpoints loaded through ComfyUI's own loader (real detection)
 HUNYUAN = {
     "HunyuanVideo 1.0 T2V": ("hunyuan", {}, SPARSE),
