@@ -709,6 +709,12 @@ def _seq_len(t) -> int:
     return int(t.shape[1]) if isinstance(t, torch.Tensor) and t.ndim >= 2 else 0
 
 
+def _shares_grid(tdc, x) -> bool:
+    """A latent concatenated to `x` along time (Wan's time_dim_concat) with the same frame size."""
+    return (isinstance(tdc, torch.Tensor) and tdc.ndim == x.ndim == 5 and tdc.shape[0] in (1, x.shape[0])
+            and tuple(tdc.shape[3:]) == tuple(x.shape[3:]))
+
+
 def _context_latent_tokens(latents, patch) -> int:
     """Tokens upstream Wan appends after the video for `context_latents` (in-context references):
     each latent [B, C, T, H, W] is padded to the patch size and patchified on its own grid."""
@@ -753,7 +759,12 @@ def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> For
         except Exception:
             ca = ""
         fc.calls_per_block = 3 if ("I2V" in ca and clip_fea is not None) else 2
-        if tdc is not None or "reference_latent" in kwargs:
+        if _shares_grid(tdc, x):
+            # Phantom-style subject frames concatenated in time: Wan appends them to the latent
+            # before patchifying, so they are more frames of the same (t, h, w) raster grid
+            fc.grid = (fc.grid[0] + int(math.ceil(tdc.shape[2] / patch[0])),) + fc.grid[1:]
+            fc.n_vid = int(math.prod(fc.grid))
+        elif tdc is not None or "reference_latent" in kwargs:
             fc.reason = "extra-tokens (reference / concatenated latents)"
         fc.n_extra = _context_latent_tokens(kwargs.get("context_latents"), patch)
     elif family in ("hunyuan", "hunyuan15"):

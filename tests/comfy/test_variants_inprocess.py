@@ -38,7 +38,7 @@ WAN = {
     "Wan in-context reference (context_latents)": ("model", "WanModel", {},
                                                    dict(context_latents=lambda: [_r(1, 16, 1, 8, 8)]), SPARSE),
     "Wan Phantom (time_dim_concat)": ("model", "WanModel", {}, dict(time_dim_concat=lambda: _r(1, 16, 1, 8, 8)),
-                                      "token-count-mismatch"),
+                                      SPARSE),
     "Wan Fun reference (reference_latent)": ("model", "WanModel", dict(in_dim_ref_conv=16),
                                              dict(reference_latent=lambda: _r(1, 16, 8, 8)), "token-count-mismatch"),
     "Wan Fun camera (camera_conditions)": ("model", "CameraWanModel", {},
