@@ -176,6 +176,36 @@ def test_hunyuan_joint_text_order_of_this_comfyui(comfy_server, model_facts):
     assert lay["masked_keys"] == 3 and lay["masked_keys_in_text"] == 3, lay
 
 
+def test_wan_context_latents_go_sparse_and_match_unpatched(comfy_server, test_out_dir):
+    """Upstream Wan's in-context reference latents (conditioning `context_latents`): the model
+    appends their tokens after the video; AdaCluster keeps them as an always-dense range, so the
+    self-attention goes sparse, and with every cluster selected equals the unpatched run."""
+    from tests.conftest import COMFY_DIR
+    if "context_latents" not in (COMFY_DIR / "comfy" / "model_base.py").read_text():
+        pytest.skip("this ComfyUI's Wan has no context_latents conditioning (upstream feature)")
+
+    def with_refs(p):
+        p["cl"] = {"class_type": "AdaClusterTestContextLatents",
+                   "inputs": {"conditioning": ["3", 0], "channels": 16, "frames": 1, "height": 8, "width": 8,
+                              "seed": 3}}
+        p["5"]["inputs"]["positive"] = ["cl", 0]
+        p["5"]["inputs"]["negative"] = ["cl", 0]
+        return p
+
+    _run(comfy_server, with_refs(prompts.wan21_prompt(save_name="ctxlat_ref", steps=3)))
+    entry = _run(comfy_server, with_refs(build(prompts.wan21_prompt, save_name="ctxlat_allk",
+                                               config=dict(TINY, top_k=4096), steps=3)))
+    s = stats_of(entry)
+    assert "token-count-mismatch" not in s["dense_reasons"] and s["sparse_calls"] > 0, text_of(entry)
+    lay = s["layouts"][0]
+    assert lay["n_vid"] == N_VID and lay["extra_tokens"] == 16 and lay["text_slice"] == [N_VID, N_VID + 16], lay
+    ref, got = _latent(test_out_dir, "ctxlat_ref"), _latent(test_out_dir, "ctxlat_allk")
+    err = (got - ref).abs().max().item()
+    assert err < 2e-3 * max(1.0, ref.abs().max().item()), f"max |patched - unpatched| = {err}"
+    entry = _run(comfy_server, with_refs(build(prompts.wan21_prompt, save_name="ctxlat_sparse", config=TINY, steps=3)))
+    assert stats_of(entry)["mean_density"] < 1.0, text_of(entry)
+
+
 # ------------------------------------------------------------------------------------------ bypass / state
 def test_enabled_false_is_bit_identical(comfy_server, test_out_dir):
     _run(comfy_server, prompts.wan21_prompt(save_name="plain_wan_bit", steps=2))
