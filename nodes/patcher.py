@@ -312,6 +312,7 @@ class AdaClusterRun:
     def _spawn_lane(self, key) -> "AdaClusterRun":
         ln = AdaClusterRun(self.user_config, self.rules, self.preset, self.previous, self.probe)
         ln.root, ln.override, ln.model_sampling = self, self.override, self.model_sampling
+        ln.plan_cache = self.plan_cache          # calibrated plans are per model, shared by its lanes
         ln.active, ln.t_start = True, self.t_start
         return ln
 
@@ -430,9 +431,12 @@ class AdaClusterRun:
         if self.phase == "warmup":
             adaptive = cfg.k_clusters is None and cfg.calibration_dense
             self.plan_key = plan_key
-            if adaptive and plan_key is not None and plan_key in self.plan_cache:
-                self._apply_plan(self.plan_cache[plan_key])
-                self.plan_cache.move_to_end(plan_key)
+            with self.root.lanes.lock:   # lanes share the holder's plan cache
+                cached = self.plan_cache.get(plan_key) if adaptive and plan_key is not None else None
+                if cached is not None:
+                    self.plan_cache.move_to_end(plan_key)
+            if cached is not None:
+                self._apply_plan(cached)
                 self.plan_source = "cache"
                 self.phase = "sparse"
             elif adaptive:
@@ -468,9 +472,10 @@ class AdaClusterRun:
         self._apply_plan(plan)
         self.plan_source = "calibration"
         if self.plan_key is not None:
-            self.plan_cache[self.plan_key] = plan
-            while len(self.plan_cache) > PLAN_CACHE_SIZE:
-                self.plan_cache.popitem(last=False)
+            with self.root.lanes.lock:
+                self.plan_cache[self.plan_key] = plan
+                while len(self.plan_cache) > PLAN_CACHE_SIZE:
+                    self.plan_cache.popitem(last=False)
 
     def _apply_plan(self, plan: dict):
         self.counts = dict(plan["counts"])

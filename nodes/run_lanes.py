@@ -74,3 +74,5 @@ def fold_lane(root, lane, tag: str):
     root.state_bytes_peak = max(root.state_bytes_peak, lane.state_bytes_peak)
     if root.family is None:
         root.family, root.config = lane.family, lane.config
+    if getattr(root, "plan_source", None) is None and getattr(lane, "plan_source", None) is not None:
+        root.plan_source = lane.plan_source

@@ -109,8 +109,9 @@ def test_clones_sampled_concurrently_equal_sampled_one_after_the_other(monkeypat
     xa, ca = _inputs(1)
     xb, cb = _inputs(2)
 
-    # one after the other: each clone alone
-    _, (c1, c2) = _patched_clones()
+    # one after the other, each alone (its own patched model: no calibrated plan carried over)
+    _, (c1,) = _patched_clones(1)
+    _, (c2,) = _patched_clones(1)
     seq_a = _sample(c1, dm, xa, ca)
     seq_b = _sample(c2, dm, xb, cb)
     solo = P.get_run(c2).last_run
@@ -148,6 +149,8 @@ def test_clones_sampled_concurrently_equal_sampled_one_after_the_other(monkeypat
     assert both["calls"] == 2 * solo["calls"] and both["sparse_calls"] == 2 * solo["sparse_calls"], both["summary"]
     assert both["runs_completed"] == 1
     assert holder.lanes.others == {} and holder.states == {}   # lanes dropped at cleanup
+    # the calibrated plan (per model and resolution) went into the holder's cache, shared by lanes
+    assert len(holder.plan_cache) == 1 and both.get("plan_source") == "calibration"
 
 
 def test_a_second_device_gets_its_own_lane():
