@@ -82,8 +82,25 @@ def comfy_install_problem() -> str | None:
         import comfyui_frontend_package  # noqa: F401
     except ImportError as e:
         return (f"this Python ({sys.executable}) lacks ComfyUI's requirements ({e}): run the tests with "
-                "`bash scripts/test.sh` (it uses .venv/bin/python)")
+                "`bash scripts/test.sh` (it uses the selected environment's python)")
+    pinned = _pinned_frontend(COMFY_DIR)
+    if pinned:
+        from importlib.metadata import version
+        have = version("comfyui-frontend-package")
+        if have != pinned:
+            return (f"this Python ({sys.executable}) has comfyui-frontend-package {have}, the ComfyUI at "
+                    f"{COMFY_DIR} pins {pinned}: wrong environment for it; run "
+                    "`ADACLUSTER_COMFYUI=... bash scripts/test.sh` (it picks the matching venv)")
     return None
+
+
+def _pinned_frontend(d: Path) -> str | None:
+    import re
+    try:
+        m = re.search(r"^comfyui-frontend-package==([\w.]+)", (d / "requirements.txt").read_text(), re.M)
+    except OSError:
+        return None
+    return m.group(1) if m else None
 
 
 @pytest.fixture(scope="session")
