@@ -12,7 +12,7 @@ adacluster_shared_dir() {
   (cd "$d" 2>/dev/null && pwd) || echo "$d"
 }
 adacluster_upstream_tarball() {  # newest snapshot tarball, or nothing
-  ls -1 "$(adacluster_shared_dir)"/comfyui-upstream/ComfyUI-*.tar.gz 2>/dev/null | sort | tail -1
+  { ls -1 "$(adacluster_shared_dir)"/comfyui-upstream/ComfyUI-*.tar.gz 2>/dev/null || true; } | sort | tail -1
 }
 case "${ADACLUSTER_COMFYUI:-}" in
   ""|default|0.3.75)
