@@ -15,7 +15,9 @@ whose video self-attention runs `adacluster_core.sparse_attention`:
 
 Per-run state lives in an `AdaClusterRun` holder stored in `transformer_options["adacluster"]`;
 its `__deepcopy__` returns itself because ComfyUI 0.3.75's `ModelPatcher.clone()` deep-copies
-`model_options`. Nothing is kept at module level.
+`model_options` (upstream shares it by reference). What a forward mutates lives in a lane per
+(thread, device) (nodes/run_lanes.py), so clones sampled in threads (MultiGPU CFG split) share
+nothing mutable. Nothing is kept at module level.
 
 CFG decision: when cond and uncond run batched, the batch is split along `cond_or_uncond`
 chunks and each chunk gets its own ClusterState (key `(layer, branch)`, branch = "c0", "u0",
@@ -53,6 +55,7 @@ except ImportError:
 
 from . import report_plot
 from .layer_rules import LayerRules, Selection, parse_rules, parse_selection
+from .run_lanes import LaneTable, fold_lane
 
 log = logging.getLogger("AdaCluster")
 
@@ -255,6 +258,7 @@ class ForwardContext:
     n_vid: int = 0
     n_txt: int = 0                   # joint text tokens (Hunyuan/CogVideoX) / Wan context length
     ctx_lens: tuple[int, ...] = ()   # Wan cross-attention key lengths
+    n_extra: int = 0                 # in-context tokens after the video (upstream Wan context_latents)
     txt_first: bool = True
     n_layers: int = 0
     sigma: float = float("nan")
@@ -294,6 +298,9 @@ class AdaClusterRun:
         self.plan_cache: "OrderedDict[tuple, dict]" = OrderedDict()
         self.last_run: dict | None = None
         self._warned: set = set()
+        self.root = self                 # a lane points at its holder (nodes/run_lanes.py)
+        self._running: set = set()       # ids of the patchers (clones) sampling this run now
+        self.lanes = LaneTable()
         self._reset_run()
 
     # deep copies (ComfyUI 0.3.75 clone) share the holder
@@ -331,8 +338,26 @@ class AdaClusterRun:
         self.state_bytes_peak = 0
         self.t_start = None
         self.active = False
+        self.lanes.clear()
+
+    # ---------------------------------------------------------------- lanes
+    def lane(self, device) -> "AdaClusterRun":
+        """This run's state for the calling thread on `device` (the holder itself for the first)."""
+        return self.lanes.get(self, device, self._spawn_lane)
+
+    def _spawn_lane(self, key) -> "AdaClusterRun":
+        ln = AdaClusterRun(self.user_config, self.rules, self.preset, self.previous, self.probe)
+        ln.root, ln.override, ln.model_sampling = self, self.override, self.model_sampling
+        ln.plan_cache = self.plan_cache          # calibrated plans are per model, shared by its lanes
+        ln.active, ln.t_start = True, self.t_start
+        return ln
 
     def begin(self, patcher=None):
+        with self.lanes.lock:
+            if self._running and id(patcher) not in self._running:
+                self._running.add(id(patcher))   # another clone (MultiGPU device) of the run in progress
+                return
+            self._running = {id(patcher)}
         self._reset_run()
         self.active = True
         self.t_start = time.perf_counter()
@@ -344,9 +369,18 @@ class AdaClusterRun:
         self.model_sampling = ms
 
     def end(self, patcher=None):
-        if not self.active and not self.records:
+        with self.lanes.lock:
+            if id(patcher) in self._running:
+                self._running.discard(id(patcher))
+            else:                                # not one that began this run: end it all
+                self._running.clear()
+            if self._running:
+                return                           # other clones of this run are still sampling
+        if not self.active and not self.records and not self.lanes.others:
             return
         try:
+            for i, ln in enumerate(self.lanes.others.values()):
+                fold_lane(self, ln, f"lane{i + 1}")
             self.state_bytes_peak = max(self.state_bytes_peak, self.state_bytes())
             self.last_run = self.summarize()
             self.runs_completed += 1
@@ -433,9 +467,12 @@ class AdaClusterRun:
         if self.phase == "warmup":
             adaptive = cfg.k_clusters is None and cfg.calibration_dense
             self.plan_key = plan_key
-            if adaptive and plan_key is not None and plan_key in self.plan_cache:
-                self._apply_plan(self.plan_cache[plan_key])
-                self.plan_cache.move_to_end(plan_key)
+            with self.root.lanes.lock:   # lanes share the holder's plan cache
+                cached = self.plan_cache.get(plan_key) if adaptive and plan_key is not None else None
+                if cached is not None:
+                    self.plan_cache.move_to_end(plan_key)
+            if cached is not None:
+                self._apply_plan(cached)
                 self.plan_source = "cache"
                 self.phase = "sparse"
             elif adaptive:
@@ -471,9 +508,10 @@ class AdaClusterRun:
         self._apply_plan(plan)
         self.plan_source = "calibration"
         if self.plan_key is not None:
-            self.plan_cache[self.plan_key] = plan
-            while len(self.plan_cache) > PLAN_CACHE_SIZE:
-                self.plan_cache.popitem(last=False)
+            with self.root.lanes.lock:
+                self.plan_cache[self.plan_key] = plan
+                while len(self.plan_cache) > PLAN_CACHE_SIZE:
+                    self.plan_cache.popitem(last=False)
 
     def _apply_plan(self, plan: dict):
         self.counts = dict(plan["counts"])
@@ -714,6 +752,25 @@ def _seq_len(t) -> int:
     return int(t.shape[1]) if isinstance(t, torch.Tensor) and t.ndim >= 2 else 0
 
 
+def _shares_grid(tdc, x) -> bool:
+    """A latent concatenated to `x` along time (Wan's time_dim_concat) with the same frame size."""
+    return (isinstance(tdc, torch.Tensor) and tdc.ndim == x.ndim == 5 and tdc.shape[0] in (1, x.shape[0])
+            and tuple(tdc.shape[3:]) == tuple(x.shape[3:]))
+
+
+def _context_latent_tokens(latents, patch) -> int:
+    """Tokens upstream Wan appends after the video for `context_latents` (in-context references):
+    each latent [B, C, T, H, W] is padded to the patch size and patchified on its own grid."""
+    if not isinstance(latents, (list, tuple)):
+        return 0
+    n = 0
+    for lat in latents:
+        if isinstance(lat, torch.Tensor) and lat.ndim >= 4:
+            dims = list(lat.shape[-len(patch):])
+            n += int(math.prod(int(math.ceil(d / p)) for d, p in zip(dims, patch)))
+    return n
+
+
 def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> ForwardContext:
     """What the attention override needs to place tokens, computed once per forward."""
     family, why = detect_family(dm)
@@ -745,8 +802,14 @@ def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> For
         except Exception:
             ca = ""
         fc.calls_per_block = 3 if ("I2V" in ca and clip_fea is not None) else 2
-        if tdc is not None or "reference_latent" in kwargs:
+        if _shares_grid(tdc, x):
+            # Phantom-style subject frames concatenated in time: Wan appends them to the latent
+            # before patchifying, so they are more frames of the same (t, h, w) raster grid
+            fc.grid = (fc.grid[0] + int(math.ceil(tdc.shape[2] / patch[0])),) + fc.grid[1:]
+            fc.n_vid = int(math.prod(fc.grid))
+        elif tdc is not None or "reference_latent" in kwargs:
             fc.reason = "extra-tokens (reference / concatenated latents)"
+        fc.n_extra = _context_latent_tokens(kwargs.get("context_latents"), patch)
     elif family in ("hunyuan", "hunyuan15"):
         context = _arg(args, kwargs, 2, "context")
         txt_byt5 = _arg(args, kwargs, 4, "txt_byt5")
@@ -796,6 +859,8 @@ def _begin_forward(run: AdaClusterRun, dm, args, kwargs):
     # re-install our override if a later node dropped it from the live options
     if to.get(OVERRIDE_KEY) is None and run.override is not None:
         to[OVERRIDE_KEY] = run.override
+    x = args[0] if args else kwargs.get("x")
+    run = run.lane(x.device if isinstance(x, torch.Tensor) else None)   # per thread x device
     fc = build_forward_context(run, dm, args, kwargs, to)
     run.forwards += 1
     if fc.family is not None:
@@ -807,6 +872,7 @@ def _begin_forward(run: AdaClusterRun, dm, args, kwargs):
         if key not in run.layouts:
             run.layouts[key] = {"family": fc.family, "grid": list(fc.grid), "n_vid": fc.n_vid, "n_txt": fc.n_txt,
                                 "txt_first": fc.txt_first, "n_layers": fc.n_layers, "reason": fc.reason,
+                                "extra_tokens": fc.n_extra,
                                 "text_slice": None, "masked_keys": None, "masked_keys_in_text": None}
     to[FWD_KEY] = fc
 
@@ -874,13 +940,15 @@ def classify_call(fc: ForwardContext, q, k, heads, skip_reshape: bool):
     fam = fc.family
     n_vid = fc.n_vid
     if fam == "wan":
-        if L in fc.ctx_lens and L == n_vid:
+        n_all = n_vid + fc.n_extra
+        if L in fc.ctx_lens and L == n_all:
             return "dense", "ambiguous-self-or-cross", None
-        if L != n_vid:
+        if L != n_all:
             if L in fc.ctx_lens:
                 return "other", "cross-attn", None
             return "dense", "token-count-mismatch", None
-        return "self", "", (B, H, L, D, 0, None)
+        # in-context reference tokens (context_latents) follow the video: an always-dense range
+        return "self", "", (B, H, L, D, 0, (n_vid, n_all) if fc.n_extra else None)
     if fam in ("hunyuan", "hunyuan15", "cogvideox"):
         n_txt = fc.n_txt
         if L != n_vid + n_txt:
@@ -919,31 +987,36 @@ def make_override(run: AdaClusterRun, previous=None):
     def adacluster_attention_override(func, *args, **kwargs):
         to = kwargs.get("transformer_options") or {}
         fc: ForwardContext | None = to.get(FWD_KEY)
-        if fc is None or fc.run is not run:
+        if fc is None or getattr(fc.run, "root", None) is not run:
             return dense(func, args, kwargs)
-        run.override_calls += 1
-        fc.calls += 1
-        q, k, v = args[0], args[1], args[2]
-        heads = args[3] if len(args) > 3 else kwargs.get("heads")
-        skip_reshape = bool(kwargs.get("skip_reshape", False))
-        mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
-        if fc.family is None:
-            run.record(None, fc.step, None, False, fc.reason or "unsupported-model", None, None, None, 0.0, 0)
-            return dense(func, args, kwargs)
-        kind, reason, layout = classify_call(fc, q, k, heads, skip_reshape)
-        if kind == "other":
-            return _timed_dense(run, fc, None, reason, func, args, kwargs, dense, q, k, heads, skip_reshape)
-        layer = _layer_index(fc, to)
-        fc.self_calls += 1
-        if kind == "dense":
-            return _timed_dense(run, fc, layer, reason, func, args, kwargs, dense, q, k, heads, skip_reshape)
-        if fc.reason:
-            return _timed_dense(run, fc, layer, fc.reason, func, args, kwargs, dense, q, k, heads, skip_reshape)
-        return _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, mask, skip_reshape)
+        return _override_call(fc.run, fc, to, dense, func, args, kwargs)   # fc.run: this thread's lane
 
     adacluster_attention_override.__adacluster_run__ = run
     adacluster_attention_override.__adacluster_previous__ = previous
     return adacluster_attention_override
+
+
+def _override_call(run: AdaClusterRun, fc: ForwardContext, to: dict, dense, func, args, kwargs):
+    """One attention call of a forward, with `run` = the lane that forward belongs to."""
+    run.override_calls += 1
+    fc.calls += 1
+    q, k, v = args[0], args[1], args[2]
+    heads = args[3] if len(args) > 3 else kwargs.get("heads")
+    skip_reshape = bool(kwargs.get("skip_reshape", False))
+    mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
+    if fc.family is None:
+        run.record(None, fc.step, None, False, fc.reason or "unsupported-model", None, None, None, 0.0, 0)
+        return dense(func, args, kwargs)
+    kind, reason, layout = classify_call(fc, q, k, heads, skip_reshape)
+    if kind == "other":
+        return _timed_dense(run, fc, None, reason, func, args, kwargs, dense, q, k, heads, skip_reshape)
+    layer = _layer_index(fc, to)
+    fc.self_calls += 1
+    if kind == "dense":
+        return _timed_dense(run, fc, layer, reason, func, args, kwargs, dense, q, k, heads, skip_reshape)
+    if fc.reason:
+        return _timed_dense(run, fc, layer, fc.reason, func, args, kwargs, dense, q, k, heads, skip_reshape)
+    return _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, mask, skip_reshape)
 
 
 def _flops(q, k, heads, skip_reshape) -> int:
@@ -1285,6 +1358,7 @@ def format_stats(d: dict | None) -> str:
         lines.append(f"planned dense layers: {d.get('planned_dense_layers')}  key-cluster cap: {d.get('cap')}")
     for lay in d.get("layouts", []):
         lines.append(f"layout: {lay['family']} grid {lay['grid']} ({lay['n_vid']} video tokens), text {lay['n_txt']}"
+                     + (f", {lay['extra_tokens']} in-context tokens (dense)" if lay.get("extra_tokens") else "")
                      + (f" at {lay['text_slice']}" if lay.get("text_slice") else "")
                      + (f", masked keys {lay['masked_keys']} ({lay['masked_keys_in_text']} in text)"
                         if lay.get("masked_keys") is not None else "")

@@ -11,7 +11,13 @@ the widget values line up with the real node definitions (core and AdaCluster).
     .venv/bin/python scripts/build_workflows.py --check         # exit 1 if workflows/ is stale
     .venv/bin/python scripts/build_workflows.py --thumbs-only   # only redraw the .jpg cards
 
-The generated files are committed; rerun this after changing a node's inputs.
+The generated files are committed; rerun this after changing a node's inputs. They are generated
+against current ComfyUI's node definitions (`ADACLUSTER_COMFYUI=upstream`, the snapshot in
+../shared, built by `ADACLUSTER_COMFYUI=upstream bash scripts/setup_env.sh`), and load on 0.3.75 too:
+newer nodes only add trailing widgets/outputs (CreateVideo `bit_depth`, SaveVideo's VIDEO output),
+which older frontends ignore; tests/comfy/test_workflows.py checks that against both.
+
+    ADACLUSTER_COMFYUI=upstream .venv-upstream/bin/python scripts/build_workflows.py
 The converter (`api_to_ui`) is also used by tests/browser to build the tiny UI graph it queues.
 """
 from __future__ import annotations
@@ -498,11 +504,17 @@ def fetch_object_info(url: str) -> dict:
 
 
 def object_info_from_throwaway_server() -> dict:
+    """/object_info of a throwaway server of the ComfyUI that ADACLUSTER_COMFYUI selects
+    (tests/harness/comfy_select.py; the committed files come from `upstream`)."""
+    import os
     sys.path.insert(0, str(ROOT))
-    from tests.harness.comfy_server import ComfyServer  # dev-only helper (tests/harness)
-    py = ROOT / ".venv" / "bin" / "python"
+    from tests.harness.comfy_select import comfy_dir  # dev-only helpers (tests/harness)
+    from tests.harness.comfy_server import ComfyServer
+    venv = os.environ.get("ADACLUSTER_VENV") or str(ROOT / (".venv-upstream" if os.environ.get(
+        "ADACLUSTER_COMFYUI") == "upstream" else ".venv"))
+    py = Path(venv) / "bin" / "python"
     with tempfile.TemporaryDirectory(prefix="adacluster_build_wf_") as base:
-        srv = ComfyServer(str(py if py.exists() else sys.executable), ROOT / ".comfyui", base,
+        srv = ComfyServer(str(py if py.exists() else sys.executable), comfy_dir(), base,
                           custom_nodes={"adacluster": ROOT}, extra_args=[])
         with srv:
             return srv.object_info()

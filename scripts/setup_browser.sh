@@ -8,7 +8,9 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
-VENV="$ROOT/.venv"
+# the venv chosen by ADACLUSTER_COMFYUI (scripts/comfy_select.sh): .venv by default
+source "$ROOT/scripts/comfy_select.sh"
+VENV=$ADACLUSTER_VENV
 say() { echo "[setup_browser] $*"; }
 
 if [ "${ADACLUSTER_SKIP_BROWSER_SETUP:-0}" = 1 ]; then
@@ -37,9 +39,9 @@ fi
 
 if [ -x "$VENV/bin/python" ]; then
   if "$VENV/bin/python" -c "import playwright" 2>/dev/null; then
-    say "playwright present in .venv"
+    say "playwright present in $(basename "$VENV")"
   else
-    say "installing playwright into .venv (python package only; no browser download) ..."
+    say "installing playwright into $(basename "$VENV") (python package only; no browser download) ..."
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check playwright \
       || say "WARNING: pip install playwright failed; browser tests will fail"
   fi

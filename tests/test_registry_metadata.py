@@ -84,9 +84,9 @@ def test_comfy_cli_node_validate(repo_root, tmp_path):
 
 def test_comfyui_parses_pyproject(repo_root):
     """ComfyUI's own parser (comfy_config, used at pack load time) reads the name and metadata."""
-    comfy_dir = repo_root / ".comfyui"
+    from tests.conftest import COMFY_DIR as comfy_dir   # the ComfyUI under test
     if not (comfy_dir / "comfy_config").is_dir():
-        pytest.skip("no .comfyui (run scripts/setup_env.sh)")
+        pytest.skip(f"no ComfyUI at {comfy_dir} (run scripts/setup_env.sh)")
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from comfy_config import config_parser as c; "
             "p = c.extract_node_configuration(sys.argv[2]); "
             "print(p.project.name, p.project.version, p.tool_comfy.publisher_id, p.tool_comfy.display_name)")

@@ -3,7 +3,7 @@
 * `load_nodes_module(name)`: import a module of the pack's `nodes/` package without ComfyUI's
   module loader (the package is registered as `adacluster_pack_nodes`; ComfyUI's own top-level
   `nodes.py` would shadow a plain `import nodes`).
-* `comfy_inprocess()`: make ComfyUI 0.3.75 (.comfyui/) importable in the pytest process, on CPU,
+* `comfy_inprocess()`: make the ComfyUI under test (.comfyui/ = 0.3.75 by default) importable in the pytest process, on CPU,
   for synthetic calls through the patcher (real WanModel/HunyuanVideo modules, real ModelPatcher).
 * prompt helpers that insert the pack's nodes into the harness prompts and read the Stats node's
   JSON payload back from /history.
@@ -15,9 +15,11 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from tests.harness.comfy_select import comfy_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODES_DIR = REPO_ROOT / "nodes"
-COMFY_DIR = REPO_ROOT / ".comfyui"
+COMFY_DIR = comfy_dir()   # the ComfyUI under test (tests/harness/comfy_select.py)
 PKG = "adacluster_pack_nodes"
 
 # Thresholds that make the sparse path run on the tiny models (48 video tokens, 2 heads x 128)
@@ -47,7 +49,7 @@ def load_nodes_module(name: str):
 
 
 def comfy_inprocess() -> str | None:
-    """Put .comfyui on sys.path (CPU mode). Returns None when usable, else why not."""
+    """Put the ComfyUI under test on sys.path (CPU mode). Returns None when usable, else why not."""
     if not (COMFY_DIR / "main.py").is_file():
         return f"no ComfyUI at {COMFY_DIR} (run scripts/setup_env.sh)"
     if str(COMFY_DIR) not in sys.path:
@@ -100,3 +102,45 @@ def stats_of(entry: dict, node_id: str = "q1") -> dict:
 
 def text_of(entry: dict, node_id: str = "q1") -> str:
     return entry["outputs"][node_id]["text"][0]
+
+
+def model_facts(path) -> dict:
+    """What the ComfyUI under test makes of a checkpoint, read from the model it loads (in this
+    process, CPU), so server tests expect what that ComfyUI does rather than what one version did:
+      txt_first      HunyuanVideo joint attention order (0.3.75: [img, txt]; upstream: [txt, img])
+      spatial_ratio  pixels per latent cell of EmptyHunyuanLatentVideo's latent once the sampler
+                     has fitted it to the model (upstream rescales empty latents to the model's
+                     VAE ratio: 16 for Wan 2.2-5B / HunyuanVideo 1.5; 0.3.75 keeps 8)
+      channels, patch
+    """
+    import inspect
+
+    why = comfy_inprocess()
+    if why:
+        raise RuntimeError(why)
+    import comfy.sample
+    import comfy.sd
+
+    m = comfy.sd.load_diffusion_model(str(path))
+    dm, fmt = m.model.diffusion_model, m.model.latent_format
+    rescales = "downscale_ratio_spacial" in inspect.signature(comfy.sample.fix_empty_latent_channels).parameters
+    blocks = getattr(dm, "double_blocks", None)
+    facts = {"txt_first": (not bool(getattr(blocks[0], "flipped_img_txt", False))) if blocks else True,
+             "spatial_ratio": int(fmt.spacial_downscale_ratio) if rescales else 8,
+             "channels": int(fmt.latent_channels), "patch": tuple(int(p) for p in dm.patch_size)}
+    del m, dm
+    return facts
+
+
+def latent_shape(facts: dict, frames: int = 9, size: int = 64) -> list:
+    """[B, C, T, H, W] of the harness prompts' sampled latent (EmptyHunyuanLatentVideo, size x size)."""
+    s = size // facts["spatial_ratio"]
+    return [1, facts["channels"], (frames - 1) // 4 + 1, s, s]
+
+
+def n_video_tokens(facts: dict, frames: int = 9, size: int = 64) -> int:
+    shp = latent_shape(facts, frames, size)[2:]
+    n = 1
+    for d, p in zip(shp, facts["patch"]):
+        n *= -(-d // p)
+    return n

@@ -1,4 +1,4 @@
-"""Capture -> tune -> profile -> probe, in the REAL ComfyUI 0.3.75 server (tiny Wan 2.1, CPU,
+"""Capture -> tune -> profile -> probe, in the REAL ComfyUI server (0.3.75 or ADACLUSTER_COMFYUI's) (tiny Wan 2.1, CPU,
 torch backend): the three calibration steps of the README, end to end.
 
 Run 1: AdaCluster Capture on the unpatched model writes Q/K/V of both layers x 3 steps.
@@ -140,7 +140,7 @@ def test_capture_tune_profile_probe_roundtrip(comfy_server, tmp_path):
     assert "probe (" in text_of(entry)
 
 
-def test_capture_after_adacluster_patch_hunyuan(comfy_server):
+def test_capture_after_adacluster_patch_hunyuan(comfy_server, model_facts):
     """[AdaCluster -> Capture] on HunyuanVideo (joint text tokens): the capture chains AdaCluster's
     override (sampling still goes sparse), records the text range and the patch's config, and the
     tuner runs on it."""
@@ -161,7 +161,9 @@ def test_capture_after_adacluster_patch_hunyuan(comfy_server):
     n_layers = json.loads(meta["n_layers"])
     calls = json.loads(meta["calls"])
     assert {(c["layer"], c["step"]) for c in calls} == {(layer, st) for layer in (0, n_layers - 1) for st in (1, 2)}
-    assert meta["family"] == "hunyuan" and json.loads(meta["text_range"]) == [N_VID, N_VID + 16]   # 0.3.75: [img, txt]
+    # text after the video in 0.3.75 ([img, txt]), before it upstream ([txt, img]): the loaded model's order
+    want = [0, 16] if model_facts["hunyuan"]["txt_first"] else [N_VID, N_VID + 16]
+    assert meta["family"] == "hunyuan" and json.loads(meta["text_range"]) == want
     assert json.loads(meta["config"])["k_clusters"] == 8
     c = tune.load_capture(str(f))
     prof = tune.tune(c, 0.5, backend="torch", kernel_rate=1.0, overhead=0.0, pooled_overhead=0.0)

@@ -1,4 +1,5 @@
-"""AdaCluster nodes + patcher in the REAL ComfyUI 0.3.75 server (one per session, tests/conftest.py).
+"""AdaCluster nodes + patcher in the REAL ComfyUI server (one per session, tests/conftest.py; 0.3.75 or
+the one ADACLUSTER_COMFYUI selects: token counts and text order come from the loaded model).
 
 Tiny random-weight models (2 layers, 2 heads x 128, 9 frames 64x64 -> grid 3x4x4 = 48 video tokens).
 Most runs use the torch reference backend (tests/comfy/_helpers.TINY); one runs the Triton kernels
@@ -11,7 +12,7 @@ import time
 import pytest
 import torch
 
-from tests.comfy._helpers import TINY, build, stats_of, text_of
+from tests.comfy._helpers import TINY, build, n_video_tokens, stats_of, text_of
 from tests.harness import prompts
 from tests.harness.comfy_server import PromptError
 from tests.harness.make_tiny_dits import FILENAMES
@@ -24,8 +25,7 @@ NODE_IDS = {
     "AdaClusterLayerOverrides": "AdaCluster Layer Overrides",
     "AdaClusterStats": "AdaCluster Stats",
 }
-N_VID = 48  # 9 frames, 64x64 -> latent 3x8x8 -> patch (1,2,2) -> 3x4x4
-N_VID_OF = {"wan21": 48, "wan22_5b": 48, "hunyuan": 48, "hunyuan15": 192}  # HunyuanVideo 1.5: patch 1x1x1
+N_VID = 48  # Wan 2.1: 9 frames, 64x64 -> latent 3x8x8 -> patch (1,2,2) -> 3x4x4 (every ComfyUI)
 
 
 def _latent(out_dir, name):
@@ -74,7 +74,7 @@ def test_thresholds_cover_every_config_field(comfy_server):
 @pytest.mark.parametrize("family,kw", [("wan21", dict(steps=3)), ("hunyuan", dict(steps=3)),
                                        ("hunyuan", dict(steps=3, mask_pad=4, cfg=1.0)),
                                        ("hunyuan15", dict(steps=3))], ids=["wan21", "hunyuan", "hunyuan-mask", "hunyuan15"])
-def test_all_clusters_selected_reproduces_unpatched(comfy_server, test_out_dir, family, kw):
+def test_all_clusters_selected_reproduces_unpatched(comfy_server, test_out_dir, model_facts, family, kw):
     """top_k >= key clusters: every key is attended, so the sparse kernel must reproduce dense."""
     builder = prompts.BUILDERS[family]
     tag = f"{family}_{kw.get('mask_pad', 0)}"
@@ -85,7 +85,7 @@ def test_all_clusters_selected_reproduces_unpatched(comfy_server, test_out_dir, 
     s = stats_of(entry)
     assert s["sparse_calls"] > 0, text_of(entry)
     # density counts computed query-key pairs: padded (masked) text keys are never computed
-    n_all = N_VID_OF[family] + 16
+    n_all = n_video_tokens(model_facts[family]) + 16
     expect = (n_all - kw.get("mask_pad", 0)) / n_all if family.startswith("hunyuan") else 1.0
     assert s["min_density"] == pytest.approx(expect, abs=1e-4), text_of(entry)
     assert s["dense_reasons"].get("calibration", 0) > 0, "the first sparse step should calibrate (dense)"
@@ -95,8 +95,11 @@ def test_all_clusters_selected_reproduces_unpatched(comfy_server, test_out_dir, 
 
 
 @pytest.mark.parametrize("family", ["wan21", "hunyuan", "wan22_5b", "hunyuan15"])
-def test_sparse_run_reports_density_below_one(comfy_server, test_out_dir, family):
-    entry = _run(comfy_server, build(prompts.BUILDERS[family], save_name=f"sparse_{family}", config=TINY, steps=3))
+def test_sparse_run_reports_density_below_one(comfy_server, test_out_dir, model_facts, family):
+    # the same 8x8 latent on every ComfyUI: a 16x-VAE model gets 128 px where its ComfyUI rescales
+    size = 64 * model_facts[family]["spatial_ratio"] // 8
+    entry = _run(comfy_server, build(prompts.BUILDERS[family], save_name=f"sparse_{family}", config=TINY, steps=3,
+                                     size=size))
     s = stats_of(entry)
     lat = _latent(test_out_dir, f"sparse_{family}")
     assert torch.isfinite(lat).all()
@@ -135,25 +138,73 @@ def test_triton_backend_runs_in_server(comfy_server, test_out_dir):
 
 # ------------------------------------------------------------------------------------------ Hunyuan text slice
 @pytest.mark.parametrize("family,n_txt", [("hunyuan", 16), ("hunyuan15", 16)])
-def test_hunyuan_text_slice_and_mask_placement(comfy_server, family, n_txt):
-    """0.3.75 concatenates [img, txt]: text must sit at [n_vid, n_vid + n_txt) and the padded
-    text keys of the model's mask must all fall inside that slice (the other order, [txt, img]
-    of ComfyUI >= 0.14, is covered by test_patcher_inprocess)."""
+def test_hunyuan_text_slice_and_mask_placement(comfy_server, model_facts, family, n_txt):
+    """The text slice follows the loaded model's joint order (0.3.75 concatenates [img, txt]: text
+    at [n_vid, n_vid + n_txt); upstream [txt, img]: text at [0, n_txt)), and the padded text keys
+    of the model's own mask (independent of the patcher's layout) all fall inside that slice."""
     entry = _run(comfy_server, build(prompts.BUILDERS[family], save_name=f"mask_{family}", config=TINY,
                                      steps=2, tokens=n_txt, mask_pad=5, cfg=1.0))
     s = stats_of(entry)
     lays = s["layouts"]
     assert len(lays) == 1, lays
     lay = lays[0]
-    n_vid = N_VID_OF[family]
-    assert lay["txt_first"] is False and lay["n_vid"] == n_vid and lay["n_txt"] == n_txt
-    assert lay["text_slice"] == [n_vid, n_vid + n_txt]
+    facts = model_facts[family]
+    n_vid = n_video_tokens(facts)
+    assert lay["txt_first"] is facts["txt_first"] and lay["n_vid"] == n_vid and lay["n_txt"] == n_txt
+    assert lay["text_slice"] == ([0, n_txt] if facts["txt_first"] else [n_vid, n_vid + n_txt])
     if lay["masked_keys"] is not None:  # HunyuanVideo builds the joint mask from attention_mask
         assert lay["masked_keys"] == 5 and lay["masked_keys_in_text"] == 5, lay
     else:
         assert family == "hunyuan15", "HunyuanVideo 1.0 should pass the padded-text mask"
     assert s["sparse_calls"] > 0
     assert "text-only (refiner)" in s["dense_reasons"], s["dense_reasons"]
+
+
+def test_hunyuan_joint_text_order_of_this_comfyui(comfy_server, model_facts):
+    """Known difference: ComfyUI 0.3.75's HunyuanVideo puts the text after the video ([img, txt],
+    `flipped_img_txt=True` blocks), current ComfyUI before it ([txt, img]). The layout the patcher
+    used in the real server is the loaded model's, and its padded-text mask lands in that slice."""
+    import inspect
+
+    import comfy.ldm.hunyuan_video.model as hv
+    flipped_in_source = "flipped_img_txt=True" in inspect.getsource(hv.HunyuanVideo.__init__)
+    assert model_facts["hunyuan"]["txt_first"] is (not flipped_in_source)
+    entry = _run(comfy_server, build(prompts.BUILDERS["hunyuan"], save_name="order_hunyuan", config=TINY,
+                                     steps=2, tokens=16, mask_pad=3, cfg=1.0))
+    lay = stats_of(entry)["layouts"][0]
+    assert lay["txt_first"] is model_facts["hunyuan"]["txt_first"]
+    assert lay["text_slice"][0] == (0 if lay["txt_first"] else lay["n_vid"])
+    assert lay["masked_keys"] == 3 and lay["masked_keys_in_text"] == 3, lay
+
+
+def test_wan_context_latents_go_sparse_and_match_unpatched(comfy_server, test_out_dir):
+    """Upstream Wan's in-context reference latents (conditioning `context_latents`): the model
+    appends their tokens after the video; AdaCluster keeps them as an always-dense range, so the
+    self-attention goes sparse, and with every cluster selected equals the unpatched run."""
+    from tests.conftest import COMFY_DIR
+    if "context_latents" not in (COMFY_DIR / "comfy" / "model_base.py").read_text():
+        pytest.skip("this ComfyUI's Wan has no context_latents conditioning (upstream feature)")
+
+    def with_refs(p):
+        p["cl"] = {"class_type": "AdaClusterTestContextLatents",
+                   "inputs": {"conditioning": ["3", 0], "channels": 16, "frames": 1, "height": 8, "width": 8,
+                              "seed": 3}}
+        p["5"]["inputs"]["positive"] = ["cl", 0]
+        p["5"]["inputs"]["negative"] = ["cl", 0]
+        return p
+
+    _run(comfy_server, with_refs(prompts.wan21_prompt(save_name="ctxlat_ref", steps=3)))
+    entry = _run(comfy_server, with_refs(build(prompts.wan21_prompt, save_name="ctxlat_allk",
+                                               config=dict(TINY, top_k=4096), steps=3)))
+    s = stats_of(entry)
+    assert "token-count-mismatch" not in s["dense_reasons"] and s["sparse_calls"] > 0, text_of(entry)
+    lay = s["layouts"][0]
+    assert lay["n_vid"] == N_VID and lay["extra_tokens"] == 16 and lay["text_slice"] == [N_VID, N_VID + 16], lay
+    ref, got = _latent(test_out_dir, "ctxlat_ref"), _latent(test_out_dir, "ctxlat_allk")
+    err = (got - ref).abs().max().item()
+    assert err < 2e-3 * max(1.0, ref.abs().max().item()), f"max |patched - unpatched| = {err}"
+    entry = _run(comfy_server, with_refs(build(prompts.wan21_prompt, save_name="ctxlat_sparse", config=TINY, steps=3)))
+    assert stats_of(entry)["mean_density"] < 1.0, text_of(entry)
 
 
 # ------------------------------------------------------------------------------------------ bypass / state

@@ -134,3 +134,30 @@ class AdaClusterTestCountingOverride:
 
 NODE_CLASS_MAPPINGS["AdaClusterTestCountingOverride"] = AdaClusterTestCountingOverride
 NODE_DISPLAY_NAME_MAPPINGS["AdaClusterTestCountingOverride"] = "AdaCluster TEST: counting attention override"
+
+
+class AdaClusterTestContextLatents:
+    """CONDITIONING + `context_latents` (upstream Wan's in-context reference latents, appended to the
+    video tokens by the model): one seeded random latent [1, channels, frames, h, w]. A ComfyUI
+    whose Wan does not know the key ignores it."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"conditioning": ("CONDITIONING",),
+                             "channels": ("INT", {"default": 16, "min": 1, "max": 128}),
+                             "frames": ("INT", {"default": 1, "min": 1, "max": 64}),
+                             "height": ("INT", {"default": 8, "min": 1, "max": 256}),
+                             "width": ("INT", {"default": 8, "min": 1, "max": 256}),
+                             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "attach"
+    CATEGORY = "adacluster_test"
+
+    def attach(self, conditioning, channels, frames, height, width, seed):
+        g = torch.Generator().manual_seed(seed)
+        lat = torch.randn(1, channels, frames, height, width, generator=g)
+        return ([[c[0], dict(c[1], context_latents=[lat])] for c in conditioning],)
+
+
+NODE_CLASS_MAPPINGS["AdaClusterTestContextLatents"] = AdaClusterTestContextLatents

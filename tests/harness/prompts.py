@@ -32,6 +32,8 @@ FAMILY = {
 
 
 def expected_latent_shape(family: str, frames: int = 9, size: int = 64, batch: int = 1) -> List[int]:
+    """The shape ComfyUI 0.3.75 samples (8x everywhere); tests take the ComfyUI under test's from
+    tests/comfy/_helpers.latent_shape(model_facts)."""
     return [batch, FAMILY[family]["channels"], (frames - 1) // 4 + 1, size // 8, size // 8]
 
 
