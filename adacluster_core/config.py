@@ -175,13 +175,11 @@ class AdaClusterConfig:
     def for_model(cls, model: str, preset: str = "balanced", **overrides: Any) -> "AdaClusterConfig":
         """Per-model profile (top_k from the spec's defaults table: Wan 128, Hunyuan 94, CogVideoX 64).
 
-        [choice, measured on an H200 at Wan-14B 720p size, docs/BENCHMARKS.md "Pooled tail"]:
-          balanced  pooled_tail, max_density 0.15: 2.28x faster than cuDNN, rel. err 0.016
-          quality   pooled_tail, max_density 0.25, top_k x1.5, longer warmup, more dense layers:
-                    1.60x, rel. err 0.012
-          fast      no pooled tail (the paper's selected-clusters-only attention), max_density
-                    0.15, top_k x0.6, shorter warmup: 4.08x, rel. err 0.17
-        (structured inputs; without the pooled tail the same budgets gave 0.17 / 0.13 error).
+        [choice; measurements in docs/BENCHMARKS.md]:
+          balanced  pooled tail, max_density 0.15.
+          quality   pooled tail, max_density 0.25, top_k x1.5, longer warmup, more dense layers.
+          fast      pooled tail (it costs a few % of the call and cuts the error ~10x), max_density
+                    0.15, top_k x0.6, shorter warmup, fewer dense layers.
         pooled_tail=False, max_density=1.0 gives the paper's plain top_k selection."""
         m = _MODEL_ALIASES.get(str(model).lower().replace("-", "").replace(" ", ""))
         if m is None:
@@ -195,7 +193,7 @@ class AdaClusterConfig:
             kw = dict(top_k=int(round(base * 1.5)), max_density=0.25, pooled_tail=True, warmup=0.4,
                       dense_layer_fraction=0.2, kmeans_iters_reuse=3)
         else:  # fast
-            kw = dict(top_k=max(8, int(round(base * 0.6))), max_density=0.15, pooled_tail=False, warmup=0.2,
+            kw = dict(top_k=max(8, int(round(base * 0.6))), max_density=0.15, pooled_tail=True, warmup=0.2,
                       dense_layer_fraction=0.1)
         kw.update(overrides)
         return cls(**kw)

@@ -52,7 +52,7 @@ def test_presets():
         assert q.top_k > b.top_k > f.top_k
         assert q.warmup >= b.warmup >= f.warmup
         assert (q.max_density, b.max_density, f.max_density) == (0.25, 0.15, 0.15)
-        assert q.pooled_tail and b.pooled_tail and not f.pooled_tail
+        assert q.pooled_tail and b.pooled_tail and f.pooled_tail
     assert AdaClusterConfig.for_model("wan", max_density=1.0).max_density == 1.0
     assert AdaClusterConfig(max_density=1).max_density == 1
     assert AdaClusterConfig.for_model("Wan2.1", "fast", backend="torch").backend == "torch"
