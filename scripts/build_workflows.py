@@ -391,12 +391,12 @@ def wan21_ab_check() -> dict:
         "save": {"pos": [1860, 620], "size": [360, 420], "title": "B: AdaCluster video"},
         "cmp": {"pos": [2280, 60], "size": [620, 980], "title": "AdaCluster Compare: B vs A", **ADACLUSTER_COLOR},
         "vid_diff": {"pos": [2960, 60], "size": [220, 60]},
-        "save_diff": {"pos": [2960, 160], "size": [360, 420], "title": "|A - B| x diff_gain"},
-        "stats": {"pos": [2960, 640], "size": [440, 500], "title": "AdaCluster Stats (B)"},
+        "save_diff": {"pos": [2960, 260], "size": [360, 420], "title": "|A - B| x diff_gain"},
+        "stats": {"pos": [2960, 720], "size": [440, 500], "title": "AdaCluster Stats (B)"},
     })
     groups = [{"title": "A: dense reference (same seed)", "bounding": [860, -10, 1380, 550], "color": "#3f5f8e"},
               {"title": "B: AdaCluster preset", "bounding": [860, 560, 1380, 560], "color": "#3f8e6a"},
-              {"title": "Compare B with A", "bounding": [2260, -10, 1160, 1170], "color": "#8e7a3f"}]
+              {"title": "Compare B with A", "bounding": [2260, -10, 1160, 1250], "color": "#8e7a3f"}]
     return dict(prompt=P, layout=L, note=AB_NOTE, groups=groups, note_layout={"pos": [40, 480], "size": [360, 900]},
                 card=("Wan 2.1 A/B check", "dense vs AdaCluster · PSNR / SSIM", "#8e7a3f",
                       ["Dense", "AdaCluster", "Decode", "Compare", "Stats"]))
