@@ -1200,8 +1200,6 @@ def _maybe_sparse(run, fc, layer, layout, func, args, kwargs, dense, q, k, v, ma
                 reason = "calibration" if stats.get("stage") == "calibration" and "calibration" in str(
                     stats.get("reason", "")) else (stats.get("reason") or "core")
             dens = stats.get("density") if isinstance(stats, dict) else None
-            if not is_dense and isinstance(stats, dict):
-                run.kernels[str(stats.get("attention") or stats.get("backend") or "?")] += 1
             run.record(layer, fc.step, br, not is_dense, reason, dens,
                        stats.get("q_clusters") if isinstance(stats, dict) else None,
                        stats.get("k_clusters") if isinstance(stats, dict) else None, t, fl // nb)
