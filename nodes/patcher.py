@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -53,7 +52,7 @@ except ImportError:
     from adacluster_core import config as _core_config
     from adacluster_core.clustering import plan_layers
 
-from . import report_plot
+from .report import format_stats, heatmap_image, rss_mb, stats_json
 from .layer_rules import LayerRules, Selection, parse_rules, parse_selection
 from .run_lanes import LaneTable, fold_lane
 
@@ -1313,106 +1312,8 @@ def run_stats(model) -> dict | None:
     d["retained_state_bytes"] = run.state_bytes() if not run.active else None
     d["retained_states"] = len(run.states) if not run.active else None
     d["runs_completed"] = run.runs_completed
-    d["rss_mb"] = _rss_mb()
+    d["rss_mb"] = rss_mb()
     return d
-
-
-def _rss_mb() -> float | None:
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except Exception:
-        return None
-
-
-def format_stats(d: dict | None) -> str:
-    if d is None:
-        return "AdaCluster: the MODEL input is not patched by AdaCluster Sparse Attention."
-    # the one-line summary (also logged) in two lines, so the node's readout stays narrow
-    lines = d.get("summary", "").replace(", est. ", ",\n  est. ").split("\n")
-    if not d.get("calls"):
-        return "\n".join(lines)
-    lines.append(f"model: {d.get('family')}  preset: {d.get('preset')}  layers: {d.get('n_layers')}  "
-                 f"steps: {len(d.get('sigmas') or [])}  forwards: {d.get('forwards')}")
-    lines.append(f"calls: {d['calls']}  sparse: {d['sparse_calls']}  dense: {d['dense_calls']}")
-    if d.get("kernels"):
-        lines.append("kernel: " + ", ".join(f"{k} {v}" for k, v in sorted(d["kernels"].items(), key=lambda kv: -kv[1])))
-    for r, c in sorted(d.get("dense_reasons", {}).items(), key=lambda kv: -kv[1]):
-        lines.append(f"  dense because {r}: {c}")
-    kern = {k: v for k, v in (d.get("kernels") or {}).items() if k in ("triton", "reference")}
-    if kern:
-        names = {"triton": "Triton", "reference": "torch reference (correct, not faster than dense)"}
-        interp = " through the Triton interpreter (CPU, TRITON_INTERPRET=1)" \
-            if "triton" in kern and os.environ.get("TRITON_INTERPRET") == "1" else ""
-        lines.append("sparse kernel: " + ", ".join(f"{names.get(k, k)} {v}" for k, v in sorted(kern.items()))
-                     + interp)
-    if d.get("mean_density") is not None:
-        lines.append(f"density of sparse calls: mean {d['mean_density']:.3f}  min {d['min_density']:.3f}  "
-                     f"max {d['max_density']:.3f}")
-    lines.append(f"est. attention FLOPs saved: {100 * d.get('flops_saved_frac', 0):.1f}%   "
-                 f"attention wall time: {d.get('attention_time_s', 0):.3f} s")
-    if d.get("planned_dense_layers") or d.get("cap"):
-        lines.append(f"planned dense layers: {d.get('planned_dense_layers')}  key-cluster cap: {d.get('cap')}")
-    for lay in d.get("layouts", []):
-        lines.append(f"layout: {lay['family']} grid {lay['grid']} ({lay['n_vid']} video tokens), text {lay['n_txt']}"
-                     + (f", {lay['extra_tokens']} in-context tokens (dense)" if lay.get("extra_tokens") else "")
-                     + (f" at {lay['text_slice']}" if lay.get("text_slice") else "")
-                     + (f", masked keys {lay['masked_keys']} ({lay['masked_keys_in_text']} in text)"
-                        if lay.get("masked_keys") is not None else "")
-                     + (f" [{lay['reason']}]" if lay.get("reason") else ""))
-    grid = d.get("density_grid") or []
-    if grid:
-        lines.append("density per layer x step (1.00 = dense, . = no call):")
-        for li, row in enumerate(grid):
-            cells = " ".join("  .  " if v is None else f"{v:.2f}".rjust(5) for v in row)
-            pl = d.get("per_layer", {}).get(str(li), {})
-            extra = ""
-            if pl.get("k_clusters") is not None or pl.get("q_clusters") is not None:
-                extra = f"   Cq {pl.get('q_clusters')} Ck {pl.get('k_clusters')}"
-            if pl.get("adaptive_count") is not None:
-                extra += f" (adaptive {pl['adaptive_count']})"
-            lines.append(f"  L{li:>3}: {cells}{extra}")
-        if d.get("steps_without_calls"):
-            lines.append("steps with no call (the model did not run, e.g. skipped by a step cache): "
-                         + ", ".join(str(i) for i in d["steps_without_calls"]))
-    pr = d.get("probe")
-    if pr:
-        lines.append(f"probe ({pr.get('spec')}): {pr.get('calls', 0)} calls measured against dense "
-                     "(dense output passed on)")
-        if pr.get("calls"):
-            lines.append(f"  rel. L2 error: mean {pr['mean_error']:.4f}  max {pr['max_error']:.4f}")
-            lines.append("  worst layers first:")
-            lines.append(f"  {'layer':>6} {'calls':>5} {'err max':>8} {'err mean':>8} {'recall min':>10} "
-                         f"{'recall mean':>11} {'density':>7}")
-
-            def f(x):
-                return "-" if x is None else f"{x:.4f}"
-            for w in pr.get("worst_layers", []):
-                lines.append(f"  {'L' + str(w['layer']):>6} {w['calls']:>5} {f(w['error_max']):>8} "
-                             f"{f(w['error_mean']):>8} {f(w['recall_min']):>10} {f(w['recall_mean']):>11} "
-                             f"{f(w['density_mean']):>7}")
-            eg, rg = pr.get("error_grid") or [], pr.get("recall_grid") or []
-            if eg:
-                lines.append("  error / recall per layer x step (. = not probed):")
-                for li, (er, rr) in enumerate(zip(eg, rg)):
-                    if all(v is None for v in er):
-                        continue
-                    cells = " ".join("     .     " if e is None else
-                                     f"{e:.3f}/{'-' if r is None else f'{r:.3f}'}".rjust(11) for e, r in zip(er, rr))
-                    lines.append(f"  L{li:>3}: {cells}")
-    return "\n".join(lines)
-
-
-def heatmap_image(d: dict | None) -> torch.Tensor:
-    """IMAGE [1, H, W, 3] float in 0..1: the density heatmap (layers x steps) with axes, a colour
-    legend and the run's mean density in the title (drawn by report_plot)."""
-    return report_plot.heatmap_tensor(d)
-
-
-def stats_json(d: dict | None) -> dict:
-    """JSON-able copy (floats/ints/str/lists/dicts only)."""
-    return json.loads(json.dumps(d if d is not None else {"summary": format_stats(None)}, default=str))
 
 
 __all__ = [

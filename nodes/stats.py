@@ -1,7 +1,7 @@
 """AdaCluster Stats: what the sparse attention did in the last run of a patched model."""
 from comfy_api.latest import io, ui
 
-from . import patcher
+from . import patcher, report
 from .io_types import CATEGORY
 
 # ui payload keys (for web extensions): "text" (PreviewText, one string), "images" + "animated"
@@ -34,14 +34,14 @@ class AdaClusterStats(io.ComfyNode):
     @classmethod
     def execute(cls, model, samples) -> io.NodeOutput:
         d = patcher.run_stats(model)
-        text = patcher.format_stats(d)
-        img = patcher.heatmap_image(d)
+        text = report.format_stats(d)
+        img = report.heatmap_image(d)
         payload = dict(ui.PreviewText(text).as_dict())
         try:
             payload.update(ui.PreviewImage(img, cls=cls).as_dict())
         except Exception:  # preview saving is cosmetic
             pass
-        js = patcher.stats_json(d)
+        js = report.stats_json(d)
         js.setdefault("quality_check", QUALITY_CHECK)
         payload[UI_STATS_KEY] = [js]
         return io.NodeOutput(text, img, ui=payload)

@@ -203,6 +203,7 @@ def test_interrupt_stops_a_slow_sparse_call_within_seconds(comfy_server):
     cap = ("AdaClusterCapture", {"enabled": True, "layers": "*", "steps": "*", "max_heads": 1, "max_mb": 64.0,
                                  "filename_prefix": "int_cap/cap"})
     p = build(prompts.wan21_prompt, save_name="slow", config=slow, steps=1, size=512, stats=False, extra_patch=[cap])
+    log_mark = len(srv.log_text())          # before queuing: the progress bar may print at once
     pid = srv.queue_prompt(p)
     t_run = time.time()
     while time.time() - t_run < 120:        # until the sampler is running
@@ -210,7 +211,6 @@ def test_interrupt_stops_a_slow_sparse_call_within_seconds(comfy_server):
         if any(item[1] == pid for item in q.get("queue_running", [])):
             break
         time.sleep(0.2)
-    log_mark = len(srv.log_text())
     while time.time() - t_run < 120 and "%|" not in srv.log_text()[log_mark:] and "0/1" not in srv.log_text()[log_mark:]:
         time.sleep(0.2)                     # the sampler's progress bar: the step has started
     time.sleep(3.0)
