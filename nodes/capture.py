@@ -31,7 +31,7 @@ import comfy.patcher_extension as pe
 import torch
 from comfy_api.latest import io
 
-from . import patcher
+from . import families, patcher
 from .io_types import CATEGORY
 from .layer_rules import parse_selection
 
@@ -136,7 +136,7 @@ class CaptureRun:
         for name, t in (("q", Q), ("k", K), ("v", V)):
             self.tensors[f"{key}.{name}"] = t.index_select(0, idx).detach().to("cpu").contiguous()
         if mask is not None:
-            km = patcher._mask_to_keys(mask, B, L)
+            km = families.mask_to_keys(mask, B, L)
             if km is not None:
                 self.tensors[f"{key}.key_mask"] = km[b0 if km.shape[0] > 1 else 0, 0].detach().float().cpu().contiguous()
         self.bytes += n
@@ -202,9 +202,9 @@ def make_capture_override(cap: CaptureRun, previous=None):
                 heads = args[3] if len(args) > 3 else kwargs.get("heads")
                 skip_reshape = bool(kwargs.get("skip_reshape", False))
                 mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
-                kind, _reason, layout = patcher.classify_call(fc, q, k, heads, skip_reshape)
+                kind, _reason, layout = families.classify_call(fc, q, k, heads, skip_reshape)
                 if kind != "other":
-                    layer = patcher._layer_index(fc, to)
+                    layer = families.layer_index(fc, to)
                     fc.self_calls += 1
                     if kind == "self" and cap.want(layer, fc):
                         cap.add(fc, layer, layout, q, k, v, mask, skip_reshape)
@@ -222,7 +222,7 @@ def _begin_forward(cap: CaptureRun, dm, args, kwargs):
         to = next((a for a in reversed(args) if isinstance(a, dict)), None)
     if to is None:
         return
-    fc = patcher.build_forward_context(cap.helper, dm, args, kwargs, to)
+    fc = families.build_forward_context(cap.helper, dm, args, kwargs, to)
     if fc.family is not None and fc.sigma == fc.sigma:
         fc.step = cap.helper.step_of(fc.sigma)
     to[CAPTURE_FWD_KEY] = fc

@@ -1,6 +1,6 @@
 """Every "dense because <reason>" string the AdaCluster Stats node can print, read from the source.
 
-The patcher records a reason for each call that does not run sparse (nodes/patcher.py), and passes
+The patcher records a reason for each call that does not run sparse (nodes/patcher.py, families.py), and passes
 on the core's own reason when sparse_attention() falls back to dense (adacluster_core/api.py,
 clustering.py). Reasons built with f-strings are returned as templates with "…" for each
 placeholder (f"head_dim {D}" -> "head_dim …"), which is how the README writes them.
@@ -91,7 +91,9 @@ MAPPED_CORE_REASONS = [
 def stats_reasons(repo_root) -> Set[str]:
     root = Path(repo_root)
     out = reasons_in(root / "nodes" / "patcher.py")
-    for name in ("api.py", "clustering.py"):
+    if (root / "nodes" / "families.py").is_file():   # call classification (token layouts)
+        out |= reasons_in(root / "nodes" / "families.py")
+    for name in ("api.py", "clustering.py", "guards.py"):
         p = root / "adacluster_core" / name
         if p.is_file():
             out |= reasons_in(p)

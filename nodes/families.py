@@ -1,0 +1,270 @@
+"""Model families and token layouts: which DiT a forward belongs to (Wan, HunyuanVideo 1.0/1.5,
+CogVideoX), where its video / text / in-context tokens sit, which attention call is which layer and
+CFG branch, and attention masks as per-key masks. Shared by the patcher and Capture; imports no
+adacluster_core."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .patcher import AdaClusterRun
+
+
+# ------------------------------------------------------------------------------------------------
+# per-forward context
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ForwardContext:
+    run: AdaClusterRun
+    family: str | None
+    reason: str = ""                 # why this forward stays dense entirely ("" = may go sparse)
+    grid: tuple[int, ...] = ()
+    n_vid: int = 0
+    n_txt: int = 0                   # joint text tokens (Hunyuan/CogVideoX) / Wan context length
+    ctx_lens: tuple[int, ...] = ()   # Wan cross-attention key lengths
+    n_extra: int = 0                 # in-context tokens after the video (upstream Wan context_latents)
+    txt_first: bool = True
+    n_layers: int = 0
+    sigma: float = float("nan")
+    step: int = -1
+    n_steps: int | None = None       # sampler steps (from transformer_options["sample_sigmas"])
+    phase: str = "sparse"            # warmup | calibration | sparse
+    cond_or_uncond: tuple[int, ...] = ()
+    self_calls: int = 0              # per-forward self-attention counter (layer id fallback)
+    calls: int = 0                   # all attention calls in this forward
+    calls_per_block: int = 2         # Wan: self + cross (+ cross img)
+    n_single: int = 0                # Hunyuan single-stream blocks (numbered after the double blocks)
+    mask_cache: Any = None           # (id(mask), result)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+# ------------------------------------------------------------------------------------------------
+# model family / layout
+# ------------------------------------------------------------------------------------------------
+def detect_family(dm) -> tuple[str | None, str]:
+    """(family, reason) from the DiT object: wan / hunyuan / hunyuan15 / cogvideox, or (None, why)."""
+    name = type(dm).__name__
+    if hasattr(dm, "double_blocks") and hasattr(dm, "txt_in") and hasattr(dm, "single_blocks"):
+        ps = list(getattr(dm, "patch_size", []) or [])
+        if getattr(dm, "cond_type_embedding", None) is not None or ps == [1, 1, 1]:
+            return "hunyuan15", ""
+        if "Hunyuan" in name or hasattr(dm, "vector_in"):
+            return "hunyuan", ""
+        return None, f"unsupported-model ({name})"
+    if "CogVideo" in name or (hasattr(dm, "patch_embed") and hasattr(dm, "patch_size_t") and hasattr(dm, "blocks")):
+        return "cogvideox", ""
+    if hasattr(dm, "blocks") and hasattr(dm, "text_embedding") and hasattr(dm, "patch_size"):
+        if hasattr(dm, "vace_blocks"):
+            return None, "unsupported-model (Wan VACE)"
+        return "wan", ""
+    return None, f"unsupported-model ({name})"
+
+
+def _patch3(dm, family) -> tuple[int, ...]:
+    if family == "cogvideox":
+        p = int(getattr(dm, "patch_size", 2))
+        pt = getattr(dm, "patch_size_t", None)
+        return (int(pt) if pt else 1, p, p)
+    return tuple(int(v) for v in getattr(dm, "patch_size", (1, 2, 2)))
+
+
+def _arg(args, kwargs, i, name):
+    if name in kwargs:
+        return kwargs[name]
+    return args[i] if len(args) > i else None
+
+
+def _seq_len(t) -> int:
+    return int(t.shape[1]) if isinstance(t, torch.Tensor) and t.ndim >= 2 else 0
+
+
+def _shares_grid(tdc, x) -> bool:
+    """A latent concatenated to `x` along time (Wan's time_dim_concat) with the same frame size."""
+    return (isinstance(tdc, torch.Tensor) and tdc.ndim == x.ndim == 5 and tdc.shape[0] in (1, x.shape[0])
+            and tuple(tdc.shape[3:]) == tuple(x.shape[3:]))
+
+
+def _context_latent_tokens(latents, patch) -> int:
+    """Tokens upstream Wan appends after the video for `context_latents` (in-context references):
+    each latent [B, C, T, H, W] is padded to the patch size and patchified on its own grid."""
+    if not isinstance(latents, (list, tuple)):
+        return 0
+    n = 0
+    for lat in latents:
+        if isinstance(lat, torch.Tensor) and lat.ndim >= 4:
+            dims = list(lat.shape[-len(patch):])
+            n += int(math.prod(int(math.ceil(d / p)) for d, p in zip(dims, patch)))
+    return n
+
+
+def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> ForwardContext:
+    """What the attention override needs to place tokens, computed once per forward."""
+    family, why = detect_family(dm)
+    fc = ForwardContext(run=run, family=family, reason=why)
+    x = args[0] if args else kwargs.get("x")
+    if family is None or not isinstance(x, torch.Tensor) or x.ndim < 4:
+        if family is not None:
+            fc.reason = "unsupported-input"
+        return fc
+    patch = _patch3(dm, family)
+    spatial = list(x.shape[2:])
+    patch = patch[-len(spatial):]
+    fc.grid = tuple(int(math.ceil(s / p)) for s, p in zip(spatial, patch))
+    fc.n_vid = int(math.prod(fc.grid))
+    if family == "wan":
+        context = _arg(args, kwargs, 2, "context")
+        clip_fea = _arg(args, kwargs, 3, "clip_fea")
+        tdc = _arg(args, kwargs, 4, "time_dim_concat")
+        n_ctx = _seq_len(context)
+        lens = [n_ctx]
+        if clip_fea is not None and getattr(dm, "img_emb", None) is not None:
+            lens += [n_ctx + _seq_len(clip_fea), _seq_len(clip_fea)]
+        fc.ctx_lens = tuple(lens)
+        fc.n_txt = n_ctx
+        blocks = getattr(dm, "blocks", [])
+        fc.n_layers = len(blocks)
+        try:
+            ca = type(blocks[0].cross_attn).__name__ if len(blocks) else ""
+        except Exception:
+            ca = ""
+        fc.calls_per_block = 3 if ("I2V" in ca and clip_fea is not None) else 2
+        if _shares_grid(tdc, x):
+            # Phantom-style subject frames concatenated in time: Wan appends them to the latent
+            # before patchifying, so they are more frames of the same (t, h, w) raster grid
+            fc.grid = (fc.grid[0] + int(math.ceil(tdc.shape[2] / patch[0])),) + fc.grid[1:]
+            fc.n_vid = int(math.prod(fc.grid))
+        elif tdc is not None or "reference_latent" in kwargs:
+            fc.reason = "extra-tokens (reference / concatenated latents)"
+        fc.n_extra = _context_latent_tokens(kwargs.get("context_latents"), patch)
+    elif family in ("hunyuan", "hunyuan15"):
+        context = _arg(args, kwargs, 2, "context")
+        txt_byt5 = _arg(args, kwargs, 4, "txt_byt5")
+        clip_fea = _arg(args, kwargs, 5, "clip_fea")
+        ref_latent = _arg(args, kwargs, 9, "ref_latent")
+        n_txt = _seq_len(context)
+        if txt_byt5 is not None and getattr(dm, "byt5_in", None) is not None:
+            n_txt += _seq_len(txt_byt5)
+        if clip_fea is not None and getattr(dm, "vision_in", None) is not None:
+            n_txt += _seq_len(clip_fea)
+        fc.n_txt = n_txt
+        fc.n_single = len(dm.single_blocks)
+        fc.n_layers = len(dm.double_blocks) + fc.n_single
+        # ComfyUI < 0.14 concatenates [img, txt] (DoubleStreamBlock(flipped_img_txt=True)); >= 0.14 [txt, img]
+        fc.txt_first = not bool(getattr(dm.double_blocks[0], "flipped_img_txt", False)) if len(dm.double_blocks) else True
+        if ref_latent is not None:
+            fc.reason = "extra-tokens (reference latent)"
+    elif family == "cogvideox":
+        context = _arg(args, kwargs, 2, "context")
+        fc.n_txt = _seq_len(context)
+        fc.txt_first = True
+        fc.n_layers = len(getattr(dm, "blocks", []))
+    run.n_layers = max(run.n_layers, fc.n_layers)
+    cou = to.get("cond_or_uncond")
+    fc.cond_or_uncond = tuple(int(c) for c in cou) if cou else ()
+    ss = to.get("sample_sigmas")
+    if isinstance(ss, torch.Tensor) and ss.ndim == 1 and ss.numel() > 1:
+        fc.n_steps = int(ss.numel()) - 1
+        run.note_schedule(ss)
+    sig = to.get("sigmas")
+    if isinstance(sig, torch.Tensor) and sig.numel():
+        fc.sigma = float(sig.detach().float().max())
+    elif sig is not None:
+        try:
+            fc.sigma = float(sig)
+        except (TypeError, ValueError):
+            pass
+    return fc
+
+
+def branch_keys(cond_or_uncond: tuple[int, ...]) -> list[str]:
+    seen: Counter = Counter()
+    out = []
+    for c in cond_or_uncond:
+        tag = "c" if c == 0 else ("u" if c == 1 else f"x{c}_")
+        out.append(f"{tag}{seen[c]}")
+        seen[c] += 1
+    return out
+
+
+def mask_to_keys(mask: torch.Tensor, B: int, L: int):
+    """Additive key mask [B or 1, 1, L] from ComfyUI's mask, or None when it is not a pure
+    key-padding mask (e.g. a per-query [.., L, L] mask)."""
+    if mask.shape[-1] != L or mask.numel() % L:
+        return None
+    if mask.ndim >= 2 and mask.shape[-2] != 1:
+        return None
+    rows = mask.numel() // L
+    if rows not in (1, B):
+        return None
+    m = mask.reshape(rows, 1, L)
+    if m.dtype == torch.bool:
+        m = torch.zeros(m.shape, dtype=torch.float32, device=m.device).masked_fill(~m, float("-inf"))
+    return m
+
+
+def classify_call(fc: ForwardContext, q, k, heads, skip_reshape: bool):
+    """Returns (kind, reason, layout) for one attention call.
+
+    kind: "self" (may go sparse), "dense" (run dense, `reason` says why, still a counted layer when
+    it is a self-attention of a block), "other" (cross-attention / text refiner: dense, not a layer).
+    layout: (B, H, L, D, vid_start, txt_range or None).
+    """
+    if skip_reshape:
+        if q.ndim != 4:
+            return "other", "layout", None
+        B, H, L, D = q.shape
+        Lk = k.shape[2]
+    else:
+        if q.ndim != 3 or not heads:
+            return "other", "layout", None
+        B, L, HD = q.shape
+        H = int(heads)
+        D = HD // H
+        Lk = k.shape[1]
+    if L != Lk:
+        return "other", "cross-attn", None
+    fam = fc.family
+    n_vid = fc.n_vid
+    if fam == "wan":
+        n_all = n_vid + fc.n_extra
+        if L in fc.ctx_lens and L == n_all:
+            return "dense", "ambiguous-self-or-cross", None
+        if L != n_all:
+            if L in fc.ctx_lens:
+                return "other", "cross-attn", None
+            return "dense", "token-count-mismatch", None
+        # in-context reference tokens (context_latents) follow the video: an always-dense range
+        return "self", "", (B, H, L, D, 0, (n_vid, n_all) if fc.n_extra else None)
+    if fam in ("hunyuan", "hunyuan15", "cogvideox"):
+        n_txt = fc.n_txt
+        if L != n_vid + n_txt:
+            if L <= n_txt:
+                return "other", "text-only (refiner)", None
+            return "dense", "token-count-mismatch", None
+        if fc.txt_first:
+            return "self", "", (B, H, L, D, n_txt, (0, n_txt) if n_txt else None)
+        return "self", "", (B, H, L, D, 0, (n_vid, n_vid + n_txt) if n_txt else None)
+    return "other", "unsupported-model", None
+
+
+def layer_index(fc: ForwardContext, to: dict) -> int:
+    """Global layer id: ComfyUI's block_index when it exists (Hunyuan all versions: double blocks
+    first, then single blocks; Wan from 0.5), else the per-forward self-attention counter."""
+    bi = to.get("block_index")
+    if isinstance(bi, int) and not isinstance(bi, bool):
+        if fc.family in ("hunyuan", "hunyuan15"):
+            if to.get("block_type") == "single":
+                return fc.n_layers - fc.n_single + bi
+            return bi
+        if fc.family == "wan":
+            return bi
+    return fc.self_calls
+
+
