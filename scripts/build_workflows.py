@@ -269,7 +269,7 @@ def wan22_ti2v_5b() -> dict:
         "wan2.2_ti2v_5B_fp16.safetensors", "wan2.2_vae.safetensors",
         "A small sailboat crossing a turquoise bay on a windy afternoon, waves sparkling, gulls overhead, aerial drone shot slowly circling the boat.",
         {"class_type": "Wan22ImageToVideoLatent", "inputs": {"vae": ["vae", 0], "width": 1280, "height": 704, "length": 121, "batch_size": 1}},
-        {"pos": [420, 500], "size": [320, 170], "title": "Video latent 1280x704, 121 frames (connect start_image for I2V)"},
+        {"pos": [420, 500], "size": [320, 170], "title": "Video latent 1280x704, 121 f (I2V: start_image)"},
         steps=20, cfg=5.0, fps=24.0, prefix="video/wan22_5b_adacluster")
     return dict(prompt=P, layout=L,
                 note=_note("**Wan 2.2 TI2V-5B** (1280×704, 121 frames at 24 fps, 20 steps). Put `wan2.2_ti2v_5B_fp16.safetensors` in `models/diffusion_models`, "
