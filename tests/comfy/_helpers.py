@@ -144,3 +144,21 @@ def n_video_tokens(facts: dict, frames: int = 9, size: int = 64) -> int:
     for d, p in zip(shp, facts["patch"]):
         n *= -(-d // p)
     return n
+
+
+def tiny_wan_model(num_layers: int = 2, seed: int = 0):
+    """A real ComfyUI WanModel (t2v, 2 heads of 128, dim 256) with small random weights, for
+    in-process forwards (needs `comfy_inprocess()` first)."""
+    import comfy.ldm.wan.model as W
+    import comfy.ops
+    import torch
+
+    torch.manual_seed(seed)
+    dm = W.WanModel(model_type="t2v", patch_size=(1, 2, 2), text_len=16, in_dim=16, dim=256, ffn_dim=512,
+                    freq_dim=256, text_dim=64, out_dim=16, num_heads=2, num_layers=num_layers,
+                    operations=comfy.ops.disable_weight_init)
+    with torch.no_grad():
+        for p_ in dm.parameters():
+            p_.normal_(0, 0.05)
+    return dm
+

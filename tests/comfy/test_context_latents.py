@@ -12,7 +12,7 @@ import inspect
 import pytest
 import torch
 
-from tests.comfy._helpers import comfy_inprocess, load_nodes_module
+from tests.comfy._helpers import comfy_inprocess, load_nodes_module, tiny_wan_model
 
 _why = comfy_inprocess()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
@@ -93,16 +93,7 @@ def test_override_with_context_tokens_is_exact_when_every_cluster_is_selected():
 @pytest.mark.skipif(_why is None and not _wan_has_context_latents(),
                     reason="this ComfyUI's WanModel has no context_latents input (upstream feature)")
 def test_real_wan_forward_with_context_latents_goes_sparse_and_matches_unpatched():
-    import comfy.ldm.wan.model as W
-    import comfy.ops
-
-    torch.manual_seed(0)
-    dm = W.WanModel(model_type="t2v", patch_size=(1, 2, 2), text_len=16, in_dim=16, dim=256, ffn_dim=512,
-                    freq_dim=256, text_dim=64, out_dim=16, num_heads=2, num_layers=2,
-                    operations=comfy.ops.disable_weight_init)
-    with torch.no_grad():
-        for p_ in dm.parameters():
-            p_.normal_(0, 0.05)
+    dm = tiny_wan_model(2)
     cfg = P.make_config(q_clusters=6, k_clusters=8, k_clusters_init=8, top_k=4096, warmup=0.0, min_tokens=0,
                         dense_layer_fraction=0.0, calibration_dense=False, backend="torch")
     run = P.AdaClusterRun(cfg, None, "auto")

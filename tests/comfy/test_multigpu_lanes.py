@@ -12,7 +12,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from tests.comfy._helpers import comfy_inprocess, load_nodes_module
+from tests.comfy._helpers import comfy_inprocess, load_nodes_module, tiny_wan_model
 
 _why = comfy_inprocess()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
@@ -30,16 +30,7 @@ class _MS:  # model_sampling stand-in: flow, sigma = 1 - percent
 
 
 def _tiny_wan(seed=0):
-    import comfy.ldm.wan.model as W
-    import comfy.ops
-
-    torch.manual_seed(seed)
-    dm = W.WanModel(model_type="t2v", patch_size=(1, 2, 2), text_len=16, in_dim=16, dim=256, ffn_dim=512,
-                    freq_dim=256, text_dim=64, out_dim=16, num_heads=2, num_layers=2,
-                    operations=comfy.ops.disable_weight_init)
-    with torch.no_grad():
-        for p_ in dm.parameters():
-            p_.normal_(0, 0.05)
+    dm = tiny_wan_model(2, seed)
     return dm
 
 

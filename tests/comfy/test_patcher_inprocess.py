@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.comfy._helpers import comfy_inprocess, load_nodes_module
+from tests.comfy._helpers import comfy_inprocess, load_nodes_module, tiny_wan_model
 
 _why = comfy_inprocess()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
@@ -255,16 +255,7 @@ def test_layer_rule_validation_names_line_and_field():
 def test_real_wan_forward_with_wrapper_and_chained_override():
     """A real ComfyUI WanModel (3 layers) through the wrapper + override, batched CFG, a chained
     previous override: warmup by sigma, calibration step, then sparse; top_k >= clusters -> dense result."""
-    import comfy.ldm.wan.model as W
-    import comfy.ops
-
-    torch.manual_seed(0)
-    dm = W.WanModel(model_type="t2v", patch_size=(1, 2, 2), text_len=16, in_dim=16, dim=256, ffn_dim=512,
-                    freq_dim=256, text_dim=64, out_dim=16, num_heads=2, num_layers=3,
-                    operations=comfy.ops.disable_weight_init)
-    with torch.no_grad():
-        for p_ in dm.parameters():
-            p_.normal_(0, 0.05)
+    dm = tiny_wan_model(3)
     calls = {"n": 0}
 
     def prev(func, *args, **kwargs):
