@@ -176,10 +176,12 @@ class AdaClusterConfig:
         """Per-model profile (top_k from the spec's defaults table: Wan 128, Hunyuan 94, CogVideoX 64).
 
         [choice; measurements in docs/BENCHMARKS.md]:
-          balanced  pooled tail, max_density 0.15.
-          quality   pooled tail, max_density 0.25, top_k x1.5, longer warmup, more dense layers.
+          balanced  pooled tail, max_density 0.15, one warm-started k-means iteration per step
+                    (the assignment barely moves between steps: same error as two).
+          quality   pooled tail, max_density 0.25, top_k x1.5, longer warmup, more dense layers,
+                    three k-means iterations per step.
           fast      pooled tail (it costs a few % of the call and cuts the error ~10x), max_density
-                    0.15, top_k x0.6, shorter warmup, fewer dense layers.
+                    0.10, top_k x0.6, one k-means iteration, shorter warmup, fewer dense layers.
         pooled_tail=False, max_density=1.0 gives the paper's plain top_k selection."""
         m = _MODEL_ALIASES.get(str(model).lower().replace("-", "").replace(" ", ""))
         if m is None:
@@ -188,13 +190,13 @@ class AdaClusterConfig:
             raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
         base = _MODEL_TOP_K[m]
         if preset == "balanced":
-            kw = dict(top_k=base, max_density=0.15, pooled_tail=True)
+            kw = dict(top_k=base, max_density=0.15, pooled_tail=True, kmeans_iters_reuse=1)
         elif preset == "quality":
             kw = dict(top_k=int(round(base * 1.5)), max_density=0.25, pooled_tail=True, warmup=0.4,
                       dense_layer_fraction=0.2, kmeans_iters_reuse=3)
         else:  # fast
-            kw = dict(top_k=max(8, int(round(base * 0.6))), max_density=0.15, pooled_tail=True, warmup=0.2,
-                      dense_layer_fraction=0.1)
+            kw = dict(top_k=max(8, int(round(base * 0.6))), max_density=0.10, pooled_tail=True, warmup=0.2,
+                      dense_layer_fraction=0.1, kmeans_iters_reuse=1)
         kw.update(overrides)
         return cls(**kw)
 

@@ -21,6 +21,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("ADACLUSTER_STRICT", "1")  # a failing sparse path must fail the benchmark, not run dense
+# --check imports the CPU tests' case builder, which turns the interpreter on when unset: keep the GPU
+os.environ.setdefault("TRITON_INTERPRET", "0")
 
 import torch  # noqa: E402
 
@@ -30,10 +32,17 @@ from bench.inputs import SHAPES, bench_ms, dense_cudnn, env_header, make_inputs,
 
 
 def variant_config(model: str, variant: str) -> AdaClusterConfig:
-    variant = variant.replace("-noorder", "")
-    if variant == "notail":
-        return AdaClusterConfig.for_model(model, "balanced", pooled_tail=False)
-    return AdaClusterConfig.for_model(model, variant)
+    """"balanced" / "quality" / "fast" = the presets; "notail" = balanced without the pooled
+    tail; "-noorder" suffix: see run_variant; "+field=value" suffixes override config fields
+    (e.g. "balanced+kmeans_iters_reuse=1", "fast+max_density=0.1")."""
+    base, *overrides = variant.replace("-noorder", "").split("+")
+    kw = {}
+    for o in overrides:
+        f, val = o.split("=")
+        kw[f] = type(getattr(AdaClusterConfig(), f))(val) if f != "pooled_tail" else val in ("1", "True", "true")
+    if base == "notail":
+        return AdaClusterConfig.for_model(model, "balanced", pooled_tail=False, **kw)
+    return AdaClusterConfig.for_model(model, base, **kw)
 
 
 def reuse_layout(q, k, v, cfg, st, text):

@@ -23,6 +23,7 @@ def main(argv=None):
     ap.add_argument("--shapes", default="wan1.3b,wan14b")
     ap.add_argument("--presets", default="balanced,fast")
     ap.add_argument("--rows", type=int, default=22)
+    ap.add_argument("--stack", action="store_true", help="group by the calling Python lines (which op is where)")
     a = ap.parse_args(argv)
     from bench.inputs import SHAPES, bench_ms, dense_cudnn, make_inputs
     for name in a.shapes.split(","):
@@ -42,12 +43,13 @@ def main(argv=None):
                   f"density {d:.3f}, ideal ratio {t / (d * t_dense):.2f}, Ck {stats['k_clusters']} stage {stats['stage']}",
                   flush=True)
             from torch.profiler import ProfilerActivity, profile
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=a.stack) as prof:
                 for _ in range(5):
                     sparse_attention(q, k, v, state=st, **kw)
                 torch.cuda.synchronize()
-            print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=a.rows, max_name_column_width=60),
-                  flush=True)
+            avg = prof.key_averages(group_by_stack_n=4) if a.stack else prof.key_averages()
+            print(avg.table(sort_by="self_cuda_time_total", row_limit=a.rows, max_name_column_width=60,
+                            max_src_column_width=90), flush=True)
             del st, out
             torch.cuda.empty_cache()
 

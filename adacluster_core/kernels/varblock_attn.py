@@ -82,7 +82,7 @@ if HAS_TRITON:
     # sizes that vary per layer or call are not specialised on (no recompiles per layer)
     @triton.jit(do_not_specialize=["N", "NK", "CQ", "R", "CT", "CQT"])
     def _varblock_fwd(
-        Q, K, V, O, PERM, QOFF, RS, RE, TK, TV, TB,
+        Q, K, V, O, PERM, QOFF, RS, RE, TK, TV, TB, K_DESC, V_DESC,
         qk_scale,
         N, NK, CQ, R, CT, CQT,
         D: tl.constexpr,
@@ -92,6 +92,7 @@ if HAS_TRITON:
         R_P2: tl.constexpr,
         NUM_STAGES: tl.constexpr,
         HAS_TAIL: tl.constexpr,
+        USE_DESC: tl.constexpr,
     ):
         tile = tl.program_id(0)
         g = tl.program_id(1)
@@ -108,12 +109,18 @@ if HAS_TRITON:
         cum = tl.cumsum(nt, 0)  # inclusive
         total_tiles = tl.sum(nt, 0)
         if tile < total_tiles:
-            c = tl.sum((cum <= tile).to(tl.int32), 0)
+            # the last query cluster's tiles run first: with always-dense tokens it is the text
+            # cluster, whose tiles attend every key (several times a clustered tile's work) and
+            # would otherwise start last and run alone at the end of the grid
+            n_last = tl.sum(tl.where(ci == CQ - 1, nt, 0), 0)
+            t = tile - n_last
+            t = tl.where(t < 0, t + total_tiles, t)
+            c = tl.sum((cum <= t).to(tl.int32), 0)
             sel = ci == c
             t0 = tl.sum(tl.where(sel, cum - nt, 0), 0)
             q_lo = tl.sum(tl.where(sel, lo, 0), 0)
             q_hi = tl.sum(tl.where(sel, hi, 0), 0)
-            row0 = q_lo + (tile - t0) * BLOCK_M
+            row0 = q_lo + (t - t0) * BLOCK_M
 
             offs_m = tl.arange(0, BLOCK_M)
             offs_d = tl.arange(0, D)
@@ -137,15 +144,20 @@ if HAS_TRITON:
             rs_v = tl.load(RS + rbase + ri, mask=rmask, other=0)
             re_v = tl.load(RE + rbase + ri, mask=rmask, other=0)
             n_r = tl.max(tl.where(rmask & (re_v > rs_v), ri + 1, 0), 0)
+            g_row = (g * NK).to(tl.int32)  # first row of this group in the [G * NK, D] descriptors
             for r in range(0, n_r):
                 s0 = tl.load(RS + rbase + r)
                 e0 = tl.load(RE + rbase + r)
                 ln = tl.maximum(e0 - s0, 0)
                 n_full = ln // BLOCK_N
                 for j in tl.range(0, n_full, num_stages=NUM_STAGES):
-                    rows = s0 + j * BLOCK_N + offs_n
-                    k = tl.load(k_base + rows[:, None] * D + offs_d[None, :])
-                    v = tl.load(v_base + rows[:, None] * D + offs_d[None, :])
+                    if USE_DESC:  # TMA block copies (Hopper): fewer load instructions per chunk
+                        k = K_DESC.load([g_row + s0 + j * BLOCK_N, 0])
+                        v = V_DESC.load([g_row + s0 + j * BLOCK_N, 0])
+                    else:
+                        rows = s0 + j * BLOCK_N + offs_n
+                        k = tl.load(k_base + rows[:, None] * D + offs_d[None, :])
+                        v = tl.load(v_base + rows[:, None] * D + offs_d[None, :])
                     acc, m_i, l_i = _attend_chunk(acc, m_i, l_i, q, k, v, qk_scale, no_bias, offs_n, False, False)
                 if n_full * BLOCK_N < ln:
                     rows = s0 + n_full * BLOCK_N + offs_n
@@ -177,7 +189,8 @@ if HAS_TRITON:
 
 # ------------------------------------------------------------------------------------------
 # launch configuration: one table, (BLOCK_M, BLOCK_N, num_warps, num_stages) per head dim,
-# chosen by measurement on an H200 (docs/KERNEL_NOTES.md)
+# chosen by measurement on an H200 (docs/KERNEL_NOTES.md); below SMALL_N tokens, D = 128 uses
+# half-height query tiles (more, shorter programs: better balance when heads are short)
 # ------------------------------------------------------------------------------------------
 LAUNCH_CONFIGS = {
     16: (128, 64, 4, 3),
@@ -186,17 +199,38 @@ LAUNCH_CONFIGS = {
     128: (128, 64, 8, 3),
     256: (64, 32, 8, 2),
 }
+SMALL_N = 150_000
+SMALL_N_CONFIGS = {128: (64, 64, 4, 3)}
 # The interpreter runs every op in numpy: small tiles keep the CPU tests fast.
 _INTERP_CONFIG = (16, 16, 4, 1)
 
 
-def launch_config(D: int, dtype: torch.dtype, device: torch.device) -> tuple:
+def launch_config(D: int, dtype: torch.dtype, device: torch.device, n_tokens: int = 0) -> tuple:
     if device.type != "cuda" or _interpret():
         return _INTERP_CONFIG
-    bm, bn, w, s = LAUNCH_CONFIGS[D]
+    bm, bn, w, s = SMALL_N_CONFIGS.get(D, LAUNCH_CONFIGS[D]) if 0 < n_tokens < SMALL_N else LAUNCH_CONFIGS[D]
     if dtype == torch.float32 and D >= 128:
         bm = min(bm, 64)  # fp32 tiles are twice as large
     return bm, bn, w, s
+
+
+def _tensor_descriptor_class():
+    """Triton's host-side tensor descriptor (TMA block loads), or None where this Triton lacks it."""
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+        return TensorDescriptor
+    except Exception:  # pragma: no cover - older triton
+        return None
+
+
+def use_descriptors(device: torch.device) -> bool:
+    """K / V chunks through tensor descriptors: on Hopper and newer (TMA), and in the
+    interpreter (so the CPU tests run the same code path); plain pointer loads elsewhere."""
+    if _tensor_descriptor_class() is None:
+        return False
+    if _interpret():
+        return True
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def _next_p2(x: int) -> int:
@@ -205,9 +239,10 @@ def _next_p2(x: int) -> int:
 
 def varblock_attention_triton(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale,
                               tail_keys=None, tail_values=None, tail_bias=None,
-                              config: tuple | None = None) -> torch.Tensor:
+                              config: tuple | None = None, descriptors: bool | None = None) -> torch.Tensor:
     """Launch the Triton kernel directly (no custom-op wrapper). ``config`` overrides the
-    table: (BLOCK_M, BLOCK_N, num_warps, num_stages)."""
+    table: (BLOCK_M, BLOCK_N, num_warps, num_stages); ``descriptors`` overrides
+    `use_descriptors` (tests run both load paths)."""
     G, N, D = q.shape
     Nk = k_rows.shape[1]
     Cq = q_offsets.shape[1] - 1
@@ -238,15 +273,23 @@ def varblock_attention_triton(q, k_rows, v_rows, perm_q, q_offsets, range_start,
         ct, cqt = tk.shape[1], tb.shape[1]
     else:  # any pointers: never read
         tk, tv, tb, ct, cqt = k_rows, v_rows, range_start, 0, 0
-    BM, BN, warps, stages = tuple(config) if config is not None else launch_config(D, work_dtype, q.device)
+    BM, BN, warps, stages = tuple(config) if config is not None else launch_config(D, work_dtype, q.device, N)
+    desc = use_descriptors(q.device) if descriptors is None else bool(descriptors)
+    if desc and Nk > 0:
+        TD = _tensor_descriptor_class()
+        k2, v2 = k_rows.view(G * Nk, D), v_rows.view(G * Nk, D)
+        k_desc = TD(k2, [G * Nk, D], [D, 1], [BN, D])
+        v_desc = TD(v2, [G * Nk, D], [D, 1], [BN, D])
+    else:  # any tensors: never read
+        desc, k_desc, v_desc = False, k_rows, v_rows
     grid = (triton.cdiv(N, BM) + Cq, G)
     _varblock_fwd[grid](
-        q, k_rows, v_rows, out, perm_q, q_offsets, range_start, range_end, tk, tv, tb,
+        q, k_rows, v_rows, out, perm_q, q_offsets, range_start, range_end, tk, tv, tb, k_desc, v_desc,
         float(scale) * LOG2E,
         N, Nk, Cq, R, ct, cqt,
         D=D, BLOCK_M=BM, BLOCK_N=BN,
         CQ_P2=max(_next_p2(Cq), 2), R_P2=max(_next_p2(R), 2),
-        NUM_STAGES=stages, HAS_TAIL=has_tail,
+        NUM_STAGES=stages, HAS_TAIL=has_tail, USE_DESC=desc,
         num_warps=warps, num_stages=stages,
     )
     return out.to(out_dtype)

@@ -45,13 +45,14 @@ def test_presets():
     assert AdaClusterConfig.for_model("wan").top_k == 128
     assert AdaClusterConfig.for_model("hunyuan").top_k == 94
     assert AdaClusterConfig.for_model("cogvideox").top_k == 64
-    assert AdaClusterConfig.for_model("wan") == AdaClusterConfig(max_density=0.15, pooled_tail=True)
+    assert AdaClusterConfig.for_model("wan") == AdaClusterConfig(max_density=0.15, pooled_tail=True, kmeans_iters_reuse=1)
     assert AdaClusterConfig.for_model("wan", pooled_tail=False).pooled_tail is False
     for m in ("wan", "hunyuan", "cogvideox"):
         q, b, f = (AdaClusterConfig.for_model(m, p) for p in ("quality", "balanced", "fast"))
         assert q.top_k > b.top_k > f.top_k
         assert q.warmup >= b.warmup >= f.warmup
-        assert (q.max_density, b.max_density, f.max_density) == (0.25, 0.15, 0.15)
+        assert (q.max_density, b.max_density, f.max_density) == (0.25, 0.15, 0.10)
+        assert (q.kmeans_iters_reuse, b.kmeans_iters_reuse, f.kmeans_iters_reuse) == (3, 1, 1)
         assert q.pooled_tail and b.pooled_tail and f.pooled_tail
     assert AdaClusterConfig.for_model("wan", max_density=1.0).max_density == 1.0
     assert AdaClusterConfig(max_density=1).max_density == 1
