@@ -68,9 +68,8 @@ class AdaClusterRun:
         self.lanes = LaneTable()
         self._reset_run()
 
-    # ComfyUI 0.3.75's ModelPatcher.clone() deep-copies model_options (upstream shares it): every
-    # clone must reach this one holder, since the plan cache, the MultiGPU clones' lanes and the
-    # stats the Stats node reads all live here (a per-run copy would leave them on a copy)
+    # kept: 0.3.75's clone() deep-copies model_options, and every clone must reach this one holder
+    # (plan cache, MultiGPU clones' lanes, the stats the Stats node reads); docs/DESIGN.md, State
     def __deepcopy__(self, memo):
         return self
 
