@@ -33,7 +33,7 @@ import time
 import comfy.patcher_extension as pe
 import torch
 
-from . import probe
+# (config, probe, report and family names are also imported from here by the nodes and tests)
 from .config_widgets import (FAMILIES, PRESETS, config_fields, config_specs, config_widget_defaults, make_config,
                              parse_layer_rules, preset_config)
 from .core import (NO_TRITON as _NO_TRITON, NON_FINITE as _NON_FINITE, SUPPORTED_DTYPES as _SUPPORTED_DTYPES,
@@ -43,7 +43,7 @@ from .fallback import INTERRUPT_CHECK, must_raise
 from .families import (AttentionCall, ForwardContext, branch_keys as _branch_keys, build_forward_context,
                        check_mask, classify_call, detect_family, layer_index as _layer_index)
 from .layer_rules import LayerRules, parse_selection
-from .probe import PROBE_MODES, ProbeSpec, make_probe
+from .probe import PROBE_MODES, ProbeSpec, make_probe, measure as measure_probe
 from .report import format_stats, heatmap_image, rss_mb, stats_json
 from .run import AdaClusterRun, CallRecord
 
@@ -342,7 +342,7 @@ def _branch_calls(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, l
         if isinstance(stats, dict) and stats.get("reason") == _NON_FINITE:
             return None   # the whole call runs dense through ComfyUI's attention
         if dense_ref is not None:
-            probe.measure(run, layer, fc.step, br, q=Q[sl], k=K[sl], out=o, dense_ref=dense_ref[sl], stats=stats,
+            measure_probe(run, layer, fc.step, br, q=Q[sl], k=K[sl], out=o, dense_ref=dense_ref[sl], stats=stats,
                           state_before=st_before, core_kw=core_kw)
         rec = _sparse_record(fc, layer, br, stats, t, fl)
         run.record(rec)
