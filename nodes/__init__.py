@@ -1,7 +1,7 @@
 """ComfyUI nodes of the AdaCluster pack (V3 API).
 
 Importing this package needs no ComfyUI; `comfy_entrypoint` imports the node modules (which
-import ComfyUI, and `.patcher` as the only bridge to adacluster_core) when ComfyUI calls it.
+import ComfyUI; `.core` is their only import of adacluster_core) when ComfyUI calls it.
 """
 
 

@@ -32,6 +32,7 @@ import torch
 from comfy_api.latest import io
 
 from . import families, patcher
+from .run import AdaClusterRun
 from .io_types import CATEGORY
 from .layer_rules import parse_selection
 
@@ -92,7 +93,7 @@ class CaptureRun:
         self.prefix = check_prefix(prefix)
         self.out_dir = out_dir
         self.config = config
-        self.helper = patcher.AdaClusterRun(None, None, "auto")   # step numbering / layer count only
+        self.helper = AdaClusterRun(None, None, "auto")   # step numbering / layer count only
         self.last_path: str | None = None
         self.last_info: str = ""
         self.reset()
@@ -187,33 +188,35 @@ class CaptureRun:
 
 
 def make_capture_override(cap: CaptureRun, previous=None):
-    def dense(func, args, kwargs):
-        if previous is not None:
-            return previous(func, *args, **kwargs)
-        return func(*args, **kwargs)
+    """Records the inputs of the chosen video self-attention calls, then hands every call on
+    unchanged to `previous` (or ComfyUI's `func`); same signature as the AdaCluster override."""
 
     @torch.compiler.disable
-    def adacluster_capture_override(func, *args, **kwargs):
+    def adacluster_capture_override(func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
+                                    skip_output_reshape=False, **kwargs):
+        call = families.AttentionCall(func, previous, q, k, v, heads, mask, attn_precision, skip_reshape,
+                                      skip_output_reshape, kwargs)
         to = kwargs.get("transformer_options") or {}
         fc = to.get(CAPTURE_FWD_KEY)
         if fc is not None and fc.run is cap.helper and fc.family is not None and not fc.reason:
             try:
-                q, k, v = args[0], args[1], args[2]
-                heads = args[3] if len(args) > 3 else kwargs.get("heads")
-                skip_reshape = bool(kwargs.get("skip_reshape", False))
-                mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
-                kind, _reason, layout = families.classify_call(fc, q, k, heads, skip_reshape)
-                if kind != "other":
-                    layer = families.layer_index(fc, to)
-                    fc.self_calls += 1
-                    if kind == "self" and cap.want(layer, fc):
-                        cap.add(fc, layer, layout, q, k, v, mask, skip_reshape)
+                _capture_call(cap, fc, to, call)
             except Exception as e:  # capturing must never break sampling
                 cap.helper.warn_once(("capture", type(e).__name__), "AdaCluster Capture failed on a call (%s: %s)",
                                      type(e).__name__, e)
-        return dense(func, args, kwargs)
+        return call.dense()
 
     return adacluster_capture_override
+
+
+def _capture_call(cap: CaptureRun, fc, to: dict, call: families.AttentionCall) -> None:
+    skip_reshape = bool(call.skip_reshape)
+    kind, _reason, layout = families.classify_call(fc, call.q, call.k, call.heads, skip_reshape)
+    if kind != "other":
+        layer = families.layer_index(fc, to)
+        fc.self_calls += 1
+        if kind == "self" and cap.want(layer, fc):
+            cap.add(fc, layer, layout, call.q, call.k, call.v, call.mask, skip_reshape)
 
 
 def _begin_forward(cap: CaptureRun, dm, args, kwargs):

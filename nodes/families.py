@@ -1,18 +1,18 @@
 """Model families and token layouts: which DiT a forward belongs to (Wan, HunyuanVideo 1.0/1.5,
 CogVideoX), where its video / text / in-context tokens sit, which attention call is which layer and
-CFG branch, and attention masks as per-key masks. Shared by the patcher and Capture; imports no
-adacluster_core."""
+CFG branch, and attention masks as per-key masks; `AttentionCall`, one call as an attention
+override receives it. Shared by the patcher and Capture; imports no adacluster_core."""
 from __future__ import annotations
 
 import dataclasses
 import math
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .patcher import AdaClusterRun
+    from .run import AdaClusterRun
 
 
 # ------------------------------------------------------------------------------------------------
@@ -39,10 +39,41 @@ class ForwardContext:
     calls: int = 0                   # all attention calls in this forward
     calls_per_block: int = 2         # Wan: self + cross (+ cross img)
     n_single: int = 0                # Hunyuan single-stream blocks (numbered after the double blocks)
-    mask_cache: Any = None           # (id(mask), result)
+    mask_cache: Any = None           # (mask, key mask, reason) of the last mask seen (check_mask)
 
     def __deepcopy__(self, memo):
         return self
+
+
+# ------------------------------------------------------------------------------------------------
+# one attention call
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(slots=True)
+class AttentionCall:
+    """One call of ComfyUI's attention function as `wrap_attn` hands it to an attention override:
+    override(func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
+    skip_output_reshape=False, **kwargs), kwargs holding transformer_options, scale, ... (the
+    signature of every attention function in ComfyUI 0.3.75 and upstream)."""
+    func: Callable
+    previous: Callable | None        # the override installed before ours (chained), or None
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    heads: Any
+    mask: Any = None
+    attn_precision: Any = None
+    skip_reshape: bool = False
+    skip_output_reshape: bool = False
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+    def dense(self):
+        """The call, unchanged, through the previous override (it chains on to `func`) or `func`."""
+        args = (self.q, self.k, self.v, self.heads)
+        kw = dict(mask=self.mask, attn_precision=self.attn_precision, skip_reshape=self.skip_reshape,
+                  skip_output_reshape=self.skip_output_reshape, **self.kwargs)
+        if self.previous is not None:
+            return self.previous(self.func, *args, **kw)
+        return self.func(*args, **kw)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,6 +238,35 @@ def mask_to_keys(mask: torch.Tensor, B: int, L: int):
     if m.dtype == torch.bool:
         m = torch.zeros(m.shape, dtype=torch.float32, device=m.device).masked_fill(~m, float("-inf"))
     return m
+
+
+def check_mask(run: AdaClusterRun, fc: ForwardContext, mask, B: int, L: int, txt_range, vid_start: int):
+    """(key mask [B or 1, 1, L] for the core or None, reason): the reason is "" unless the mask cannot
+    be honoured (only padding masks on text keys can). Cached per forward; notes the masked keys in
+    the run's layout entry."""
+    if mask is None:
+        return None, ""
+    if fc.mask_cache is not None and fc.mask_cache[0] is mask:
+        return fc.mask_cache[1], fc.mask_cache[2]
+    km = mask_to_keys(mask, B, L)
+    reason = ""
+    if km is None:
+        reason = "mask-shape"
+    else:
+        neg = (km.reshape(-1, L) < -1e4).any(0)          # one host sync per forward
+        idx = torch.nonzero(neg).flatten().tolist()
+        n_vid = fc.n_vid
+        in_vid = [i for i in idx if vid_start <= i < vid_start + n_vid]
+        in_txt = [i for i in idx if txt_range is not None and txt_range[0] <= i < txt_range[1]]
+        lay = run.layouts.get((fc.family, fc.grid, fc.n_txt, fc.txt_first))
+        if lay is not None:
+            lay["masked_keys"] = len(idx)
+            lay["masked_keys_in_text"] = len(in_txt)
+        if in_vid:
+            reason = "mask-on-video-keys"
+            km = None
+    fc.mask_cache = (mask, km, reason)
+    return km, reason
 
 
 def classify_call(fc: ForwardContext, q, k, heads, skip_reshape: bool):

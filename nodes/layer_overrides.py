@@ -5,7 +5,7 @@ import stat
 
 from comfy_api.latest import io
 
-from . import patcher
+from . import config_widgets
 from .io_types import CATEGORY, AdaClusterLayersType
 from .layer_rules import LayerRules, profile_to_rules_text
 
@@ -95,7 +95,7 @@ def load_profile_rules(name: str, roots: list[str] | None = None) -> LayerRules:
     except ValueError as e:
         raise ValueError(f"profile {name!r}: not valid JSON ({e})") from None
     try:
-        return patcher.parse_layer_rules(profile_to_rules_text(prof))
+        return config_widgets.parse_layer_rules(profile_to_rules_text(prof))
     except ValueError as e:
         raise ValueError(f"profile {name!r}: {e}") from None
 
@@ -137,7 +137,7 @@ class AdaClusterLayerOverrides(io.ComfyNode):
         # lexically (the file is read in execute, confined to output/ and input/)
         try:
             if rules is not None:
-                patcher.parse_layer_rules(rules)
+                config_widgets.parse_layer_rules(rules)
         except ValueError as e:
             return f"AdaCluster Layer Overrides: rules: {e}"
         try:
@@ -161,7 +161,7 @@ class AdaClusterLayerOverrides(io.ComfyNode):
     @classmethod
     def execute(cls, rules, previous=None, profile="") -> io.NodeOutput:
         try:
-            parsed = patcher.parse_layer_rules(rules)
+            parsed = config_widgets.parse_layer_rules(rules)
             if profile:
                 parsed = load_profile_rules(profile).chain(parsed)
         except ValueError as e:

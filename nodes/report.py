@@ -19,6 +19,20 @@ def rss_mb() -> float | None:
         return None
 
 
+_KERNEL_NAMES = {"triton": "Triton", "reference": "torch reference (correct, not faster than dense)"}
+
+
+def kernel_line(kernels: dict) -> str:
+    """Which kernel ran how many calls, most first: the sparse calls' kernel (Triton / the torch
+    reference) and the calls that had no Triton to run on ("dense: no triton")."""
+    parts = []
+    for k, v in sorted(kernels.items(), key=lambda kv: -kv[1]):
+        interp = " through the Triton interpreter (CPU, TRITON_INTERPRET=1)" \
+            if k == "triton" and os.environ.get("TRITON_INTERPRET") == "1" else ""
+        parts.append(f"{_KERNEL_NAMES.get(k, k)} {v}{interp}")
+    return "kernel: " + ", ".join(parts)
+
+
 def format_stats(d: dict | None) -> str:
     if d is None:
         return "AdaCluster: the MODEL input is not patched by AdaCluster Sparse Attention."
@@ -30,16 +44,9 @@ def format_stats(d: dict | None) -> str:
                  f"steps: {len(d.get('sigmas') or [])}  forwards: {d.get('forwards')}")
     lines.append(f"calls: {d['calls']}  sparse: {d['sparse_calls']}  dense: {d['dense_calls']}")
     if d.get("kernels"):
-        lines.append("kernel: " + ", ".join(f"{k} {v}" for k, v in sorted(d["kernels"].items(), key=lambda kv: -kv[1])))
+        lines.append(kernel_line(d["kernels"]))
     for r, c in sorted(d.get("dense_reasons", {}).items(), key=lambda kv: -kv[1]):
         lines.append(f"  dense because {r}: {c}")
-    kern = {k: v for k, v in (d.get("kernels") or {}).items() if k in ("triton", "reference")}
-    if kern:
-        names = {"triton": "Triton", "reference": "torch reference (correct, not faster than dense)"}
-        interp = " through the Triton interpreter (CPU, TRITON_INTERPRET=1)" \
-            if "triton" in kern and os.environ.get("TRITON_INTERPRET") == "1" else ""
-        lines.append("sparse kernel: " + ", ".join(f"{names.get(k, k)} {v}" for k, v in sorted(kern.items()))
-                     + interp)
     if d.get("mean_density") is not None:
         lines.append(f"density of sparse calls: mean {d['mean_density']:.3f}  min {d['min_density']:.3f}  "
                      f"max {d['max_density']:.3f}")

@@ -1,6 +1,6 @@
 """Pictures of an AdaCluster run, drawn with Pillow (ComfyUI ships it): the Stats node's density
 heatmap (layers x steps, with axes, a colour legend and the mean density in the title), a per-layer
-density bar chart, and the demo's report page. Reads only the stats dict of patcher.summarize();
+density bar chart, and the demo's report page. Reads only the stats dict of run_summary.summarize();
 imports neither ComfyUI nor adacluster_core, so scripts can load it by file path.
 """
 from __future__ import annotations
@@ -120,7 +120,13 @@ def heatmap_pil(d: Optional[dict], max_grid: int = 560) -> Image.Image:
     t = "sampling step"
     dr.text((left + gw / 2 - _tw(dr, t, f_txt) / 2, top + gh + 20), t, fill=FG, font=f_txt)
 
-    # legend: gradient 1 (top) .. 0 (bottom), ticks, and the no-call swatch
+    _draw_legend(dr, legend_x, top, leg_h, f_txt, f_small)
+    img.info["grid_box"] = (left, top, cell, R, C)   # where the cells are (tests, overlays)
+    return img
+
+
+def _draw_legend(dr: ImageDraw.ImageDraw, legend_x, top, leg_h, f_txt, f_small) -> None:
+    """The heatmap legend: gradient 1 (top) .. 0 (bottom), ticks, and the no-call swatch."""
     dr.text((legend_x, top - 2), "density", fill=FG, font=f_txt)
     by0, by1 = top + 20, top + 20 + leg_h - 40
     for y in range(int(by0), int(by1) + 1):
@@ -135,8 +141,6 @@ def heatmap_pil(d: Optional[dict], max_grid: int = 560) -> Image.Image:
     sy = by1 + 26
     dr.rectangle([legend_x, sy, legend_x + 16, sy + 12], fill=NO_CALL, outline=MUTED)
     dr.text((legend_x + 22, sy - 1), "no call", fill=MUTED, font=f_small)
-    img.info["grid_box"] = (left, top, cell, R, C)   # where the cells are (tests, overlays)
-    return img
 
 
 def layer_density_bars_pil(d: Optional[dict], width: int = 520) -> Image.Image:

@@ -12,6 +12,7 @@ tensors of its own device. At the end of the run the lanes are folded into the h
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 
@@ -55,8 +56,8 @@ def fold_lane(root, lane, tag: str):
     def step(i):
         return root.step_of(inv[i]) if isinstance(i, int) and i in inv else i
 
-    root.records.extend((r[0], step(r[1]), *r[2:]) for r in lane.records)
-    root.probes.extend((p[0], step(p[1]), *p[2:]) for p in lane.probes)
+    root.records.extend(dataclasses.replace(r, step=step(r.step)) for r in lane.records)
+    root.probes.extend(dataclasses.replace(p, step=step(p.step)) for p in lane.probes)
     for k, v in lane.layouts.items():
         root.layouts.setdefault(k, v)
     for k, v in lane.layer_cfg.items():

@@ -1,7 +1,7 @@
 """AdaCluster Thresholds: every AdaClusterConfig knob as a widget -> ADACLUSTER_CONFIG."""
 from comfy_api.latest import io
 
-from . import patcher
+from . import config_widgets
 from .io_types import CATEGORY, AdaClusterConfigType
 from .validation import COMFY_CHECKS_V3_COMBOS, choice_error
 
@@ -42,8 +42,8 @@ TOOLTIPS = {
 def all_widgets() -> dict:
     """widget name -> (kind, kwargs for the io input): TOOLTIPS order, then any config field added
     later (appended, generic tooltip). Ranges and options from the core's bounds table."""
-    specs = patcher.config_specs()
-    defaults = patcher.config_widget_defaults()
+    specs = config_widgets.config_specs()
+    defaults = config_widgets.config_widget_defaults()
     names = [n for n in TOOLTIPS if n in specs] + [n for n in specs if n not in TOOLTIPS]
     out = {}
     for name in names:
@@ -82,14 +82,14 @@ def _inputs():
 def build_config(**values):
     """Widget values -> AdaClusterConfig (ValueError naming the field)."""
     kw = {}
-    specs = patcher.config_specs()
+    specs = config_widgets.config_specs()
     for name, v in values.items():
         if name not in specs:
             raise ValueError(f"{name}: not an AdaClusterConfig field")
         if specs[name].optional and v in (None, 0, 0.0):
             v = None
         kw[name] = v
-    return patcher.make_config(**kw)
+    return config_widgets.make_config(**kw)
 
 
 class AdaClusterThresholds(io.ComfyNode):
@@ -112,7 +112,7 @@ class AdaClusterThresholds(io.ComfyNode):
     if not COMFY_CHECKS_V3_COMBOS:
         @classmethod
         def validate_inputs(cls, selection=None, backend=None):
-            specs = patcher.config_specs()
+            specs = config_widgets.config_specs()
             for name, val in (("selection", selection), ("backend", backend)):
                 err = choice_error(name, val, specs[name].choices)
                 if err:

@@ -79,8 +79,8 @@ def test_override_with_context_tokens_is_exact_when_every_cluster_is_selected():
                          {"transformer_options": to, "context_latents": [ref]})
         out = run.override(_dense_func, q, k, v, heads=H, transformer_options=to)
         rec = run.records[-1]
-        assert rec[3] is True, f"the call should go sparse, got dense because {rec[4]!r}"
-        dens = float(rec[5])
+        assert rec.sparse is True, f"the call should go sparse, got dense because {rec.reason!r}"
+        dens = float(rec.density)
         if exact:
             assert dens == pytest.approx(1.0)
             torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)

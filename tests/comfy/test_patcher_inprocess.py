@@ -124,12 +124,12 @@ def test_hunyuan_text_slice_and_mask_both_orders(monkeypatch, txt_first):
     lay = run.layouts[("hunyuan", (2, 3, 4), n_txt, txt_first)]
     assert lay["text_slice"] == [t0, t0 + n_txt] and lay["masked_keys_in_text"] == n_pad
     rec = run.records[-1]
-    assert rec[0] == 1 and rec[3] is True     # layer = block_index, sparse
+    assert rec.layer == 1 and rec.sparse is True     # layer = block_index, sparse
 
     # single blocks are numbered after the double blocks
     to["block_type"], to["block_index"] = "single", 0
     run.override(_dense_func, q, k, v, H, skip_reshape=True, mask=mask, transformer_options=to)
-    assert run.records[-1][0] == 2
+    assert run.records[-1].layer == 2
 
     # negative control: the wrong order puts the padded keys in the "video" slice -> refused (dense)
     run2 = _run_for(_cfg())
@@ -137,7 +137,7 @@ def test_hunyuan_text_slice_and_mask_both_orders(monkeypatch, txt_first):
     _begin(run2, FakeHunyuanVideo(not txt_first), (x, None, ctx), to2)
     to2["block_type"], to2["block_index"] = "double", 0
     out2 = run2.override(_dense_func, q, k, v, H, skip_reshape=True, mask=mask, transformer_options=to2)
-    assert run2.records[-1][3] is False and run2.records[-1][4] == "mask-on-video-keys"
+    assert run2.records[-1].sparse is False and run2.records[-1].reason == "mask-on-video-keys"
     torch.testing.assert_close(out2, ref)
 
 
@@ -150,7 +150,7 @@ def test_hunyuan_text_refiner_and_token_mismatch_stay_dense():
     run.override(_dense_func, q, q, q, 2, skip_reshape=True, transformer_options=to)       # refiner: text only
     q2 = torch.randn(1, 2, 24 + 8 + 5, 64)                                                 # + 5 reference tokens
     run.override(_dense_func, q2, q2, q2, 2, skip_reshape=True, transformer_options=to)
-    reasons = [r[4] for r in run.records]  # no cond_or_uncond -> one record per call
+    reasons = [r.reason for r in run.records]  # no cond_or_uncond -> one record per call
     assert reasons == ["text-only (refiner)", "token-count-mismatch"]
 
 
@@ -172,9 +172,9 @@ def test_cogvideox_synthetic_call_through_the_override():
         torch.testing.assert_close(out, _dense_func(q, k, v, H), atol=2e-5, rtol=1e-4)
         outs.append(out)
     recs = run.records
-    assert [r[0] for r in recs] == [0, 0, 1, 1, 2, 2]           # layers counted per forward
-    assert {r[2] for r in recs} == {"c0", "u0"}                  # CFG chunks split per branch
-    assert all(r[3] for r in recs)
+    assert [r.layer for r in recs] == [0, 0, 1, 1, 2, 2]           # layers counted per forward
+    assert {r.branch for r in recs} == {"c0", "u0"}                  # CFG chunks split per branch
+    assert all(r.sparse for r in recs)
     lay = next(iter(run.layouts.values()))
     assert lay["text_slice"] == [0, n_txt] and lay["n_vid"] == 32 and lay["txt_first"] is True
     assert set(run.states) == {(l, b) for l in range(3) for b in ("c0", "u0")}

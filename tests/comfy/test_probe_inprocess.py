@@ -14,6 +14,7 @@ _why = comfy_inprocess()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 if _why is None:
     P = load_nodes_module("patcher")
+    PR = load_nodes_module("probe")
 
 HAS_MD = "max_density" in P.config_fields() if _why is None else False
 
@@ -50,7 +51,7 @@ def test_mass_recall_matches_one_hot_brute_force(txt, top_k):
     cfg = _cfg(top_k=top_k)
     st = P.ClusterState()
     st_copy = copy.deepcopy(st)
-    got = P._mass_recall(Q, K, cfg, copy.deepcopy(st), None, tr, None, max_rows=10_000)
+    got = PR.mass_recall(Q, K, cfg, copy.deepcopy(st), None, tr, None, max_rows=10_000)
     vid = range(n_vid) if tr is None or tr[0] != 0 else range(n_txt, N)
     ref = _brute_recall(Q, K, cfg, st_copy, tr, list(vid)).mean()
     assert float(got) == pytest.approx(float(ref), abs=2e-4)
@@ -83,7 +84,7 @@ def test_probe_passes_dense_on_and_records_error_recall():
                 torch.testing.assert_close(out, ref, atol=0, rtol=0)
             else:         # not probed: the sparse result (top_k=2 of 8: differs)
                 assert (out - ref).abs().max() > 1e-4
-    assert [p[:2] for p in run.probes] == [(1, 0), (1, 1)]
+    assert [(p.layer, p.step) for p in run.probes] == [(1, 0), (1, 1)]
     run.end(None)
     s = run.last_run
     pr = s["probe"]

@@ -44,7 +44,7 @@ def test_non_finite_call_is_comfys_dense_output(backend, where, top_k):
     run = _run_for(_cfg(backend=backend, top_k=top_k))
     q, k, v = _qkv()
     _call(run, q, k, v, dm)                             # a clean sparse call first (warm states)
-    assert [r[3] for r in run.records] == [True, True]
+    assert [r.sparse for r in run.records] == [True, True]
     states = {key: (s.q_centroids, s.k_centroids, s.calls) for key, s in run.states.items()}
     q2, k2, v2 = q.clone(), k.clone(), v.clone()
     if where == "q":
@@ -59,17 +59,20 @@ def test_non_finite_call_is_comfys_dense_output(backend, where, top_k):
     torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
     assert torch.isfinite(ref).any() and not torch.isfinite(ref).all()
     new = run.records[2:]
-    assert [(r[3], r[4]) for r in new] == [(False, "non-finite input")] * 2    # one record per CFG branch
+    assert [(r.sparse, r.reason) for r in new] == [(False, "non-finite input")] * 2    # one record per CFG branch
     assert set(run.states) == {(0, "u0"), (0, "c0")}
     for key, s in run.states.items():                   # nothing learnt from NaN / Inf
         assert torch.isfinite(s.q_centroids).all() and torch.isfinite(s.k_centroids).all()
         if key == poisoned:
             assert s.q_centroids is states[key][0] and s.k_centroids is states[key][1] and s.calls == states[key][2]
     out = _call(run, q, k, v, dm)                       # and the next clean call is sparse again
-    assert [r[3] for r in run.records[4:]] == [True, True] and torch.isfinite(out).all()
+    assert [r.sparse for r in run.records[4:]] == [True, True] and torch.isfinite(out).all()
     s = run.summarize()
     assert s["dense_reasons"] == {"non-finite input": 2}
     assert s["kernels"] == {("triton" if backend == "triton" else "reference"): 4}
+    kernel_lines = [ln for ln in P.format_stats(s).splitlines() if "kernel" in ln]   # one line names the kernel
+    name = "Triton" if backend == "triton" else "torch reference (correct, not faster than dense)"
+    assert len(kernel_lines) == 1 and kernel_lines[0].startswith(f"kernel: {name} 4"), kernel_lines
 
 
 def test_interrupt_stops_inside_the_sparse_call():
@@ -104,7 +107,7 @@ def test_bad_scale_runs_dense():
         out = _call(run, q, k, v, dm, scale=scale)
         torch.testing.assert_close(out, _dense_func(q, k, v, H, skip_reshape=True, scale=scale), rtol=0, atol=0,
                                    equal_nan=True)
-    assert {r[4] for r in run.records} == {"scale"}
+    assert {r.reason for r in run.records} == {"scale"}
 
 
 def test_auto_without_triton_is_comfys_attention(monkeypatch):
@@ -116,4 +119,4 @@ def test_auto_without_triton_is_comfys_attention(monkeypatch):
     assert torch.equal(out, _dense_func(q, k, v, H, skip_reshape=True))
     s = run.summarize()
     assert s["dense_reasons"] == {"dense: no triton": 2} and s["kernels"] == {"dense: no triton": 2}
-    assert "kernel: dense: no triton 2" in P.format_stats(s)
+    assert [ln for ln in P.format_stats(s).splitlines() if "kernel" in ln] == ["kernel: dense: no triton 2"]

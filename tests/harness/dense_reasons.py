@@ -1,6 +1,7 @@
 """Every "dense because <reason>" string the AdaCluster Stats node can print, read from the source.
 
-The patcher records a reason for each call that does not run sparse (nodes/patcher.py, families.py), and passes
+The node modules record a reason for each call that does not run sparse (nodes/*.py: patcher.py's dense_reason(),
+families.py's call classification), and pass
 on the core's own reason when sparse_attention() falls back to dense (adacluster_core/api.py,
 clustering.py). Reasons built with f-strings are returned as templates with "…" for each
 placeholder (f"head_dim {D}" -> "head_dim …"), which is how the README writes them.
@@ -12,9 +13,11 @@ from pathlib import Path
 from typing import Iterable, Set
 
 # where a reason is an argument: function name -> positional index (keyword "reason" always counts)
-_REASON_ARGS = {"_timed_dense": 3, "record": 4, "dense": 0, "MultiStageResult": 5}
+_REASON_ARGS = {"CallRecord": 4, "dense": 0, "MultiStageResult": 5}
 # functions returning (..., reason, ...) tuples: function -> tuple index of the reason
 _REASON_RETURNS = {"classify_call": 1, "detect_family": 1}
+# functions returning a reason (or None): every returned value counts
+_REASON_FUNCS = {"dense_reason"}
 _REASON_TARGETS = {"reason", "mreason", "dense_reason"}
 
 
@@ -39,6 +42,8 @@ def _template(node: ast.AST, where: str) -> Set[str]:
         return set()  # a variable / field: its assignments are collected on their own
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
         return set()  # stats.get("reason"): the core's reasons, collected from the core
+    if isinstance(node, ast.Call) and _func_name(node) in _REASON_FUNCS:
+        return set()  # its returns are collected on their own
     raise UnreadableReason(f"{where}: cannot read a reason from `{ast.unparse(node)}`; extend "
                            "tests/harness/dense_reasons.py")
 
@@ -57,6 +62,10 @@ def reasons_in(path: Path) -> Set[str]:
             for r in ast.walk(fn):
                 if isinstance(r, ast.Return) and isinstance(r.value, ast.Tuple) and len(r.value.elts) > idx:
                     out |= _template(r.value.elts[idx], f"{path.name}:{r.lineno}")
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.name in _REASON_FUNCS:
+            for r in ast.walk(fn):
+                if isinstance(r, ast.Return) and r.value is not None:
+                    out |= _template(r.value, f"{path.name}:{r.lineno}")
     for node in ast.walk(tree):
         where = f"{path.name}:{getattr(node, 'lineno', '?')}"
         if isinstance(node, ast.Call):
@@ -81,7 +90,7 @@ def reasons_in(path: Path) -> Set[str]:
 
 
 # Core reasons the patcher never prints as such: it reports them under its own name.
-# (core text, patcher name, source snippet in nodes/patcher.py that does the mapping)
+# (core text, patcher name, source snippet in nodes/*.py that does the mapping)
 MAPPED_CORE_REASONS = [
     ("calibration step (multi-stage key clustering ran; output dense)", "calibration",
      '"calibration" in str('),
@@ -90,16 +99,17 @@ MAPPED_CORE_REASONS = [
 
 def stats_reasons(repo_root) -> Set[str]:
     root = Path(repo_root)
-    out = reasons_in(root / "nodes" / "patcher.py")
-    if (root / "nodes" / "families.py").is_file():   # call classification (token layouts)
-        out |= reasons_in(root / "nodes" / "families.py")
+    node_files = sorted((root / "nodes").glob("*.py"))
+    out: Set[str] = set()
+    for p in node_files:
+        out |= reasons_in(p)
     for name in ("api.py", "clustering.py", "guards.py"):
         p = root / "adacluster_core" / name
         if p.is_file():
             out |= reasons_in(p)
-    patcher_src = (root / "nodes" / "patcher.py").read_text()
+    nodes_src = "\n".join(p.read_text() for p in node_files)
     for core, _ours, snippet in MAPPED_CORE_REASONS:
-        if snippet in patcher_src:
+        if snippet in nodes_src:
             out.discard(core)
     return out
 

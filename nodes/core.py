@@ -1,0 +1,29 @@
+"""adacluster_core as the node modules see it: the one place in nodes/ that imports the core.
+
+ComfyUI loads the repo as the package `custom_nodes/<pack>`, so the core is a sibling subpackage;
+tests (and a pip-installed core) import it top-level. No ComfyUI imports here.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    from ..adacluster_core import AdaClusterConfig, ClusterState, sparse_attention
+    from ..adacluster_core import api as core_api
+    from ..adacluster_core import config as core_config
+    from ..adacluster_core.clustering import plan_layers
+except ImportError:
+    from adacluster_core import AdaClusterConfig, ClusterState, sparse_attention
+    from adacluster_core import api as core_api
+    from adacluster_core import config as core_config
+    from adacluster_core.clustering import plan_layers
+
+# what the sparse kernel handles (the core checks too; checking before the call gives short reasons);
+# the fallbacks serve an older installed core without these names
+SUPPORTED_DTYPES = tuple(getattr(core_api, "SPARSE_DTYPES", (torch.float16, torch.bfloat16, torch.float32)))
+SUPPORTED_HEAD_DIMS = tuple(getattr(core_api, "SPARSE_HEAD_DIMS", (64, 128)))
+NO_TRITON = getattr(core_api, "NO_TRITON", "dense: no triton")
+NON_FINITE = getattr(core_api, "NON_FINITE", "non-finite input")
+
+__all__ = ["AdaClusterConfig", "ClusterState", "sparse_attention", "core_api", "core_config", "plan_layers",
+           "SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS", "NO_TRITON", "NON_FINITE"]
