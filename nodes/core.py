@@ -12,11 +12,13 @@ try:
     from ..adacluster_core import api as core_api
     from ..adacluster_core import config as core_config
     from ..adacluster_core.clustering import plan_layers
+    from ..adacluster_core.compile_ahead import CompileAhead
 except ImportError:
     from adacluster_core import AdaClusterConfig, ClusterState, sparse_attention
     from adacluster_core import api as core_api
     from adacluster_core import config as core_config
     from adacluster_core.clustering import plan_layers
+    from adacluster_core.compile_ahead import CompileAhead
 
 # what the sparse kernel handles (the core checks too; checking before the call gives short reasons);
 # the fallbacks serve an older installed core without these names
@@ -26,4 +28,5 @@ NO_TRITON = getattr(core_api, "NO_TRITON", "dense: no triton")
 NON_FINITE = getattr(core_api, "NON_FINITE", "non-finite input")
 
 __all__ = ["AdaClusterConfig", "ClusterState", "sparse_attention", "core_api", "core_config", "plan_layers",
+           "CompileAhead",
            "SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS", "NO_TRITON", "NON_FINITE"]

@@ -39,6 +39,7 @@ from .config_widgets import (FAMILIES, PRESETS, config_fields, config_specs, con
 from .core import (NO_TRITON as _NO_TRITON, NON_FINITE as _NON_FINITE, SUPPORTED_DTYPES as _SUPPORTED_DTYPES,
                    SUPPORTED_HEAD_DIMS as _SUPPORTED_HEAD_DIMS, AdaClusterConfig, ClusterState, core_api,
                    sparse_attention)
+from . import kernel_warmup
 from .fallback import INTERRUPT_CHECK, must_raise
 from .families import (AttentionCall, ForwardContext, branch_keys as _branch_keys, build_forward_context,
                        check_mask, classify_call, detect_family, layer_index as _layer_index)
@@ -251,6 +252,7 @@ def dense_reason(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, la
     troubleshooting table lists them), or None: it goes sparse. The first check that applies wins."""
     B, H, L, D, vid_start, txt_range = layout
     if fc.phase == "warmup":
+        kernel_warmup.start(run, fc, call, layout)   # compile the sparse kernels while these steps run
         return "warmup"
     mode, cfg = run.cfg_for_layer(layer, fc.n_vid, fc.n_layers)
     if mode == "dense":
@@ -270,6 +272,8 @@ def dense_reason(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, la
         return _NO_TRITON
     if _bad_scale(call.kwargs.get("scale", None)):
         return "scale"
+    if kernel_warmup.compiling(run, call, layout):
+        return "kernels compiling"   # first use in this install: Triton is still compiling (background)
     return None
 
 

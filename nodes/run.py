@@ -61,6 +61,9 @@ class AdaClusterRun:
         # dense layers and cap, kept across runs of this patched model, so the dense calibration
         # step is paid once per model and resolution (the counts are stable across prompts)
         self.plan_cache: "OrderedDict[tuple, dict]" = OrderedDict()
+        # per kind of sparse call (device, dtype, shape, config): the background compile of its Triton
+        # kernels started during the dense warmup (nodes/patcher.py, adacluster_core/compile_ahead.py)
+        self.compiles: dict[tuple, object] = {}
         self.last_run: dict | None = None
         self._warned: set = set()
         self.root = self                 # a lane points at its holder (nodes/run_lanes.py)
@@ -115,6 +118,7 @@ class AdaClusterRun:
         ln = AdaClusterRun(self.user_config, self.rules, self.preset, self.previous, self.probe)
         ln.root, ln.override, ln.model_sampling = self, self.override, self.model_sampling
         ln.plan_cache = self.plan_cache          # calibrated plans are per model, shared by its lanes
+        ln.compiles = self.compiles
         ln.active, ln.t_start = True, self.t_start
         return ln
 
