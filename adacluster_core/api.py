@@ -86,11 +86,12 @@ def _dense(q, k, v, scale, sdpa_mask):
 
 
 def _stats(cfg: AdaClusterConfig, device, **kw) -> dict:
-    st = dict(density=torch.ones((), device=device), q_clusters=0, k_clusters=0, dense=True,
-              reason="", selection=cfg.selection, top_k=0, stage="dense", backend="dense",
-              attention="sdpa", n_clustered=0)
+    st = dict(q_clusters=0, k_clusters=0, dense=True, reason="", selection=cfg.selection, top_k=0,
+              stage="dense", backend="dense", attention="sdpa", n_clustered=0)
     st.update(kw)
-    return st
+    if "density" not in st:  # dense calls: 1 (a fill op the sparse call does not need)
+        st["density"] = torch.ones((), device=device)
+    return {"density": st.pop("density"), **st}
 
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -239,8 +240,9 @@ def _cluster(qv, kv, Cq: int, Ck: int, k_init, cfg: AdaClusterConfig, state: Opt
     return rq, rk, ("reuse" if warm_q and warm_k else "first")
 
 
-def _select(qv, rq, rk, cfg: AdaClusterConfig, scale: float) -> torch.Tensor:
-    """Selected key clusters per query cluster: int32 [G, Cq, S], -1 = none."""
+def _select(qv, rq, rk, cfg: AdaClusterConfig, scale: float, n_keys: Optional[int] = None) -> torch.Tensor:
+    """Selected key clusters per query cluster: int64 [G, Cq, S], -1 = none. n_keys: the
+    clustered key count when no key is masked (the density budget then needs no reduction)."""
     q_norm = None
     if cfg.selection == "top_p":
         G, Cq = rq.centroids.shape[0], rq.centroids.shape[1]
@@ -249,7 +251,7 @@ def _select(qv, rq, rk, cfg: AdaClusterConfig, scale: float) -> torch.Tensor:
         q_norm = q_norm / rq.counts.clamp_min(1).float()
     return select_clusters(cfg.selection, cq=rq.centroids, ck=rk.centroids, kmax=rk.kmax, kmin=rk.kmin,
                            k_counts=rk.counts, top_k=cfg.top_k, top_p=cfg.top_p, scale=scale, q_norm=q_norm,
-                           max_density=cfg.max_density)
+                           max_density=cfg.max_density, n_keys=n_keys, index_dtype=torch.int64)
 
 
 def _co_selection_order(rk, sel: torch.Tensor) -> torch.Tensor:
@@ -260,12 +262,27 @@ def _co_selection_order(rk, sel: torch.Tensor) -> torch.Tensor:
     result beyond float summation order."""
     G, Ck, D = rk.centroids.shape
     Cq, S = sel.shape[1], sel.shape[2]
-    slot = torch.where(sel >= 0, sel.long(), torch.full_like(sel, Ck, dtype=torch.long)).view(G, Cq * S)
-    selector = torch.arange(Cq, device=sel.device).view(1, Cq, 1).expand(G, Cq, S).reshape(G, Cq * S)
+    slot = (sel.long() % (Ck + 1)).view(G, Cq * S)  # -1 (none) -> a spare column Ck
     first = torch.full((G, Ck + 1), Cq, dtype=torch.long, device=sel.device)
-    first = first.scatter_reduce_(1, slot, selector, "amin")[:, :Ck]
-    order = torch.argsort(first, dim=1, stable=True)
+    first.scatter_reduce_(1, slot, _slot_owner(Cq, S, sel.device).expand(G, Cq * S), "amin")
+    order = torch.argsort(first[:, :Ck], dim=1, stable=True)
     return torch.gather(rk.centroids, 1, order.unsqueeze(-1).expand(G, Ck, D))
+
+
+_SLOT_OWNERS: dict = {}
+
+
+def _slot_owner(Cq: int, S: int, device) -> torch.Tensor:
+    """[1, Cq * S]: the query cluster of every selection slot (cached per shape and device:
+    the reuse call would otherwise build it every step)."""
+    key = (Cq, S, device)
+    t = _SLOT_OWNERS.get(key)
+    if t is None:
+        if len(_SLOT_OWNERS) > 64:
+            _SLOT_OWNERS.clear()
+        t = torch.arange(Cq, device=device).repeat_interleave(S).view(1, Cq * S)
+        _SLOT_OWNERS[key] = t
+    return t
 
 
 def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: float,
@@ -295,13 +312,13 @@ def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: f
     Cq = min(cfg.q_clusters, Nv)
     Ck = min(Ck, Nv)
     rq, rk, stage = _cluster(qv, kv, Cq, Ck, k_init, cfg, state, ignore, backend, check)
-    sel = _select(qv, rq, rk, cfg, sc)
+    sel = _select(qv, rq, rk, cfg, sc, n_keys=(Nv if ignore is None else None))
     layout = build_layout(q, k, v, rq, rk, sel, scale=sc, dense_range=(r0, r1), masked_dense=masked_t,
                           pooled=cfg.pooled_tail, backend=backend)
     out, attn_name = run_layout(layout, backend)
     out = out.reshape(B, H, N, D).to(q.dtype)
 
-    density = layout.pairs().to(torch.float32) / float(G * N * N)
+    density = layout.pairs().div(float(G * N * N))  # int64 / float: float32 (the default dtype)
     if state is not None:
         state.q_centroids = rq.centroids.detach().reshape(B, H, Cq, D)
         state.k_centroids = _co_selection_order(rk, sel).detach().reshape(B, H, Ck, D)

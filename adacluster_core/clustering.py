@@ -19,43 +19,72 @@ import torch
 from . import reference as ref
 
 
+_BOUNDARIES: dict = {}  # (G, C, dtype, device) -> arange(C + 1) per group (see _boundaries)
+
+
+def _boundaries(G: int, C: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Contiguous [G, C + 1] = arange(C + 1) per group (searchsorted copies a non-contiguous
+    input). Cached: the reuse call asks for the same few shapes every step."""
+    key = (G, C, dtype, device)
+    b = _BOUNDARIES.get(key)
+    if b is None:
+        if len(_BOUNDARIES) > 256:  # many layer shapes: start over rather than grow
+            _BOUNDARIES.clear()
+        b = torch.arange(C + 1, dtype=dtype, device=device).view(1, C + 1).expand(G, C + 1).contiguous()
+        _BOUNDARIES[key] = b
+    return b
+
+
+def label_dtype(num_clusters: int) -> torch.dtype:
+    """Narrowest sort key for labels in [0, num_clusters): the radix sort does one pass per key
+    byte (int16: 2 instead of 8). The assignment kernel writes its labels in this dtype."""
+    return torch.int16 if int(num_clusters) <= 32767 else torch.int32
+
+
 def sort_by_cluster(labels: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Group tokens by cluster.
 
     labels: int [G, N] cluster id per token, in [0, num_clusters).
-    Returns perm int32 [G, N] (perm[g, r] = original index of permuted row r) and
-    offsets int32 [G, C+1] (cluster c occupies permuted rows offsets[g, c]:offsets[g, c+1]).
+    Returns perm int64 [G, N] (perm[g, r] = original index of permuted row r; torch.sort's
+    indices, not copied) and offsets int32 [G, C+1] (cluster c occupies permuted rows
+    offsets[g, c]:offsets[g, c+1]; offsets[g, C] = N since every label is < C).
+    Two ops when labels already have `label_dtype(num_clusters)`.
     """
     G, N = labels.shape
     C = int(num_clusters)
-    # narrowest key type: the radix sort does one pass per key byte (int16: 2 instead of 8)
-    kdt = torch.int16 if C <= 32767 else torch.int32
+    kdt = label_dtype(C)
     vals, perm = torch.sort(labels.to(kdt), dim=1, stable=True)
     # offsets[c] = first sorted position with label >= c (replaces a scatter_add + cumsum)
-    bnd = torch.arange(C + 1, dtype=torch.int32, device=labels.device).view(1, C + 1).expand(G, C + 1)
-    offsets = torch.searchsorted(vals.to(torch.int32), bnd.contiguous(), right=False)
-    offsets[:, C] = N
-    return perm.to(torch.int32), offsets.to(torch.int32)
+    offsets = torch.searchsorted(vals, _boundaries(G, C, kdt, labels.device), out_int32=True)
+    return perm, offsets
 
 
 # ---- backend dispatch -----------------------------------------------------------------------
 
-def assign(x, centroids, *, normalize=False, return_dist=False, backend="torch"):
-    """Nearest centroid: labels int32 [G, N] (+ dist float32 [G, N] with return_dist)."""
+def assign(x, centroids, *, normalize=False, return_dist=False, backend="torch", labels_dtype=torch.int32):
+    """Nearest centroid: labels int [G, N] (+ dist float32 [G, N] with return_dist).
+    labels_dtype is a wish the Triton kernel honours (it stores in that dtype)."""
     if backend == "triton":
         from .kernels.kmeans_assign import kmeans_assign
-        return kmeans_assign(x, centroids, normalize=normalize, return_dist=return_dist)
+        return kmeans_assign(x, centroids, normalize=normalize, return_dist=return_dist,
+                             labels_dtype=labels_dtype)
     return ref.kmeans_assign_ref(x, centroids, normalize=normalize, return_dist=return_dist)
 
 
-def update(x, labels, old, *, normalize=False, perm=None, offsets=None, backend="torch", with_bounds=False):
-    """Segment means: (centroids float32 [G, C, D], counts int32 [G, C]); with_bounds=True
-    also (kmax, kmin) float32 [G, C, D] of the raw rows (fused into the same pass on triton)."""
+def update(x, labels, old, *, normalize=False, perm=None, offsets=None, backend="torch", with_bounds=False,
+           num_clusters=None, out_dtype=torch.float32):
+    """Segment means: (centroids [G, C, D] in out_dtype (float32), counts int32 [G, C]);
+    with_bounds=True also (kmax, kmin) float32 [G, C, D] of the raw rows (fused into the same
+    pass on triton). old=None (then num_clusters=C): empty clusters get zeros."""
     if backend == "triton":
         from .kernels.centroid_update import centroid_update
         return centroid_update(x, labels, old, normalize=normalize, perm=perm, offsets=offsets,
-                               bounds=with_bounds)
+                               bounds=with_bounds, num_clusters=num_clusters, out_dtype=out_dtype)
+    if old is None:
+        G, _, D = _shape(x)
+        old = torch.zeros(G, int(num_clusters), D, device=x.device)
     c, n = ref.centroid_update_ref(x, labels, old, normalize=normalize)
+    c = c.to(out_dtype)
     if with_bounds:
         return (c, n) + tuple(ref.cluster_bounds_ref(x, labels, old.shape[1]))
     return c, n
@@ -95,11 +124,12 @@ def init_centroids(x: torch.Tensor, num_clusters: int, *, normalize: bool = Fals
 
 
 class KMeansResult(NamedTuple):
-    labels: torch.Tensor     # int32 [G, N] (C for ignored tokens)
+    labels: torch.Tensor     # int [G, N] (int16 when C < 32767; C for ignored tokens)
     centroids: torch.Tensor  # float32 [G, C, D], means of `labels`
     counts: torch.Tensor     # int32 [G, C]
-    perm: torch.Tensor       # int32 [G, N] from sort_by_cluster(labels, C + 1)
-    offsets: torch.Tensor    # int32 [G, C + 2]; cluster c = rows offsets[c]:offsets[c+1]
+    perm: torch.Tensor       # int64 [G, N] from sort_by_cluster(labels, C (+ 1 with ignore))
+    offsets: torch.Tensor    # int32 [G, C + 1] (+ 1 column with ignore: the ignored rows' end);
+    #                          cluster c = rows offsets[c]:offsets[c+1]
     kmax: Optional[torch.Tensor] = None  # float32 [G, C, D] (kmeans(..., with_bounds=True))
     kmin: Optional[torch.Tensor] = None
 
@@ -119,13 +149,16 @@ def kmeans(x: torch.Tensor, init: torch.Tensor, iters: int, *, normalize: bool =
     lab = perm = offs = cnt = None
     kmax = kmin = None
     n_it = max(1, int(iters))
+    kdt = label_dtype(C + 1)  # labels written in the sort's key dtype: no cast before the sort
+    # without ignored tokens no label is C: offsets [G, C + 1], the layout's q_offsets as they are
+    n_sorted = C + 1 if ignore is not None else C
     for it in range(n_it):
         if check is not None:
             check()
-        lab = assign(x, c, normalize=normalize, backend=backend)
+        lab = assign(x, c, normalize=normalize, backend=backend, labels_dtype=kdt)
         if ignore is not None:
-            lab = torch.where(ignore, torch.full_like(lab, C), lab)
-        perm, offs = sort_by_cluster(lab, C + 1)
+            lab = lab.masked_fill(ignore, C)
+        perm, offs = sort_by_cluster(lab, n_sorted)
         if with_bounds and it == n_it - 1:
             c, cnt, kmax, kmin = update(x, lab, c, normalize=normalize, perm=perm, offsets=offs,
                                         backend=backend, with_bounds=True)

@@ -7,7 +7,7 @@
   sparse path does not cover (float64, head_dim 96, N < min_tokens, cross-attention, a
   query-dependent mask, non-finite values, no Triton) runs dense with a reason in stats.
 * `FiniteCheck`: "are q, k, v all finite?" without stalling the GPU: one reduction per tensor
-  is queued BEFORE the sparse kernels and its 1-byte result copied to pinned host memory behind
+  is queued BEFORE the sparse kernels and its 4-byte result copied to pinned host memory behind
   a CUDA event; the host waits on that event only AFTER the sparse work is queued, so the GPU
   never idles for it (the host waits for the check kernel, which precedes the sparse kernels
   in the stream). On the rare non-finite call the sparse result is dropped and the call runs
@@ -122,12 +122,13 @@ class FiniteCheck:
     """Queue "all of q, k, v finite?" now; read it later (`ok()`) after more work is queued."""
 
     def __init__(self, *ts: torch.Tensor):
-        # aminmax propagates NaN; a tensor is finite iff its min and max are; no full-size temporary
-        ext = torch.stack([torch.stack(torch.aminmax(t.reshape(-1))).float() for t in ts])
-        flag = torch.isfinite(ext).all().to(torch.uint8).reshape(1)
+        # aminmax propagates NaN and keeps ±inf, and reads any strides (no flattening copy);
+        # x * 0 is 0 for finite x and NaN for NaN / ±inf: the sum is 0 iff all are finite
+        ext = torch.stack([m for t in ts for m in torch.aminmax(t)])
+        flag = (ext * 0).sum(dtype=torch.float32).reshape(1)
         self._event = None
         if flag.device.type == "cuda":
-            self._host = torch.empty(1, dtype=torch.uint8, pin_memory=True)
+            self._host = torch.empty(1, dtype=torch.float32, pin_memory=True)
             self._host.copy_(flag, non_blocking=True)
             self._event = torch.cuda.Event()
             self._event.record()
@@ -138,7 +139,7 @@ class FiniteCheck:
         """Waits for the check kernel only (not for work queued after it)."""
         if self._event is not None:
             self._event.synchronize()
-        return bool(self._host.numpy()[0])
+        return bool(self._host.numpy()[0] == 0.0)
 
 
 # ---- interrupt ------------------------------------------------------------------------------

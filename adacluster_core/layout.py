@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 
 
 def selected_key_ranges(
@@ -29,35 +30,26 @@ def selected_key_ranges(
     """
     G, Cq, S = sel.shape
     Ck = k_offsets.shape[1] - 1
-    valid = sel >= 0
-    # unused slots sort last
-    key = torch.where(valid, sel.to(torch.int64), torch.full_like(sel, Ck, dtype=torch.int64))
-    key, _ = torch.sort(key, dim=-1)
+    # unused slots (-1) -> Ck + 1: they sort last and never continue a run (Ck - 1 -> Ck + 1)
+    key = torch.sort(torch.where(sel >= 0, sel.long(), Ck + 1), dim=-1).values
     valid = key < Ck
-    idx = key.clamp(max=max(Ck - 1, 0))
-    offs = k_offsets.to(torch.int64).unsqueeze(1).expand(G, Cq, Ck + 1)
+    idx = key.clamp_max(max(Ck - 1, 0))
+    offs = k_offsets.unsqueeze(1).expand(G, Cq, Ck + 1)
     start = torch.gather(offs, 2, idx)
     end = torch.gather(offs, 2, idx + 1)
-    start = torch.where(valid, start, torch.zeros_like(start))
-    end = torch.where(valid, end, torch.zeros_like(end))
     if S > 1:
-        # a slot continues the previous one when its cluster id is the previous id + 1
-        cont = torch.zeros_like(valid)
-        cont[..., 1:] = valid[..., 1:] & valid[..., :-1] & (key[..., 1:] == key[..., :-1] + 1)
-        # run id: increments at every slot that starts a new run
-        head = valid & ~cont
-        run = torch.cumsum(head.to(torch.int64), dim=-1) - 1  # [G, Cq, S], -1 before first head
-        run = torch.where(valid, run, torch.full_like(run, S - 1))
-        big = torch.iinfo(torch.int64).max
-        rs = torch.full_like(start, big)
-        re = torch.zeros_like(end)
-        rs.scatter_reduce_(2, run, torch.where(valid, start, torch.full_like(start, big)), reduce="amin")
-        re.scatter_reduce_(2, run, torch.where(valid, end, torch.zeros_like(end)), reduce="amax")
-        n_runs = head.sum(-1, keepdim=True)
-        slot = torch.arange(S, device=sel.device).view(1, 1, S)
-        used = slot < n_runs
-        start = torch.where(used, rs, torch.zeros_like(rs))
-        end = torch.where(used, re, torch.zeros_like(re))
+        # a run of consecutive cluster ids is one range: [start at its head, end at its tail)
+        brk = (key[..., 1:] - key[..., :-1]) != 1  # slot j + 1 does not continue slot j's run
+        head = F.pad(brk, (1, 0), value=True) & valid
+        tail = F.pad(brk, (0, 1), value=True) & valid
+        run = torch.cumsum(head, dim=-1) - 1
+        # run r goes to slot r; the other slots write 0 into slot S - 1, which holds a real run
+        # only when every slot is a run of its own (then nothing else writes)
+        start = torch.zeros_like(start).scatter_(2, torch.where(head, run, S - 1), torch.where(head, start, 0))
+        end = torch.zeros_like(end).scatter_(2, torch.where(tail, run, S - 1), torch.where(tail, end, 0))
+    else:
+        start = torch.where(valid, start, 0)
+        end = torch.where(valid, end, 0)
     if extra is not None:
         e0, e1 = int(extra[0]), int(extra[1])
         start = torch.cat([start, torch.full((G, Cq, 1), e0, dtype=start.dtype, device=start.device)], -1)
@@ -97,13 +89,12 @@ class Layout(NamedTuple):
 
     def pairs(self) -> torch.Tensor:
         """Query-key pairs the kernel computes (0-dim int64; virtual keys with a finite bias
-        count as pairs)."""
-        n = pairs_computed(self.q_offsets, self.range_start, self.range_end).sum()
-        if self.tail_bias is not None:
-            Cq = self.tail_bias.shape[1]
-            nq = (self.q_offsets[:, 1:Cq + 1] - self.q_offsets[:, :Cq]).to(torch.int64)
-            n = n + (nq * torch.isfinite(self.tail_bias).sum(-1)).sum()
-        return n
+        count as pairs). The ranges are well formed (start <= end), as build_layout makes them."""
+        nq = self.q_offsets.diff(dim=1)                                # [G, Cq'] queries
+        nk = (self.range_end - self.range_start).sum(-1, dtype=torch.int64)  # [G, Cq'] keys
+        if self.tail_bias is not None:  # the bias is log|j| or -inf: "> -inf" is "finite"
+            nk[:, :self.tail_bias.shape[1]].add_((self.tail_bias > float("-inf")).sum(-1))
+        return (nq * nk).sum()
 
 
 def split_rows(x: torch.Tensor, r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,19 +120,20 @@ def pooled_tail(v_clustered: torch.Tensor, rk, sel: torch.Tensor, dtype: torch.d
     """Pooled-tail virtual keys (config `pooled_tail`): per key cluster j its centroid as key and
     the mean of its values as value; per query cluster the logit bias log|j| for every
     non-empty cluster it did not select (-inf for selected and empty ones), so the softmax still
-    sees Σ_{k∈j} exp(q·k) ≈ |j|·exp(q·c_j). Returns (keys, values [G, Ck, D], bias fp32 [G, Cq, Ck])."""
+    sees Σ_{k∈j} exp(q·k) ≈ |j|·exp(q·c_j). Returns (keys, values [G, Ck, D] in `dtype`,
+    bias fp32 [G, Cq, Ck], a view with rows of Ck + 1)."""
     from . import clustering
 
     G, Cq, _ = sel.shape
-    Ck, D = rk.centroids.shape[1], rk.centroids.shape[2]
-    v_mean, _ = clustering.update(v_clustered, rk.labels, torch.zeros(G, Ck, D, device=sel.device),
-                                  perm=rk.perm, offsets=rk.offsets, backend=backend)
-    cnt = rk.counts[:, :Ck].float()
-    size_bias = torch.where(cnt > 0, torch.log(cnt.clamp_min(1.0)), torch.full_like(cnt, float("-inf")))
-    slot = torch.where(sel >= 0, sel.to(torch.int64), torch.full_like(sel, Ck, dtype=torch.int64))
-    chosen = torch.zeros(G, Cq, Ck + 1, dtype=torch.bool, device=sel.device).scatter_(2, slot, True)[..., :Ck]
-    bias = size_bias.unsqueeze(1).expand(G, Cq, Ck).masked_fill(chosen, float("-inf"))
-    return rk.centroids.to(dtype), v_mean.to(dtype), bias.contiguous()
+    Ck = rk.centroids.shape[1]
+    v_mean, _ = clustering.update(v_clustered, rk.labels, None, num_clusters=Ck, perm=rk.perm,
+                                  offsets=rk.offsets, backend=backend, out_dtype=dtype)
+    # log|j| (log 0 = -inf for empty clusters), then -inf at the selected clusters; the -1
+    # slots go to a spare column Ck (sel mod (Ck + 1)), left out of the returned view
+    bias = torch.empty(G, Cq, Ck + 1, device=sel.device)
+    bias[..., :Ck] = torch.log(rk.counts[:, None, :Ck])
+    bias.scatter_(2, sel.long() % (Ck + 1), float("-inf"))
+    return rk.centroids.to(dtype), v_mean, bias[..., :Ck]
 
 
 def build_layout(q, k, v, rq, rk, sel, *, scale: float, dense_range: tuple[int, int],
@@ -197,9 +189,9 @@ def build_layout(q, k, v, rq, rk, sel, *, scale: float, dense_range: tuple[int, 
         perm_q = torch.cat([to_orig(rq.perm), pt], 1).to(torch.int32)
         q_off = torch.cat([rq.offsets[:, :Cq + 1], torch.full((G, 1), N, dtype=torch.int32, device=dev)], 1)
     else:
-        kidx = rk.perm
-        perm_q = rq.perm
-        q_off = rq.offsets[:, :Cq + 1]
+        kidx = rk.perm  # int64 (torch.sort's indices): gather_kv reads it as is
+        perm_q = rq.perm.to(torch.int32)
+        q_off = rq.offsets[:, :Cq + 1]  # all of it without a key mask (no copy below)
     if backend == "triton":
         from .kernels.gather_rows import gather_kv
         k_rows, v_rows = gather_kv(k, v, kidx)

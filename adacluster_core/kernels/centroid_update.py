@@ -22,7 +22,8 @@ def _centroid_update_kernel(
     H, NC, D,
     sxb, sxh, sxn, sxd,
     spg, sog, scg, scc, sng,
-    NORMALIZE: tl.constexpr, BOUNDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    NORMALIZE: tl.constexpr, BOUNDS: tl.constexpr, HAS_OLD: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     g = tl.program_id(0)
     c = tl.program_id(1)
@@ -50,9 +51,13 @@ def _centroid_update_kernel(
             xf = xf / tl.maximum(nrm, 1e-6)[:, None]
         acc += tl.sum(xf, axis=0)
     n = end - start
-    old = tl.load(OLD + g * scg + c * scc + rd, mask=md, other=0.0)
     mean = acc / tl.maximum(n, 1).to(tl.float32)
-    new = tl.where(n > 0, mean, old)
+    if HAS_OLD:
+        old = tl.load(OLD + g * scg + c * scc + rd, mask=md, other=0.0)
+        new = tl.where(n > 0, mean, old)
+    else:  # no previous centroids (value means of the pooled tail): empty -> 0
+        new = tl.where(n > 0, mean, 0.0)
+    # OUT may be bf16 / fp16: the store rounds to nearest even, as torch's .to() does
     tl.store(OUT + g * scg + c * scc + rd, new, mask=md)
     tl.store(CNT + g * sng + c, n)
     if BOUNDS:
@@ -60,34 +65,48 @@ def _centroid_update_kernel(
         tl.store(KMIN + g * scg + c * scc + rd, mi, mask=md)
 
 
-def centroid_update(x: torch.Tensor, labels: torch.Tensor, old_centroids: torch.Tensor, *,
+def centroid_update(x: torch.Tensor, labels: torch.Tensor, old_centroids: torch.Tensor | None, *,
                     normalize: bool = False, perm: torch.Tensor | None = None,
-                    offsets: torch.Tensor | None = None, bounds: bool = False):
+                    offsets: torch.Tensor | None = None, bounds: bool = False,
+                    num_clusters: int | None = None, out_dtype: torch.dtype = torch.float32):
     """Segment means of x by label (and, with bounds=True, the per-cluster max / min).
 
     x: [G, N, D] or [B, H, N, D] (any strides), fp16 / bf16 / fp32.
     labels: int [G, N] in [0, C]; label C means "ignored token" (masked key).
-    old_centroids: float32 [G, C, D]; an empty cluster keeps its old centroid.
+    old_centroids: float32 [G, C, D]; an empty cluster keeps its old centroid. None (then
+        num_clusters=C): an empty cluster gets zeros (no zero-filled tensor to pass).
+    out_dtype: dtype of the returned centroids (float32; bf16 / fp16 save a cast where the
+        caller wants them in the inputs' dtype, e.g. the pooled tail's values).
     perm, offsets: optionally the result of `sort_by_cluster(labels, C + 1)` (or (labels, C)
-        when no label equals C) to skip the sort.
-    Returns (centroids float32 [G, C, D], counts int32 [G, C]); with bounds=True also
+        when no label equals C) to skip the sort; int32 or int64 perm, row-strided offsets.
+    Returns (centroids [G, C, D] in out_dtype, counts int32 [G, C]); with bounds=True also
     (kmax, kmin) float32 [G, C, D] of the raw rows (empty clusters: -inf / +inf), as
     `reference.cluster_bounds_ref` computes them, in the same pass.
     """
     x4, G, H = as_bhnd(x)
     N, D = x4.shape[2], x4.shape[3]
-    NC = old_centroids.shape[1]
-    old = old_centroids.to(device=x.device, dtype=torch.float32).contiguous()
-    out = torch.empty_like(old)
+    if old_centroids is None:
+        NC = int(num_clusters)
+        old = None
+    else:
+        NC = old_centroids.shape[1]
+        old = old_centroids.to(device=x.device, dtype=torch.float32).contiguous()
+    # the interpreter truncates fp32 -> bf16 stores: store fp32 there and round with torch
+    store_dtype = torch.float32 if interpreting() else out_dtype
+    out = torch.empty(G, NC, D, dtype=store_dtype, device=x.device)
     cnt = torch.empty(G, NC, dtype=torch.int32, device=x.device)
-    kmax = torch.empty_like(old) if bounds else out
-    kmin = torch.empty_like(old) if bounds else out
+    kmax = torch.empty(G, NC, D, device=x.device) if bounds else out
+    kmin = torch.empty(G, NC, D, device=x.device) if bounds else out
     if G == 0 or NC == 0:
+        out = out.to(out_dtype)
         return (out, cnt, kmax, kmin) if bounds else (out, cnt)
     if perm is None or offsets is None:
         perm, offsets = sort_by_cluster(labels, NC + 1)
-    perm = perm.to(torch.int32).contiguous()
-    offsets = offsets.to(torch.int32).contiguous()
+    # int32 / int64 perm and strided offset rows are read as they are (no per-call copies)
+    if perm.dtype not in (torch.int32, torch.int64) or perm.stride(1) != 1:
+        perm = perm.to(torch.int32).contiguous()
+    if offsets.dtype != torch.int32 or offsets.stride(1) != 1:
+        offsets = offsets.to(torch.int32).contiguous()
     if x4.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         x4 = x4.float()
     BLOCK_D = max(16, next_pow2(D))
@@ -103,10 +122,12 @@ def centroid_update(x: torch.Tensor, labels: torch.Tensor, old_centroids: torch.
             # 0.40 ms vs 0.52 / 0.72. Chosen by the mean cluster size (docs/KERNEL_NOTES.md).
             BLOCK_N, nw = (128, 4) if N >= 512 * NC else (64, 2)
     _centroid_update_kernel[(G, NC)](
-        x4, perm, offsets, old, out, cnt, kmax, kmin,
+        x4, perm, offsets, old if old is not None else out, out, cnt, kmax, kmin,
         H, NC, D,
         x4.stride(0), x4.stride(1), x4.stride(2), x4.stride(3),
-        perm.stride(0), offsets.stride(0), old.stride(0), old.stride(1), cnt.stride(0),
-        NORMALIZE=bool(normalize), BOUNDS=bool(bounds), BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, num_warps=nw,
+        perm.stride(0), offsets.stride(0), out.stride(0), out.stride(1), cnt.stride(0),
+        NORMALIZE=bool(normalize), BOUNDS=bool(bounds), HAS_OLD=old is not None,
+        BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, num_warps=nw,
     )
+    out = out.to(out_dtype)  # no-op unless interpreting
     return (out, cnt, kmax, kmin) if bounds else (out, cnt)

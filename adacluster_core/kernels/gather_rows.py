@@ -43,13 +43,14 @@ def _gather_kv_kernel(
 
 
 def gather_kv(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """k, v: [G, N, D] or [B, H, N, D] (same shape, any strides); idx int [G, M] row ids.
+    """k, v: [G, N, D] or [B, H, N, D] (same shape, any strides); idx int32 / int64 [G, M] row ids.
     Returns contiguous (k_perm, v_perm) [G, M, D] in k's / v's dtype."""
     k4, G, H = as_bhnd(k)
     v4, _, _ = as_bhnd(v)
     D = k4.shape[3]
     M = idx.shape[1]
-    idx = idx.to(torch.int32).contiguous()
+    if idx.dtype not in (torch.int32, torch.int64) or not idx.is_contiguous():
+        idx = idx.to(torch.int32).contiguous()  # int64 is read as is (torch.sort's indices)
     ko = torch.empty(G, M, D, dtype=k4.dtype, device=k4.device)
     vo = torch.empty(G, M, D, dtype=v4.dtype, device=v4.device)
     if G == 0 or M == 0:

@@ -87,20 +87,21 @@ def _gpu_config(block_d: int) -> tuple:
 
 
 def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, *, normalize: bool = False,
-                  return_dist: bool = False):
+                  return_dist: bool = False, labels_dtype: torch.dtype = torch.int32):
     """Nearest centroid of every token.
 
     x: [G, N, D] or [B, H, N, D] (any strides), fp16 / bf16 / fp32.
     centroids: float32 [G, C, D].
     normalize: L2-normalise each token first (query clustering by angle), in-kernel.
-    Returns labels int32 [G, N]; with return_dist also dist float32 [G, N] = ‖x − c_label‖
-    (x normalised if requested).
+    labels_dtype: int32 or int16 (C <= 32767; what `clustering.sort_by_cluster` sorts on).
+    Returns labels [G, N] in labels_dtype; with return_dist also dist float32 [G, N] =
+    ‖x − c_label‖ (x normalised if requested).
     """
     x4, G, H = as_bhnd(x)
     N, D = x4.shape[2], x4.shape[3]
     NC = centroids.shape[1]
     c = centroids.to(device=x.device, dtype=torch.float32).contiguous()
-    lab = torch.empty(G, N, dtype=torch.int32, device=x.device)
+    lab = torch.empty(G, N, dtype=labels_dtype, device=x.device)
     dist = torch.empty(G, N, dtype=torch.float32, device=x.device) if return_dist else lab
     if G == 0 or N == 0:
         return (lab, dist) if return_dist else lab
