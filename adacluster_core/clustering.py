@@ -253,6 +253,16 @@ def multi_stage_key_clustering(k: torch.Tensor, *, init_clusters: int = 200, tau
     if n_raw > n_max:
         return MultiStageResult(None, n_raw, True, stages, tau,
                                 f"hard to compress: {n_raw} key clusters > N_max={n_max}")
+    comp, Ck = _final_centroids(k, kept_c, kept_own, n_kept, n_raw, ignore, backend)
+    return MultiStageResult(comp, int(Ck), False, stages, tau, "")
+
+
+def _final_centroids(k, kept_c, kept_own, n_kept, n_raw: int, ignore, backend: str):
+    """The multi-stage result's centroids [G, Ck, D] and Ck: each group's kept centroids first
+    (owners of accepted tokens), Ck = the largest group's count rounded up to a multiple of 8,
+    free slots seeded with the tokens farthest from their nearest kept centroid."""
+    G, N, D = _shape(k)
+    dev = k.device
     allc = torch.cat(kept_c, 1)        # [G, T, D]
     own = torch.cat(kept_own, 1)       # [G, T]
     n_valid = N if ignore is None else int((~ignore.any(0)).sum())
@@ -282,7 +292,7 @@ def multi_stage_key_clustering(k: torch.Tensor, *, init_clusters: int = 200, tau
         else:
             cand = torch.gather(k, 1, tok.unsqueeze(-1).expand(G, Ck, D))
         comp = torch.where((slot < ng).unsqueeze(-1), comp, cand.float())
-    return MultiStageResult(comp, int(Ck), False, stages, tau, "")
+    return comp, int(Ck)
 
 
 # ---- per-run layer plan -------------------------------------------------------------------
