@@ -137,7 +137,7 @@ class AdaClusterConfig:
     calibration_dense: bool = True
     warmup: float = 0.3
     dense_layer_fraction: float = 0.15
-    pooled_tail: bool = False  # last: ComfyUI stores widget values by position
+    pooled_tail: bool = False
 
     def __post_init__(self) -> None:
         for name, spec in FIELD_SPECS.items():

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .api import sparse_attention
+from .api import MASK_THRESHOLD, sparse_attention
 from .config import AdaClusterConfig
 from .guards import triton_usable
 from .state import ClusterState
@@ -65,7 +65,6 @@ POOLED_OVERHEAD = 0.2
 TOP_K_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 TOP_P_LADDER = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 DENSITY_LADDER = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9)
-HAS_MAX_DENSITY = "max_density" in AdaClusterConfig.__dataclass_fields__
 _FAMILY_MODEL = {"wan": "wan", "hunyuan": "hunyuan", "hunyuan15": "hunyuan", "cogvideox": "cogvideox"}
 
 
@@ -136,7 +135,7 @@ def load_capture(path: str, device: str | torch.device = "cpu", allow_incomplete
 def dense_reference(c: Call) -> torch.Tensor:
     mask = None
     if c.key_mask is not None:
-        mask = torch.where(c.key_mask.float() <= -1e4, float("-inf"), 0.0).view(1, 1, 1, -1)
+        mask = torch.where(c.key_mask.float() <= MASK_THRESHOLD, float("-inf"), 0.0).view(1, 1, 1, -1)
     return F.scaled_dot_product_attention(c.q.float(), c.k.float(), c.v.float(), attn_mask=mask)
 
 
@@ -175,20 +174,18 @@ def replay(calls: list[Call], refs: list[torch.Tensor], cfg: AdaClusterConfig, t
 
 def candidates(cfg: AdaClusterConfig, n_keys_max: int | None, top_p: bool):
     """(family, config) in increasing cost within each family: top_k ladder (no density budget),
-    then, when the core has `max_density`, the budget ladder with every cluster allowed, then
+    then the max_density budget ladder with every cluster allowed, then
     (--top-p) the top_p ladder."""
-    nobudget = {"max_density": 1.0} if HAS_MAX_DENSITY else {}
     for tk in TOP_K_LADDER:
         if n_keys_max is not None and tk >= n_keys_max:
             break
-        yield "top_k", cfg.replace(selection="tensorquest", top_k=tk, **nobudget)
-    if HAS_MAX_DENSITY:
-        tk = max(cfg.top_k, n_keys_max or cfg.top_k)
-        for md in DENSITY_LADDER:
-            yield "max_density", cfg.replace(selection="tensorquest", top_k=tk, max_density=md)
+        yield "top_k", cfg.replace(selection="tensorquest", top_k=tk, max_density=1.0)
+    tk = max(cfg.top_k, n_keys_max or cfg.top_k)
+    for md in DENSITY_LADDER:
+        yield "max_density", cfg.replace(selection="tensorquest", top_k=tk, max_density=md)
     if top_p:
         for p in TOP_P_LADDER:
-            yield "top_p", cfg.replace(selection="top_p", top_p=p, **nobudget)
+            yield "top_p", cfg.replace(selection="top_p", top_p=p, max_density=1.0)
 
 
 def tune_layer(calls: list[Call], base: AdaClusterConfig, target: float, text_range, top_p: bool = False,
@@ -226,10 +223,8 @@ def tune_layer(calls: list[Call], base: AdaClusterConfig, target: float, text_ra
                 ent["top_p"] = cand.top_p
             else:
                 ent["top_k"] = cand.top_k
-            if HAS_MAX_DENSITY:
-                ent["max_density"] = cand.max_density
-            if hasattr(cand, "pooled_tail"):
-                ent["pooled_tail"] = bool(cand.pooled_tail)
+            ent["max_density"] = cand.max_density
+            ent["pooled_tail"] = bool(cand.pooled_tail)
             return ent
         reason = f"cheapest setting meeting the target has density {r['density']:.2f}: not faster than dense"
     else:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from .core import MASK_THRESHOLD
+
 if TYPE_CHECKING:  # pragma: no cover
     from .run import AdaClusterRun
 
@@ -253,7 +255,7 @@ def check_mask(run: AdaClusterRun, fc: ForwardContext, mask, B: int, L: int, txt
     if km is None:
         reason = "mask-shape"
     else:
-        neg = (km.reshape(-1, L) < -1e4).any(0)          # one host sync per forward
+        neg = (km.reshape(-1, L) <= MASK_THRESHOLD).any(0)          # one host sync per forward
         idx = torch.nonzero(neg).flatten().tolist()
         n_vid = fc.n_vid
         in_vid = [i for i in idx if vid_start <= i < vid_start + n_vid]

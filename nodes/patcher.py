@@ -343,7 +343,7 @@ def _branch_calls(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, l
         tm = _Timer(call.q.device)
         o, stats = sparse_attention(Q[sl], K[sl], V[sl], state=st, **core_kw)
         t = tm.stop()
-        if isinstance(stats, dict) and stats.get("reason") == _NON_FINITE:
+        if stats["reason"] == _NON_FINITE:
             return None   # the whole call runs dense through ComfyUI's attention
         if dense_ref is not None:
             measure_probe(run, layer, fc.step, br, q=Q[sl], k=K[sl], out=o, dense_ref=dense_ref[sl], stats=stats,
@@ -359,15 +359,14 @@ def _branch_calls(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, l
 def _sparse_record(fc: ForwardContext, layer: int, branch: str, stats, timing, flops: int) -> CallRecord:
     """The record of one branch's core call. The core may have run it dense (the calibration step, a
     layer judged hard to compress): its reason is kept, the calibration step's under our name."""
-    is_dense = bool(stats.get("dense", False)) if isinstance(stats, dict) else False
+    is_dense = bool(stats["dense"])   # sparse_attention's stats: always a dict with these keys
     reason = ""
     if is_dense:
         reason = "calibration" if stats.get("stage") == "calibration" and "calibration" in str(
             stats.get("reason", "")) else (stats.get("reason") or "core")
-    info = stats if isinstance(stats, dict) else {}
     return CallRecord(layer=layer, step=fc.step, branch=branch, sparse=not is_dense, reason=reason,
-                      density=info.get("density"), q_clusters=info.get("q_clusters"),
-                      k_clusters=info.get("k_clusters"), timing=timing, flops_full=flops)
+                      density=stats.get("density"), q_clusters=stats.get("q_clusters"),
+                      k_clusters=stats.get("k_clusters"), timing=timing, flops_full=flops)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .core import sparse_attention
+from .core import MASK_THRESHOLD, sparse_attention
 from .fallback import must_raise
 from .layer_rules import Selection, parse_selection
 
@@ -103,7 +103,7 @@ def mass_recall(Q, K, cfg, state_copy, scale, txt_range, km, max_rows, interrupt
     sc = float(scale) if scale is not None else D ** -0.5
     logits = (Q[:, :, idx].float() @ K.float().transpose(-1, -2)) * sc        # [B, H, r, L]
     if km is not None:
-        logits = logits.masked_fill((km.float() <= -1e4).reshape(km.shape[0], 1, 1, L), float("-inf"))
+        logits = logits.masked_fill((km.float() <= MASK_THRESHOLD).reshape(km.shape[0], 1, 1, L), float("-inf"))
     rec = torch.exp(log_zs - torch.logsumexp(logits, -1)).clamp(0.0, 1.0)
     ok = torch.isfinite(log_zs) | (a == 0)
     rec = torch.where(ok, rec.nan_to_num(0.0), torch.zeros_like(rec))
@@ -121,13 +121,13 @@ def measure(run, layer: int, step: int, branch: str, *, q, k, out, dense_ref, st
     or in strict mode). `core_kw`: the keyword arguments of the real sparse_attention call."""
     try:
         err = rel_err(out, dense_ref)
-        is_dense = bool(stats.get("dense", False)) if isinstance(stats, dict) else False
+        is_dense = bool(stats["dense"])
         if is_dense:
             rec = 1.0
         else:
             rec = mass_recall(q, k, core_kw["config"], state_before, core_kw["scale"], core_kw["always_dense_range"],
                               core_kw["key_mask"], run.probe.max_rows, interrupt_check=core_kw["interrupt_check"])
-        dens = stats.get("density") if isinstance(stats, dict) and not is_dense else 1.0
+        dens = 1.0 if is_dense else stats["density"]
         run.probes.append(ProbeRecord(layer, step, branch, err, rec, dens))
     except Exception as e:
         if must_raise(e):
