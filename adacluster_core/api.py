@@ -186,7 +186,7 @@ def _guarded_sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, interrupt_ch
     return res
 
 
-def _key_count(kv, cfg: AdaClusterConfig, state: Optional[ClusterState], ignore, backend: str, check=None):
+def _key_count(k_clu, cfg: AdaClusterConfig, state: Optional[ClusterState], ignore, backend: str, check=None):
     """The layer's key-cluster count: fixed, known from the state, or found now by the
     multi-stage procedure. -> (Ck, initial centroids or None, dense reason or "")."""
     if cfg.k_clusters is not None:
@@ -194,7 +194,7 @@ def _key_count(kv, cfg: AdaClusterConfig, state: Optional[ClusterState], ignore,
     if state is not None and state.k_clusters:
         return int(state.k_clusters), None, ""
     ms = clustering.multi_stage_key_clustering(
-        kv, init_clusters=cfg.k_clusters_init, tau_scale=cfg.tau_scale, max_stages=cfg.max_stages,
+        k_clu, init_clusters=cfg.k_clusters_init, tau_scale=cfg.tau_scale, max_stages=cfg.max_stages,
         stage_iters=cfg.stage_iters, n_max=(state.k_cap if state is not None else None),
         ignore=ignore, backend=backend, check=check)
     if ms.dense:
@@ -203,18 +203,18 @@ def _key_count(kv, cfg: AdaClusterConfig, state: Optional[ClusterState], ignore,
         return ms.k_clusters, None, ms.reason
     if state is not None:
         state.k_clusters = ms.k_clusters
-        state.k_centroids = ms.centroids.reshape(kv.shape[0], kv.shape[1], ms.k_clusters, kv.shape[3])
+        state.k_centroids = ms.centroids.reshape(k_clu.shape[0], k_clu.shape[1], ms.k_clusters, k_clu.shape[3])
         state.calls = 0
     return ms.k_clusters, ms.centroids, ""
 
 
-def _cluster(qv, kv, Cq: int, Ck: int, k_init, cfg: AdaClusterConfig, state: Optional[ClusterState],
+def _cluster(q_clu, k_clu, Cq: int, Ck: int, k_init, cfg: AdaClusterConfig, state: Optional[ClusterState],
              ignore, backend: str, check=None):
     """k-means of the normalised queries and the raw keys, warm-started from the state.
     -> (rq, rk, stage) with rk carrying the TensorQuest bounds when the selection needs them."""
-    B, H, _, D = qv.shape
+    B, H, _, D = q_clu.shape
     G = B * H
-    dev = qv.device
+    dev = q_clu.device
     warm_calls = state is not None and state.calls > 0
     cq0 = ClusterState._match(state.q_centroids, (B, H, Cq, D), dev) if state is not None else None
     ck0 = ClusterState._match(state.k_centroids, (B, H, Ck, D), dev) if state is not None else None
@@ -226,28 +226,28 @@ def _cluster(qv, kv, Cq: int, Ck: int, k_init, cfg: AdaClusterConfig, state: Opt
     # iterations finish them (not a cold start)
     calibrated_k = ck0 is not None and not warm_calls
     if cq0 is None:
-        cq0 = clustering.init_centroids(qv, Cq, normalize=True)
+        cq0 = clustering.init_centroids(q_clu, Cq, normalize=True)
     if ck0 is None:
-        ck0 = clustering.init_centroids(kv, Ck)
+        ck0 = clustering.init_centroids(k_clu, Ck)
     iq = cfg.kmeans_iters_reuse if warm_q else cfg.kmeans_iters_first
     ik = cfg.kmeans_iters_reuse if warm_k else cfg.kmeans_iters_first
     if calibrated_k:
         ik = min(cfg.kmeans_iters_first, cfg.kmeans_iters_reuse + 1)
-    rq = clustering.kmeans(qv, cq0.reshape(G, Cq, D), iq, normalize=True, backend=backend, check=check)
+    rq = clustering.kmeans(q_clu, cq0.reshape(G, Cq, D), iq, normalize=True, backend=backend, check=check)
     # the TensorQuest bounds come out of the last k-means update (same pass over the keys)
-    rk = clustering.kmeans(kv, ck0.reshape(G, Ck, D), ik, ignore=ignore, backend=backend,
+    rk = clustering.kmeans(k_clu, ck0.reshape(G, Ck, D), ik, ignore=ignore, backend=backend,
                            with_bounds=cfg.selection == "tensorquest", check=check)
     return rq, rk, ("reuse" if warm_q and warm_k else "first")
 
 
-def _select(qv, rq, rk, cfg: AdaClusterConfig, scale: float, n_keys: Optional[int] = None) -> torch.Tensor:
+def _select(q_clu, rq, rk, cfg: AdaClusterConfig, scale: float, n_keys: Optional[int] = None) -> torch.Tensor:
     """Selected key clusters per query cluster: int64 [G, Cq, S], -1 = none. n_keys: the
     clustered key count when no key is masked (the density budget then needs no reduction)."""
     q_norm = None
     if cfg.selection == "top_p":
         G, Cq = rq.centroids.shape[0], rq.centroids.shape[1]
-        nrm = qv.float().norm(dim=-1).reshape(G, -1)
-        q_norm = torch.zeros(G, Cq + 1, device=qv.device).scatter_add_(1, rq.labels.long(), nrm)[:, :Cq]
+        nrm = q_clu.float().norm(dim=-1).reshape(G, -1)
+        q_norm = torch.zeros(G, Cq + 1, device=q_clu.device).scatter_add_(1, rq.labels.long(), nrm)[:, :Cq]
         q_norm = q_norm / rq.counts.clamp_min(1).float()
     return select_clusters(cfg.selection, cq=rq.centroids, ck=rk.centroids, kmax=rk.kmax, kmin=rk.kmin,
                            k_counts=rk.counts, top_k=cfg.top_k, top_p=cfg.top_p, scale=scale, q_norm=q_norm,
@@ -294,16 +294,17 @@ def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: f
     backend = resolve_backend(cfg.backend, dev)
     Nt = r1 - r0
     Nv = N - Nt
-    qv, _ = split_rows(q, r0, r1)
-    kv, _ = split_rows(k, r0, r1)
+    # the clustered part of q / k (every token outside the always-dense range)
+    q_clu, _ = split_rows(q, r0, r1)
+    k_clu, _ = split_rows(k, r0, r1)
     ignore = masked_t = None
     if masked is not None:
         mg = masked.expand(B, H, N).reshape(G, N)
-        ignore_v, masked_t = split_rows(mg.view(G, 1, N, 1), r0, r1)
-        ignore = ignore_v.reshape(G, Nv)
+        ignore_clu, masked_t = split_rows(mg.view(G, 1, N, 1), r0, r1)
+        ignore = ignore_clu.reshape(G, Nv)
         masked_t = masked_t.reshape(G, Nt)
 
-    Ck, k_init, reason = _key_count(kv, cfg, state, ignore, backend, check)
+    Ck, k_init, reason = _key_count(k_clu, cfg, state, ignore, backend, check)
     if reason:
         return dense(reason, k_clusters=Ck, stage="calibration", backend=backend)
     if k_init is not None and state is not None and cfg.calibration_dense:
@@ -311,8 +312,8 @@ def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: f
                      k_clusters=Ck, stage="calibration", backend=backend)
     Cq = min(cfg.q_clusters, Nv)
     Ck = min(Ck, Nv)
-    rq, rk, stage = _cluster(qv, kv, Cq, Ck, k_init, cfg, state, ignore, backend, check)
-    sel = _select(qv, rq, rk, cfg, sc, n_keys=(Nv if ignore is None else None))
+    rq, rk, stage = _cluster(q_clu, k_clu, Cq, Ck, k_init, cfg, state, ignore, backend, check)
+    sel = _select(q_clu, rq, rk, cfg, sc, n_keys=(Nv if ignore is None else None))
     layout = build_layout(q, k, v, rq, rk, sel, scale=sc, dense_range=(r0, r1), masked_dense=masked_t,
                           pooled=cfg.pooled_tail, backend=backend)
     out, attn_name = run_layout(layout, backend)

@@ -50,14 +50,14 @@ def reuse_layout(q, k, v, cfg, st, text):
     B, H, N, D = q.shape
     r0, r1 = (N - text, N) if text else (0, 0)
     backend = api.resolve_backend(cfg.backend, q.device)
-    qv, _ = lay.split_rows(q, r0, r1)
-    kv, _ = lay.split_rows(k, r0, r1)
+    q_clu, _ = lay.split_rows(q, r0, r1)
+    k_clu, _ = lay.split_rows(k, r0, r1)
     Ck = int(st.k_clusters)
-    Cq = min(cfg.q_clusters, qv.shape[2])
+    Cq = min(cfg.q_clusters, q_clu.shape[2])
     import copy
     st2 = copy.deepcopy(st)
-    rq, rk, _ = api._cluster(qv, kv, Cq, Ck, None, cfg, st2, None, backend)
-    sel = api._select(qv, rq, rk, cfg, D ** -0.5)
+    rq, rk, _ = api._cluster(q_clu, k_clu, Cq, Ck, None, cfg, st2, None, backend)
+    sel = api._select(q_clu, rq, rk, cfg, D ** -0.5)
     return lay.build_layout(q, k, v, rq, rk, sel, scale=D ** -0.5, dense_range=(r0, r1), masked_dense=None,
                             pooled=cfg.pooled_tail, backend=backend)
 
