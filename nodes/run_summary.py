@@ -133,7 +133,8 @@ def summarize(run: AdaClusterRun) -> dict:
         "version": 1,
         "summary": _summary_line(run, n, len(sparse_dens), mean_density, reasons, saved_frac, attn_time),
         "family": run.family,
-        "preset": run.preset,
+        # with AdaCluster Thresholds connected its config replaces the preset entirely
+        "preset": run.preset if run.user_config is None else "custom (Thresholds)",
         "config": run.config.to_dict() if run.config is not None else None,
         "rules": run.rules.describe(),
         "forwards": run.forwards,

@@ -295,6 +295,7 @@ def test_real_wan_forward_with_wrapper_and_chained_override():
     assert calls["n"] == 6 + 12   # warmup self-attn + cross-attn calls went through the previous override
     assert "AdaCluster: 48 attention calls, 6 sparse" in s["summary"]
     assert s["plan_source"] == "calibration"
+    assert s["preset"] == "custom (Thresholds)"   # a connected config replaces the preset: not "auto"
     img = P.heatmap_image(s)
     assert img.shape[0] == 1 and img.shape[-1] == 3 and min(img.shape[1:3]) >= 150
     assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0
@@ -345,3 +346,10 @@ def test_warmup_follows_global_sigma_for_split_samplers():
     high.begin(patcher)
     high.resolve_config("wan")
     assert phases(high, (1.0, 0.85, 0.7, 0.6)) == ["warmup", "warmup", "calibration", "sparse"]
+
+
+def test_stats_name_the_preset_without_thresholds():
+    run = P.AdaClusterRun(None, None, "fast")
+    run.begin(None)
+    run.end(None)
+    assert run.last_run["preset"] == "fast"
