@@ -1,10 +1,10 @@
-"""Kernel launch configs and experimental kernel variants on real reuse-call layouts (GPU).
+"""Kernel launch configs on real reuse-call layouts (GPU).
 
     python bench/kernel_sweep.py [--shapes wan1.3b,wan14b,hunyuan,long] [--preset balanced]
 
 Per shape: the reuse call's layout at the preset (warm state, as `bench/attn_speed.py` builds it),
-the production kernel at its table config, then each (BLOCK_M, BLOCK_N, warps, stages) config and
-each `bench/varblock_exp.py` variant: ms (do_bench median), TFLOP/s on the computed pairs
+the production kernel at its table config (and with pointer loads), then each (BLOCK_M, BLOCK_N,
+warps, stages) config: ms (do_bench median), TFLOP/s on the computed pairs
 (4·D FLOPs per pair), and the max abs difference to the production kernel's output (a variant
 that differs by more than bf16 noise is marked BAD). cuDNN SDPA timed in the same process.
 """
@@ -25,19 +25,15 @@ from bench.attn_speed import reuse_layout, variant_config  # noqa: E402
 from bench.inputs import SHAPES, bench_ms, dense_cudnn, env_header, make_inputs  # noqa: E402
 
 CONFIGS = [(128, 64, 8, 3), (64, 64, 4, 3)]
-# tried 2026-12-02 (docs/KERNEL_NOTES.md): flatten, ws, desc+flatten, BLOCK_N 128; run with --exp
-EXP = [dict(desc=True, ws=True), dict(flatten=True)]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="wan1.3b,wan14b,hunyuan,long")
     ap.add_argument("--preset", default="balanced")
-    ap.add_argument("--exp", action="store_true", help="also the bench/varblock_exp.py variants")
     ap.add_argument("--no-assign", action="store_true", help="skip the k-means assignment configs")
     a = ap.parse_args(argv)
     print(env_header(), flush=True)
-    from bench.varblock_exp import varblock_attention_exp
     rows = []
     for name in a.shapes.split(","):
         H, N, D, text, _, model = SHAPES[name]
@@ -74,11 +70,6 @@ def main(argv=None):
         for c in CONFIGS:
             if c != tuple(base_cfg):
                 row(f"cfg {c}", lambda c=c: varblock_attention_triton(*L, config=c))
-        for e in (EXP if a.exp else []):
-            e = dict(e)
-            c = e.pop("config", tuple(base_cfg))
-            label = "exp " + "+".join(sorted(e)) + ("" if c == tuple(base_cfg) else f" {c}")
-            row(label, lambda e=e, c=c: varblock_attention_exp(*L, config=c, **e))
         # k-means assignment (two per k-means iteration): keys vs Ck centroids, normalised queries vs Cq
         from adacluster_core.kernels import kmeans_assign as ka
         kc = st.k_centroids.reshape(H, -1, D).float()

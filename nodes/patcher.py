@@ -224,17 +224,6 @@ def _on_device(st: ClusterState, device) -> ClusterState:
     return st
 
 
-
-
-def _on_device(st: ClusterState, device) -> ClusterState:
-    """The layer's cached centroids follow the device of the call (weights streamed or offloaded
-    between calls, another GPU): moved, not kept on the old device beside a fresh copy."""
-    for t in (st.q_centroids, st.k_centroids):
-        if t is not None and t.device != device:
-            return st.to(device)
-    return st
-
-
 def _maybe_sparse(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, layer: int, layout: tuple):
     """A video self-attention call (layout from classify_call): sparse unless dense_reason() names a reason."""
     txt_range = layout[5]

@@ -32,18 +32,8 @@ def _patcher():
     return type("Patcher", (), {"model": type("M", (), {"model_sampling": _MS()})()})()
 
 
-def test_sparse_calls_wait_for_the_background_compile_densely(monkeypatch):
-    gate = threading.Event()
-    started = []
-
-    class HeldCompile(KW.CompileAhead):   # the real compile run, held until the test lets it go
-        def _sparse_calls(self):
-            started.append(threading.current_thread().name)
-            assert gate.wait(120)
-            super()._sparse_calls()
-
-    monkeypatch.setattr(KW, "CompileAhead", HeldCompile)
-    monkeypatch.setattr(KW, "_compiles_here", lambda run, call: True)
+def _patched_tiny_wan():
+    """A real 2-layer WanModel, an AdaClusterRun on it, and fwd(sigma, patched) -> output."""
     dm = tiny_wan_model(2)
     cfg = P.make_config(q_clusters=8, k_clusters=16, top_k=4096, warmup=0.3, min_tokens=0,
                         calibration_dense=False, dense_layer_fraction=0.0, backend="torch")
@@ -59,7 +49,22 @@ def test_sparse_calls_wait_for_the_background_compile_densely(monkeypatch):
             to["wrappers"] = {pe.WrappersMP.DIFFUSION_MODEL: {P.WRAPPER_KEY: [wrapper]}}
         with torch.no_grad():
             return dm(x, torch.tensor([sig * 1000]), ctx, transformer_options=to)
+    return run, fwd
 
+
+def test_sparse_calls_wait_for_the_background_compile_densely(monkeypatch):
+    gate = threading.Event()
+    started = []
+
+    class HeldCompile(KW.CompileAhead):   # the real compile run, held until the test lets it go
+        def _sparse_calls(self):
+            started.append(threading.current_thread().name)
+            assert gate.wait(120)
+            super()._sparse_calls()
+
+    monkeypatch.setattr(KW, "CompileAhead", HeldCompile)
+    monkeypatch.setattr(KW, "_compiles_here", lambda run, call: True)
+    run, fwd = _patched_tiny_wan()
     run.begin(_patcher())
     for sig in (1.0, 0.8, 0.6, 0.4):   # 1.0, 0.8: warmup; 0.6, 0.4: would be sparse
         torch.testing.assert_close(fwd(sig, True), fwd(sig, False), atol=1e-5, rtol=1e-4)
@@ -83,18 +88,9 @@ def test_sparse_calls_wait_for_the_background_compile_densely(monkeypatch):
 
 def test_no_background_compile_where_nothing_compiles():
     """The CPU (interpreter or torch backend): no thread, no 'kernels compiling' calls."""
-    dm = tiny_wan_model(2)
-    cfg = P.make_config(q_clusters=8, k_clusters=16, top_k=4096, warmup=0.3, min_tokens=0,
-                        calibration_dense=False, dense_layer_fraction=0.0, backend="torch")
-    run = P.AdaClusterRun(cfg, None, "auto")
-    run.override = P.make_override(run)
-    wrapper = P._diffusion_model_wrapper_factory(run)
-    x, ctx = torch.randn(1, 16, 3, 8, 8), torch.randn(1, 16, 64)
+    run, fwd = _patched_tiny_wan()
     run.begin(_patcher())
     for sig in (1.0, 0.4):
-        to = {"sigmas": torch.tensor([sig]), "cond_or_uncond": [0], "optimized_attention_override": run.override,
-              "wrappers": {pe.WrappersMP.DIFFUSION_MODEL: {P.WRAPPER_KEY: [wrapper]}}}
-        with torch.no_grad():
-            dm(x, torch.tensor([sig * 1000]), ctx, transformer_options=to)
+        fwd(sig, True)
     run.end(None)
     assert run.compiles == {} and run.last_run["sparse_calls"] == 2
