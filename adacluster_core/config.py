@@ -10,15 +10,16 @@ from typing import Any, Optional
 
 SELECTIONS = ("tensorquest", "top_p", "centroid")
 BACKENDS = ("auto", "triton", "torch")
-MODELS = ("wan", "hunyuan", "cogvideox")
+MODELS = ("wan", "hunyuan", "cogvideox", "h3")
 PRESETS = ("quality", "balanced", "fast")
 
 # balanced == the spec's defaults table
-_MODEL_TOP_K = {"wan": 128, "hunyuan": 94, "cogvideox": 64}
+_MODEL_TOP_K = {"wan": 128, "hunyuan": 94, "cogvideox": 64, "h3": 128}
 _MODEL_ALIASES = {
     "wan": "wan", "wan2.1": "wan", "wan2.2": "wan", "wan21": "wan", "wan22": "wan",
     "hunyuan": "hunyuan", "hunyuanvideo": "hunyuan", "hunyuan_video": "hunyuan",
     "cogvideox": "cogvideox", "cogvideo": "cogvideox", "cog": "cogvideox",
+    "h3": "h3", "minimaxh3": "h3", "minimax": "h3",
 }
 
 

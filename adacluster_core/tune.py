@@ -65,7 +65,7 @@ POOLED_OVERHEAD = 0.2
 TOP_K_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 TOP_P_LADDER = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 DENSITY_LADDER = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9)
-_FAMILY_MODEL = {"wan": "wan", "hunyuan": "hunyuan", "hunyuan15": "hunyuan", "cogvideox": "cogvideox"}
+_FAMILY_MODEL = {"wan": "wan", "hunyuan": "hunyuan", "hunyuan15": "hunyuan", "cogvideox": "cogvideox", "h3": "h3"}
 
 
 def predicted_cost(density: float, kernel_rate: float = KERNEL_RATE, overhead: float = OVERHEAD,

@@ -9,9 +9,9 @@ from typing import Any
 from .core import AdaClusterConfig, core_config
 from .layer_rules import LayerRules, parse_rules
 
-FAMILIES = ("wan", "hunyuan", "hunyuan15", "cogvideox")
+FAMILIES = ("wan", "hunyuan", "hunyuan15", "cogvideox", "h3")
 PRESETS = ("auto", "quality", "balanced", "fast")
-_CORE_MODEL = {"wan": "wan", "hunyuan": "hunyuan", "hunyuan15": "hunyuan", "cogvideox": "cogvideox"}
+_CORE_MODEL = {"wan": "wan", "hunyuan": "hunyuan", "hunyuan15": "hunyuan", "cogvideox": "cogvideox", "h3": "h3"}
 
 
 def config_fields() -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Model families and token layouts: which DiT a forward belongs to (Wan, HunyuanVideo 1.0/1.5,
-CogVideoX), where its video / text / in-context tokens sit, which attention call is which layer and
+CogVideoX, MiniMax-H3), where its video / text / in-context tokens sit, which attention call is which layer and
 CFG branch, and attention masks as per-key masks; `AttentionCall`, one call as an attention
 override receives it. Shared by the patcher and Capture; imports no adacluster_core."""
 from __future__ import annotations
@@ -41,6 +41,7 @@ class ForwardContext:
     calls: int = 0                   # all attention calls in this forward
     calls_per_block: int = 2         # Wan: self + cross (+ cross img)
     n_single: int = 0                # Hunyuan single-stream blocks (numbered after the double blocks)
+    segments: tuple = ()             # H3: (kind, rows) of the packed sequence, video last
     mask_cache: Any = None           # (mask, key mask, reason) of the last mask seen (check_mask)
 
     def __deepcopy__(self, memo):
@@ -82,8 +83,10 @@ class AttentionCall:
 # model family / layout
 # ------------------------------------------------------------------------------------------------
 def detect_family(dm) -> tuple[str | None, str]:
-    """(family, reason) from the DiT object: wan / hunyuan / hunyuan15 / cogvideox, or (None, why)."""
+    """(family, reason) from the DiT object: wan / hunyuan / hunyuan15 / cogvideox / h3, or (None, why)."""
     name = type(dm).__name__
+    if hasattr(dm, "video_patch_proj") and hasattr(dm, "audio_patch_proj") and hasattr(dm, "blocks"):
+        return "h3", ""   # MiniMax-H3 (ComfyUI >= 0.33): one packed audio-video sequence per forward
     if hasattr(dm, "double_blocks") and hasattr(dm, "txt_in") and hasattr(dm, "single_blocks"):
         ps = list(getattr(dm, "patch_size", []) or [])
         if getattr(dm, "cond_type_embedding", None) is not None or ps == [1, 1, 1]:
@@ -142,6 +145,8 @@ def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> For
     family, why = detect_family(dm)
     fc = ForwardContext(run=run, family=family, reason=why)
     x = args[0] if args else kwargs.get("x")
+    if family == "h3":
+        x = _h3_video_latent(x)
     if family is None or not isinstance(x, torch.Tensor) or x.ndim < 4:
         if family is not None:
             fc.reason = "unsupported-input"
@@ -198,6 +203,8 @@ def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> For
         fc.n_txt = _seq_len(context)
         fc.txt_first = True
         fc.n_layers = len(getattr(dm, "blocks", []))
+    elif family == "h3":
+        _h3_layout(fc, dm, x, args, kwargs)
     run.n_layers = max(run.n_layers, fc.n_layers)
     cou = to.get("cond_or_uncond")
     fc.cond_or_uncond = tuple(int(c) for c in cou) if cou else ()
@@ -214,6 +221,67 @@ def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> For
         except (TypeError, ValueError):
             pass
     return fc
+
+
+def _h3_video_latent(x):
+    """The video latent [B, C, T, H, W] of H3's [video, audio] input (a list, or a NestedTensor)."""
+    parts = getattr(x, "tensors", x)
+    if isinstance(parts, (list, tuple)) and parts and isinstance(parts[0], torch.Tensor):
+        return parts[0]
+    return None
+
+
+def _h3_packed_layout(dm, payload: dict, text_len: int, grid_shape: tuple, audio_t: int):
+    """The model's own packed layout for this forward: the one extra_conds built (when its signature
+    matches) or a new one from the model module's PackedLayout; None when neither can be had."""
+    lay = payload.get("layout")
+    sig = (text_len,) + tuple(grid_shape) + (audio_t,)
+    if lay is not None and getattr(lay, "signature", None) == sig:
+        return lay
+    import sys
+    cls = getattr(sys.modules.get(type(dm).__module__), "PackedLayout", None)
+    if cls is None:
+        return None
+    try:
+        return cls(text_len, *grid_shape, audio_t, keyframes=payload.get("keyframes"), refs=payload.get("refs"))
+    except Exception:
+        return None
+
+
+def _h3_layout(fc: ForwardContext, dm, video, args, kwargs) -> None:
+    """MiniMax-H3 packs one sequence per forward, [text | cond or reference rows | audio | video],
+    the target video last on the (t, h/2, w/2) grid. Everything before the video is one always-dense
+    prefix (fc.n_txt, text-first); the layout is read from the model's own PackedLayout."""
+    fc.n_layers = len(getattr(dm, "blocks", []))
+    fc.calls_per_block = 1
+    fc.txt_first = True
+    x = args[0] if args else kwargs.get("x")
+    parts = getattr(x, "tensors", x)
+    audio = parts[1] if isinstance(parts, (list, tuple)) and len(parts) > 1 else None
+    context = _arg(args, kwargs, 2, "context")
+    payload = kwargs.get("minimax_payload") or {}
+    if not isinstance(audio, torch.Tensor) or not isinstance(context, torch.Tensor) or not isinstance(payload, dict):
+        fc.reason = "unsupported-input"
+        return
+    padded = (video.shape[2],) + tuple(2 * g for g in fc.grid[1:])   # (latent_t, lat_h, lat_w) after padding
+    lay = _h3_packed_layout(dm, payload, int(context.shape[1]), padded, int(audio.shape[-1]))
+    segs = tuple((str(kind), int(b) - int(a)) for a, b, kind in getattr(lay, "segments", ()) or ())
+    if not segs or segs[-1] != ("video", fc.n_vid):
+        fc.reason = "unsupported-input (h3 layout)"
+        return
+    fc.segments = segs
+    fc.n_txt = sum(n for _, n in segs[:-1])
+
+
+def h3_description(segments, grid) -> str:
+    """`H3 t2va: text 512, audio 414, video 32x24x42` (fl2va with keyframe rows, ref2va with references)."""
+    sums: dict = {}
+    for kind, n in segments:
+        sums[kind] = sums.get(kind, 0) + n
+    task = "ref2va" if any(k.startswith("ref_") for k in sums) else ("fl2va" if any(
+        k.startswith("cond") for k in sums) else "t2va")
+    parts = [f"{k.replace('_', ' ')} {n}" for k, n in sums.items() if k != "video"]
+    return f"H3 {task}: " + ", ".join(parts + ["video " + "x".join(str(g) for g in grid)])
 
 
 def branch_keys(cond_or_uncond: tuple[int, ...]) -> list[str]:
@@ -304,7 +372,7 @@ def classify_call(fc: ForwardContext, q, k, heads, skip_reshape: bool):
             return "dense", "token-count-mismatch", None
         # in-context reference tokens (context_latents) follow the video: an always-dense range
         return "self", "", (B, H, L, D, 0, (n_vid, n_all) if fc.n_extra else None)
-    if fam in ("hunyuan", "hunyuan15", "cogvideox"):
+    if fam in ("hunyuan", "hunyuan15", "cogvideox", "h3"):
         n_txt = fc.n_txt
         if L != n_vid + n_txt:
             if L <= n_txt:

@@ -42,7 +42,7 @@ from .core import (NO_TRITON as _NO_TRITON, NON_FINITE as _NON_FINITE, SUPPORTED
 from . import kernel_warmup
 from .fallback import INTERRUPT_CHECK, must_raise
 from .families import (AttentionCall, ForwardContext, branch_keys as _branch_keys, build_forward_context,
-                       check_mask, classify_call, detect_family, layer_index as _layer_index)
+                       check_mask, classify_call, detect_family, h3_description, layer_index as _layer_index)
 from .layer_rules import LayerRules, parse_selection
 from .probe import PROBE_MODES, ProbeSpec, make_probe, measure as measure_probe
 from .report import format_stats, heatmap_image, rss_mb, stats_json
@@ -83,6 +83,8 @@ def _begin_forward(run: AdaClusterRun, dm, args, kwargs):
     if to.get(OVERRIDE_KEY) is None and run.override is not None:
         to[OVERRIDE_KEY] = run.override
     x = args[0] if args else kwargs.get("x")
+    x = next((t for t in getattr(x, "tensors", x) if isinstance(t, torch.Tensor)), None) \
+        if isinstance(getattr(x, "tensors", x), (list, tuple)) else x   # H3: [video, audio]
     run = run.lane(x.device if isinstance(x, torch.Tensor) else None)   # per thread x device
     fc = build_forward_context(run, dm, args, kwargs, to)
     run.forwards += 1
@@ -96,6 +98,7 @@ def _begin_forward(run: AdaClusterRun, dm, args, kwargs):
             run.layouts[key] = {"family": fc.family, "grid": list(fc.grid), "n_vid": fc.n_vid, "n_txt": fc.n_txt,
                                 "txt_first": fc.txt_first, "n_layers": fc.n_layers, "reason": fc.reason,
                                 "extra_tokens": fc.n_extra,
+                                "description": h3_description(fc.segments, fc.grid) if fc.segments else None,
                                 "text_slice": None, "masked_keys": None, "masked_keys_in_text": None}
     to[FWD_KEY] = fc
 

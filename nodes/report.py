@@ -55,7 +55,9 @@ def format_stats(d: dict | None) -> str:
     if d.get("planned_dense_layers") or d.get("cap"):
         lines.append(f"planned dense layers: {d.get('planned_dense_layers')}  key-cluster cap: {d.get('cap')}")
     for lay in d.get("layouts", []):
-        lines.append(f"layout: {lay['family']} grid {lay['grid']} ({lay['n_vid']} video tokens), text {lay['n_txt']}"
+        head = (f"{lay['description']} (prefix of {lay['n_txt']} rows dense)" if lay.get("description") else
+                f"{lay['family']} grid {lay['grid']} ({lay['n_vid']} video tokens), text {lay['n_txt']}")
+        lines.append(f"layout: {head}"
                      + (f", {lay['extra_tokens']} in-context tokens (dense)" if lay.get("extra_tokens") else "")
                      + (f" at {lay['text_slice']}" if lay.get("text_slice") else "")
                      + (f", masked keys {lay['masked_keys']} ({lay['masked_keys_in_text']} in text)"

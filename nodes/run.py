@@ -231,15 +231,23 @@ class AdaClusterRun:
             warm = sigma > self.warmup_sigma + 1e-6 * max(1.0, abs(self.warmup_sigma))
         else:  # no model_sampling: fall back to the fraction of distinct sigmas seen
             warm = cfg.warmup >= 1.0
+        adaptive = cfg.k_clusters is None and cfg.calibration_dense
         if warm:
+            # the last warmup step runs dense anyway: it also measures the key-cluster counts (the
+            # calibration), so no extra dense step follows the warmup (few-step runs gain most)
+            if self.phase == "calibration":
+                same = self.calib_sigma is not None and abs(sigma - self.calib_sigma) <= 1e-9
+                return "calibration" if same else "warmup"
+            if (self.phase == "warmup" and adaptive and self._last_warm_step(sigma)
+                    and self._cached_plan(plan_key, peek=True) is None):
+                self.plan_key = plan_key
+                self.phase = "calibration"
+                self.calib_sigma = sigma
+                return self.phase
             return "warmup"
         if self.phase == "warmup":
-            adaptive = cfg.k_clusters is None and cfg.calibration_dense
             self.plan_key = plan_key
-            with self.root.lanes.lock:   # lanes share the holder's plan cache
-                cached = self.plan_cache.get(plan_key) if adaptive and plan_key is not None else None
-                if cached is not None:
-                    self.plan_cache.move_to_end(plan_key)
+            cached = self._cached_plan(plan_key) if adaptive else None
             if cached is not None:
                 self._apply_plan(cached)
                 self.plan_source = "cache"
@@ -256,6 +264,29 @@ class AdaClusterRun:
                 self.plan()
                 self.phase = "sparse"
         return self.phase
+
+    def _cached_plan(self, plan_key, peek: bool = False):
+        """The plan cached for this model and resolution, or None (marked most recently used
+        unless `peek`)."""
+        if plan_key is None:
+            return None
+        with self.root.lanes.lock:   # lanes share the holder's plan cache
+            cached = self.plan_cache.get(plan_key)
+            if cached is not None and not peek:
+                self.plan_cache.move_to_end(plan_key)
+        return cached
+
+    def _last_warm_step(self, sigma: float) -> bool:
+        """True when the sampler's schedule says the step after this one (still inside this
+        sampler's schedule) is past the warmup: then this warmup step can calibrate."""
+        sch, ws = self.schedule, self.warmup_sigma
+        if len(sch) < 3 or ws is None:
+            return False
+        i = self.step_of(sigma)
+        if i + 1 >= len(sch) - 1:          # the step after this is the sampler's end
+            return False
+        nxt = sch[i + 1]
+        return 0 < nxt <= ws + 1e-6 * max(1.0, abs(ws))
 
     def plan(self):
         """After the calibration step: choose dense layers and the cap from the per-layer counts."""

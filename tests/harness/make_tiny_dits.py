@@ -13,6 +13,9 @@ Detection rules that shape these files (comfy/model_detection.py, ComfyUI 0.3.75
     HunyuanImage 2.1 matches first), context width from txt_in.input_embedder.
   * HunyuanVideo 1.5: patch 1x1x1, 65 in / 32 out channels, double blocks only,
     no vector_in, vision_in of width 1152 (SigLIP) + cond_type_embedding.
+  * MiniMax-H3 (ComfyUI >= 0.33): video_patch_proj + audio_patch_proj; head_dim from
+    blocks.0.attn.q_norm (128: the split-half rope rotates 6 x inv_freq = 96 dims), heads from
+    qkv_proj, text width from condition_proj, 24-ch video latent (patch 1x2x2), 32-ch audio.
 
 API:  make_all(outdir, dim=256, layers=2) -> {"wan21": path, "wan22_5b": path,
                                               "hunyuan": path, "hunyuan15": path}
@@ -33,12 +36,14 @@ FILENAMES = {
     "wan22_5b": "tiny_wan22_5b_ti2v.safetensors",
     "hunyuan": "tiny_hunyuan_video_t2v.safetensors",
     "hunyuan15": "tiny_hunyuan_video15_t2v.safetensors",
+    "h3": "tiny_minimax_h3_t2va.safetensors",
 }
 WAN_TEXT_DIM = 4096          # fixed by ComfyUI's Wan detection
 HUNYUAN_TEXT_DIM = 4096      # LLaVA-Llama hidden size (any width is detected)
 HUNYUAN_VEC_DIM = 768        # CLIP-L pooled
 HUNYUAN15_TEXT_DIM = 3584    # Qwen2.5-VL hidden size
 HUNYUAN15_VISION_DIM = 1152  # SigLIP, selects HunyuanVideo 1.5
+H3_TEXT_DIM = 64             # Qwen3-VL width in the real model (5120); any width is detected
 
 
 class _Init:
@@ -149,13 +154,54 @@ def hunyuan_state_dict(hid=256, layers=2, ctx=HUNYUAN_TEXT_DIM, in_ch=16, out_ch
     return sd
 
 
+def h3_state_dict(hid=256, layers=2, ffn=512, text_dim=H3_TEXT_DIM, t_dim=128, refiner_layers=1, seed=0):
+    """MiniMax-H3 (comfy/ldm/minimax/model.py of ComfyUI 0.33), every key of the module."""
+    assert hid % 128 == 0, "head_dim 128: heads = hidden // 128"
+    r = _Init(seed)
+    W = r.w
+    hd = 128
+    sd = {"video_patch_proj.weight": W(hid, 24 * 4), "video_patch_proj.bias": _zeros(hid),
+          "audio_patch_proj.weight": W(hid, 32), "audio_patch_proj.bias": _zeros(hid),
+          "condition_proj.weight": W(hid, text_dim), "condition_proj.bias": _zeros(hid),
+          "time_embedder.proj_in.weight": W(hid, 256), "time_embedder.proj_in.bias": _zeros(hid),
+          "time_embedder.proj_out.weight": W(t_dim, hid), "time_embedder.proj_out.bias": _zeros(t_dim),
+          "rope.inv_freq": 10000.0 ** (-torch.arange(16, dtype=torch.float32) / 16),
+          "token_refiner.final_norm.weight": _ones(hid),
+          "final_layer.norm.weight": _ones(hid),
+          "final_layer.adaln_proj.linear.weight": W(2 * hid, t_dim), "final_layer.adaln_proj.linear.bias": _zeros(2 * hid),
+          "final_layer.video_out.weight": W(24 * 4, hid), "final_layer.video_out.bias": _zeros(24 * 4),
+          "final_layer.audio_out.weight": W(32, hid), "final_layer.audio_out.bias": _zeros(32)}
+
+    def block(p, adaln):
+        sd.update({p + "norm1.weight": _ones(hid), p + "norm2.weight": _ones(hid),
+                   p + "attn.qkv_proj.weight": W(3 * hid, hid, std=0.05),
+                   p + "attn.q_norm.weight": _ones(hd), p + "attn.k_norm.weight": _ones(hd),
+                   p + "attn.out_proj.weight": W(hid, hid),
+                   p + "mlp.fc1.weight": W(2 * ffn, hid), p + "mlp.fc2.weight": W(hid, ffn)})
+        if adaln:
+            sd.update({p + "adaln_proj.linear.weight": W(6 * 3 * hid, t_dim),
+                       p + "adaln_proj.linear.bias": _zeros(6 * 3 * hid)})
+
+    for i in range(refiner_layers):
+        block(f"token_refiner.blocks.{i}.", adaln=False)
+    for i in range(layers):
+        block(f"blocks.{i}.", adaln=True)
+    return sd
+
+
 BUILDERS: Dict[str, Callable[[int, int], dict]] = {
     "wan21": lambda dim, layers: wan_state_dict(dim, layers),
     "wan22_5b": lambda dim, layers: wan_state_dict(dim, layers, in_dim=48, out_dim=48),
     "hunyuan": lambda dim, layers: hunyuan_state_dict(dim, layers),
     "hunyuan15": lambda dim, layers: hunyuan_state_dict(dim, layers, ctx=HUNYUAN15_TEXT_DIM, in_ch=65,
                                                         out_ch=32, vec_in=None, v15=True),
+    "h3": lambda dim, layers: h3_state_dict(dim, layers),
 }
+
+
+# made only when asked for by name: no ComfyUI before 0.33 knows the model (tests that load every
+# default checkpoint in-process would fail on it)
+OPT_IN = ("h3",)
 
 
 def make_all(outdir, dim: int = 256, layers: int = 2, only=None, verbose: bool = False) -> Dict[str, str]:
@@ -163,7 +209,7 @@ def make_all(outdir, dim: int = 256, layers: int = 2, only=None, verbose: bool =
     os.makedirs(outdir, exist_ok=True)
     paths = {}
     for name, build in BUILDERS.items():
-        if only and name not in only:
+        if (only and name not in only) or (not only and name in OPT_IN):
             continue
         path = os.path.join(str(outdir), FILENAMES[name])
         if not os.path.exists(path):
