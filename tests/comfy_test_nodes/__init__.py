@@ -63,7 +63,10 @@ class AdaClusterTestSaveLatent:
     CATEGORY = "adacluster_test"
 
     def save(self, samples, name):
-        s = samples["samples"].detach().to("cpu", torch.float32).contiguous()
+        s = samples["samples"]
+        if getattr(s, "is_nested", False) and hasattr(s, "tensors"):   # MiniMax-H3: [video, audio]
+            s = torch.cat([t.detach().to("cpu", torch.float32).reshape(-1) for t in s.tensors])
+        s = s.detach().to("cpu", torch.float32).contiguous()
         out = os.environ.get("ADACLUSTER_TEST_OUT")
         path = ""
         if out:
@@ -161,3 +164,40 @@ class AdaClusterTestContextLatents:
 
 
 NODE_CLASS_MAPPINGS["AdaClusterTestContextLatents"] = AdaClusterTestContextLatents
+
+
+class AdaClusterTestH3Task:
+    """CONDITIONING for MiniMax-H3's three tasks without a VAE or text encoder: t2va passes it on,
+    fl2va adds two keyframes (first frame + last frame with audio; random latents as the VAEs would
+    give), ref2va a reference image block and a reference audio block."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"conditioning": ("CONDITIONING",), "latent": ("LATENT",),
+                             "task": (["t2va", "fl2va", "ref2va"],),
+                             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "attach"
+    CATEGORY = "adacluster_test"
+
+    def attach(self, conditioning, latent, task, seed):
+        from comfy.ldm.minimax.model import FRAME_PER_TOKEN
+        video, audio = latent["samples"].tensors[:2]
+        h, w = video.shape[3], video.shape[4]
+        g = torch.Generator().manual_seed(seed)
+        if task == "t2va":
+            return (conditioning,)
+        if task == "fl2va":
+            frames = sum(FRAME_PER_TOKEN[i % 5] for i in range(video.shape[2]))
+            kfs = [{"resolved_frame_index": 0, "latent": torch.randn(1, 24, 1, h, w, generator=g)},
+                   {"resolved_frame_index": frames - 1, "latent": torch.randn(1, 24, 1, h, w, generator=g),
+                    "audio_latent": torch.randn(1, 32, 2, 2, generator=g)}]
+            return ([[c[0], dict(c[1], minimax_keyframes=kfs)] for c in conditioning],)
+        refs = [{"kind": "image", "latent_h": 4, "latent_w": 4, "latent": torch.randn(1, 24, 1, 4, 4, generator=g)},
+                {"kind": "audio", "ref_audio_t": 6, "audio_latent": torch.randn(1, 32, 2, 6, generator=g)}]
+        return ([[c[0], dict(c[1], minimax_refs=refs)] for c in conditioning],)
+
+
+NODE_CLASS_MAPPINGS["AdaClusterTestH3Task"] = AdaClusterTestH3Task
+NODE_DISPLAY_NAME_MAPPINGS["AdaClusterTestH3Task"] = "AdaCluster TEST: MiniMax-H3 task conditioning"

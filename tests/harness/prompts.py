@@ -95,3 +95,36 @@ def hunyuan15_prompt(model_name: str = FILENAMES["hunyuan15"], patch_nodes=None,
 
 BUILDERS = {"wan21": wan21_prompt, "wan22_5b": wan22_5b_prompt, "hunyuan": hunyuan_prompt,
             "hunyuan15": hunyuan15_prompt}
+
+
+def h3_prompt(model_name: str = FILENAMES["h3"], patch_nodes=None, steps=3, cfg=1.0, seed=1, task: str = "t2va",
+              width=256, height=128, length=39, save_name="h3", post_nodes=None, tokens=16,
+              sampler_name="euler", scheduler="simple") -> dict:
+    """MiniMax-H3 (ComfyUI >= 0.33): EmptyMiniMaxH3LatentAV (256x128, 39 frames -> video latent
+    12 x 8 x 16, grid 12 x 4 x 8 = 384 rows, 65 audio frames = 130 rows) + the test node's task
+    conditioning (text width 64 = the tiny model's condition_proj). cfg 1: H3 samples batch 1."""
+    p = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": model_name, "weight_dtype": "default"}},
+        "3": {"class_type": "AdaClusterTestZeroConditioning",
+              "inputs": {"tokens": tokens, "width": 64, "pooled_width": 0, "value": 0.1}},
+        "4": {"class_type": "EmptyMiniMaxH3LatentAV", "inputs": {"width": width, "height": height, "length": length}},
+        "7": {"class_type": "AdaClusterTestH3Task",
+              "inputs": {"conditioning": ["3", 0], "latent": ["4", 0], "task": task, "seed": seed}},
+    }
+    model_ref = ["1", 0]
+    for i, (cls, inputs) in enumerate(patch_nodes or ()):
+        nid = f"p{i + 1}"
+        inputs = dict(inputs)
+        inputs[inputs.pop("model_input", "model")] = model_ref
+        p[nid] = {"class_type": cls, "inputs": inputs}
+        model_ref = [nid, 0]
+    p["5"] = {"class_type": "KSampler",
+              "inputs": {"model": model_ref, "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler_name,
+                         "scheduler": scheduler, "positive": ["7", 0], "negative": ["7", 0],
+                         "latent_image": ["4", 0], "denoise": 1.0}}
+    p["6"] = {"class_type": "AdaClusterTestSaveLatent", "inputs": {"samples": ["5", 0], "name": save_name}}
+    for i, (cls, inputs) in enumerate(post_nodes or ()):
+        inputs = dict(inputs)
+        inputs[inputs.pop("__latent_input__", "samples")] = ["5", 0]
+        p[f"q{i + 1}"] = {"class_type": cls, "inputs": inputs}
+    return p
