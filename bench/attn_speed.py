@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from adacluster_core import AdaClusterConfig, ClusterState, sparse_attention  # noqa: E402
 from adacluster_core import api, layout as lay  # noqa: E402
-from bench.inputs import SHAPES, bench_ms, dense_cudnn, env_header, make_inputs, once_ms, rel_err_rows  # noqa: E402
+from bench.inputs import SHAPES, bench_ms, dense_range, dense_cudnn, env_header, make_inputs, once_ms, rel_err_rows  # noqa: E402
 
 
 def variant_config(model: str, variant: str) -> AdaClusterConfig:
@@ -45,10 +45,10 @@ def variant_config(model: str, variant: str) -> AdaClusterConfig:
     return AdaClusterConfig.for_model(model, base, **kw)
 
 
-def reuse_layout(q, k, v, cfg, st, text):
+def reuse_layout(q, k, v, cfg, st, name):
     """The layout the reuse call builds (same steps as api._sparse, warm state)."""
     B, H, N, D = q.shape
-    r0, r1 = (N - text, N) if text else (0, 0)
+    r0, r1 = dense_range(name) or (0, 0)
     backend = api.resolve_backend(cfg.backend, q.device)
     q_clu, _ = lay.split_rows(q, r0, r1)
     k_clu, _ = lay.split_rows(k, r0, r1)
@@ -65,7 +65,7 @@ def reuse_layout(q, k, v, cfg, st, text):
 def run_variant(name, variant, q, k, v, t_dense, err_dense, rows, cold, log):
     H, N, D, text, _, model = SHAPES[name]
     cfg = variant_config(model, variant)
-    kw = dict(config=cfg, always_dense_range=(N - text, N)) if text else dict(config=cfg)
+    kw = dict(config=cfg, always_dense_range=dense_range(name)) if text else dict(config=cfg)
     # "-noorder": key clusters keep k-means' numbering (A/B of api._co_selection_order)
     saved_order = api._co_selection_order
     if variant.endswith("-noorder"):
@@ -83,7 +83,7 @@ def _run_variant(name, variant, q, k, v, t_dense, err_dense, rows, cold, log, cf
     t_first = once_ms(lambda: sparse_attention(q, k, v, state=st, **kw))
     out, stats = sparse_attention(q, k, v, state=st, **kw)
     t_reuse = bench_ms(lambda: sparse_attention(q, k, v, state=st, **kw))
-    L = reuse_layout(q, k, v, cfg, st, text)
+    L = reuse_layout(q, k, v, cfg, st, name)
     backend = api.resolve_backend(cfg.backend, q.device)
     t_kernel = bench_ms(lambda: lay.run_layout(L, backend))
     used = L.range_end > L.range_start

@@ -1,6 +1,11 @@
 """Benchmark inputs and timing helpers shared by the bench/ scripts (GPU).
 
 SHAPES: name -> (heads, N total, D, text tokens, (t, h, w) grid of the video tokens, model key).
+The always-dense rows (text) come last, except for PREFIX_FIRST shapes (MiniMax-H3 packs
+[text | audio | video]: its 512 text + the audio rows first); `dense_range(name)` says where.
+H3 rows from ComfyUI 0.33's own formulas (comfy_extras/nodes_minimax_h3.py): 1344x768 ->
+24 x 42 grid; 124 frames (5 s) -> 37 latent frames, 207 audio frames (414 rows); 362 frames (15 s)
+-> 107 latent frames, 603 audio frames (1206 rows).
 """
 from __future__ import annotations
 
@@ -17,7 +22,18 @@ SHAPES = {
     "wan14b": (40, 75600, 128, 0, (21, 45, 80), "wan"),
     "hunyuan": (24, 119056, 128, 256, (33, 45, 80), "hunyuan"),
     "long": (24, 176400, 128, 0, (49, 60, 60), "wan"),
+    "h3_5s": (56, 512 + 414 + 37 * 24 * 42, 128, 512 + 414, (37, 24, 42), "h3"),
+    "h3_15s": (56, 512 + 1206 + 107 * 24 * 42, 128, 512 + 1206, (107, 24, 42), "h3"),
 }
+PREFIX_FIRST = {"h3_5s", "h3_15s"}
+
+
+def dense_range(name: str) -> tuple[int, int] | None:
+    """Where the shape's always-dense rows are: (N - text, N), (0, text) for PREFIX_FIRST, None."""
+    _, N, _, text, _, _ = SHAPES[name]
+    if not text:
+        return None
+    return (0, text) if name in PREFIX_FIRST else (N - text, N)
 
 
 def make_inputs(name: str, device="cuda", dtype=torch.bfloat16, seed=0):
@@ -31,6 +47,8 @@ def make_inputs(name: str, device="cuda", dtype=torch.bfloat16, seed=0):
     if n > N:  # grid rounding: cut the video tokens to the exact N
         nv = N - text
         q, k, v = (torch.cat([x[:, :, :nv], x[:, :, n - text:]], 2) if text else x[:, :, :N] for x in (q, k, v))
+    if name in PREFIX_FIRST:   # the text rows move to the front
+        q, k, v = (torch.cat([x[:, :, N - text:], x[:, :, :N - text]], 2) for x in (q, k, v))
     return q.contiguous(), k.contiguous(), v.contiguous()
 
 

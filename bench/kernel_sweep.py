@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from adacluster_core import ClusterState, sparse_attention  # noqa: E402
 from adacluster_core.kernels.varblock_attn import launch_config, varblock_attention_triton  # noqa: E402
 from bench.attn_speed import reuse_layout, variant_config  # noqa: E402
-from bench.inputs import SHAPES, bench_ms, dense_cudnn, env_header, make_inputs  # noqa: E402
+from bench.inputs import dense_range, SHAPES, bench_ms, dense_cudnn, env_header, make_inputs  # noqa: E402
 
 CONFIGS = [(128, 64, 8, 3), (64, 64, 4, 3)]
 
@@ -40,11 +40,11 @@ def main(argv=None):
         q, k, v = make_inputs(name)
         t_dense = bench_ms(lambda: dense_cudnn(q, k, v))
         cfg = variant_config(model, a.preset)
-        kw = dict(config=cfg, always_dense_range=(N - text, N)) if text else dict(config=cfg)
+        kw = dict(config=cfg, always_dense_range=dense_range(name)) if text else dict(config=cfg)
         st = ClusterState()
         for _ in range(3):
             sparse_attention(q, k, v, state=st, **kw)
-        L = reuse_layout(q, k, v, cfg, st, text)
+        L = reuse_layout(q, k, v, cfg, st, name)
         pairs = float(L.pairs())
         ref = varblock_attention_triton(*L)
         base_cfg = launch_config(D, q.dtype, q.device, N)
