@@ -99,7 +99,7 @@ class AdaClusterConfig:
                         key count stays <= max_density x the clustered keys (at least one cluster
                         is always kept). Field default 1.0 = no cap (the paper's selection, so an
                         explicit config with top_k >= Ck is exact); the presets of `for_model`
-                        (what the ComfyUI node uses) set 0.25 (quality) / 0.15 (balanced, fast).
+                        (what the ComfyUI node uses) set 0.25 (quality) / 0.15 (balanced) / 0.10 (fast).
                         [choice] the TensorQuest bound ranks the largest clusters highest, so
                         top_k alone lands at 0.5-0.7 density on video DiTs (no speedup).
       kmeans_iters_first / kmeans_iters_reuse   Lloyd iterations cold / warm-started (10 / 2).

@@ -24,7 +24,7 @@ class AdaClusterCompare(io.ComfyNode):
             display_name="AdaCluster Compare",
             category=CATEGORY,
             description="A/B quality check: the decoded frames of a dense run (reference) and of the sparse run "
-                        "(test), same seed and prompt. Per-frame PSNR and SSIM (kornia), their means, a chart "
+                        "(test), same seed and prompt. Per-frame PSNR and SSIM (computed in torch), their means, a chart "
                         f"and an amplified difference video. PSNR is capped at {cm.PSNR_CAP_DB:g} dB (identical "
                         "frames). The AdaCluster paper reports 29-31 dB vs dense; below ~25 dB look at the "
                         "probe's worst layers.",

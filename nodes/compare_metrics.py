@@ -2,9 +2,13 @@
 reference (the same seed and prompt sampled dense), the amplified difference video, and the
 report (text + JSON-able dict).
 
-Pure torch + kornia (no ComfyUI import), so the tests can call it directly. The metrics are
-kornia's (`kornia.metrics.psnr`, `kornia.metrics.ssim`: Gaussian window 11, sigma 1.5, the
-usual constants), evaluated frame by frame on RGB in [0, 1].
+Pure torch (no ComfyUI import, no kornia: that package's newer releases require a newer torch
+than some ComfyUI installs have, and pip would replace ComfyUI's torch to get it), so the tests can
+call it directly. The metrics are the standard ones, evaluated frame by frame on RGB in [0, 1]:
+PSNR = 10 log10(1 / MSE) and SSIM with a Gaussian window of 11 taps, sigma 1.5, C1 = 0.01²,
+C2 = 0.03², the moments filtered separably with reflect padding and the borders cropped ("valid");
+the same numbers as `kornia.metrics.psnr` / `kornia.metrics.ssim` (tests/comfy/test_compare.py
+checks that against kornia where it is installed, and against a direct formula).
 """
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ SSIM_WINDOW = 11
 # below about 25 dB the difference is usually visible.
 PAPER_PSNR_DB = (29.0, 31.0)
 LOOK_CLOSER_PSNR_DB = 25.0
+SSIM_SIGMA = 1.5
+SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2   # (k1 L)², (k2 L)² for L = 1
+SSIM_EPS = 1e-12                           # added to the denominator (as kornia does)
 FRAMES_PER_CHUNK = 8  # bounds the SSIM buffers (5 filtered copies per frame) on long videos
 REPORT_VERSION = 1
 
@@ -66,15 +73,47 @@ def ssim_window(height: int, width: int) -> int:
     return max(3, w if w % 2 else w - 1)
 
 
+def psnr_db(test: torch.Tensor, reference: torch.Tensor) -> float:
+    """PSNR (dB) of one frame pair in [0, 1], uncapped (inf for identical frames)."""
+    mse = float(torch.mean((test.to(torch.float32) - reference.to(torch.float32)) ** 2))
+    return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
+
+
+def _gaussian_1d(window: int, sigma: float, device, dtype) -> torch.Tensor:
+    x = torch.arange(window, device=device, dtype=dtype) - (window // 2)
+    g = torch.exp(-(x * x) / (2.0 * sigma * sigma))
+    return g / g.sum()
+
+
+def ssim_map(test: torch.Tensor, reference: torch.Tensor, window: int, padding: str = "valid") -> torch.Tensor:
+    """SSIM map [B, C, H', W'] of two [B, C, H, W] batches in [0, 1]: Gaussian window (`window` taps,
+    sigma 1.5), the local moments filtered separably with reflect padding; "valid" crops window // 2
+    pixels on every side (the original paper's border handling), "same" keeps the size."""
+    x = test.to(torch.float32)
+    y = reference.to(torch.float32)
+    C, r = x.shape[1], window // 2
+    g = _gaussian_1d(window, SSIM_SIGMA, x.device, x.dtype)
+    wx = g.view(1, 1, 1, -1).expand(C, 1, 1, -1)
+    wy = g.view(1, 1, -1, 1).expand(C, 1, -1, 1)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        t = torch.nn.functional.conv2d(torch.nn.functional.pad(t, [r, r, 0, 0], mode="reflect"), wx, groups=C)
+        t = torch.nn.functional.conv2d(torch.nn.functional.pad(t, [0, 0, r, r], mode="reflect"), wy, groups=C)
+        return t[..., r:t.shape[-2] - r, r:t.shape[-1] - r] if padding == "valid" else t
+
+    mu_x, mu_y = blur(x), blur(y)
+    mu_xy, mu_xx, mu_yy = mu_x * mu_y, mu_x * mu_x, mu_y * mu_y
+    s_xx = blur(x * x) - mu_xx
+    s_yy = blur(y * y) - mu_yy
+    s_xy = blur(x * y) - mu_xy
+    num = (2.0 * mu_xy + SSIM_C1) * (2.0 * s_xy + SSIM_C2)
+    den = (mu_xx + mu_yy + SSIM_C1) * (s_xx + s_yy + SSIM_C2)
+    return num / (den + SSIM_EPS)
+
+
 def frame_metrics(reference: torch.Tensor, test: torch.Tensor, device: torch.device | str | None = None
                   ) -> tuple[list[float], list[float]]:
     """Per-frame PSNR (dB, capped at PSNR_CAP_DB) and SSIM (mean over pixels and channels)."""
-    try:
-        import kornia  # ComfyUI lists it among its optional requirements; this pack's requirements.txt has it
-    except ImportError as e:
-        raise RuntimeError(f"AdaCluster Compare: the metrics need the `kornia` package ({e}): run `pip install kornia` "
-                                "(or `pip install -r requirements.txt` of this pack) in ComfyUI's Python") from None
-
     check_inputs(reference, test)
     F, H, W = reference.shape[0], reference.shape[1], reference.shape[2]
     if min(H, W) < 3:
@@ -84,14 +123,15 @@ def frame_metrics(reference: torch.Tensor, test: torch.Tensor, device: torch.dev
     device = torch.device(device) if device is not None else reference.device
     psnr: list[float] = []
     ssim: list[float] = []
-    for s in range(0, F, FRAMES_PER_CHUNK):
-        r = _rgb(reference[s:s + FRAMES_PER_CHUNK]).to(device)
-        t = _rgb(test[s:s + FRAMES_PER_CHUNK]).to(device)
-        for i in range(r.shape[0]):
-            p = float(kornia.metrics.psnr(t[i], r[i], 1.0))
-            psnr.append(PSNR_CAP_DB if not math.isfinite(p) or p > PSNR_CAP_DB else p)
-        smap = kornia.metrics.ssim(t, r, win, max_val=1.0, padding=padding)
-        ssim.extend(float(v) for v in smap.mean(dim=(1, 2, 3)).cpu())
+    with torch.no_grad():
+        for s in range(0, F, FRAMES_PER_CHUNK):
+            r = _rgb(reference[s:s + FRAMES_PER_CHUNK]).to(device)
+            t = _rgb(test[s:s + FRAMES_PER_CHUNK]).to(device)
+            for i in range(r.shape[0]):
+                p = psnr_db(t[i], r[i])
+                psnr.append(PSNR_CAP_DB if not math.isfinite(p) or p > PSNR_CAP_DB else p)
+            smap = ssim_map(t, r, win, padding=padding)
+            ssim.extend(float(v) for v in smap.mean(dim=(1, 2, 3)).cpu())
     return psnr, ssim
 
 

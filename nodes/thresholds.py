@@ -18,7 +18,8 @@ TOOLTIPS = {
     "tau_scale": "tau = tau_scale x mean first-stage key distance: keys closer than tau to their centroid are accepted.",
     "max_stages": "At most this many multi-stage clustering rounds.",
     "stage_iters": "k-means iterations per multi-stage round.",
-    "top_k": "Key clusters each query cluster attends to (tensorquest / centroid selection). >= key clusters = dense-equivalent.",
+    "top_k": "Key clusters each query cluster attends to (tensorquest / centroid selection), within the max_density "
+             "budget: >= the key clusters selects every cluster (dense-equivalent) only with max_density = 1.0.",
     "selection": "tensorquest: upper-bound score (paper); top_p: SVG2 cluster-size-weighted top-p; centroid: centroid score.",
     "top_p": "Attention mass kept by selection=top_p.",
     "kmeans_iters_first": "k-means iterations at the first sparse step (cold start).",

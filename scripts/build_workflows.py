@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import doc_facts as facts  # noqa: E402
+
 WORKFLOWS_DIR = ROOT / "workflows"
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -186,29 +189,37 @@ def adacluster_nodes(top_k: int) -> dict:
     }
 
 
-def _note(model_line: str, extra: str = "") -> str:
+def _note(prompt: dict, layout: dict, model_line: str, extra: str = "") -> str:
+    """The read-me note of a generation workflow: the presets table, the advice and the reasons
+    come from scripts/doc_facts.py (the code's values; the README is checked against the same),
+    and the first paragraph says whether the preset widget or the Thresholds node is in charge."""
     return f"""## AdaCluster sparse attention
 
 {model_line}
 
+{facts.in_charge(prompt, layout)}
+
 **Chain:** `AdaCluster Thresholds` → `AdaCluster Layer Overrides` → `AdaCluster Sparse Attention` (patches the MODEL) → sampler → `AdaCluster Stats` (shows what ran sparse and why).
 
-**Knobs**
-- **preset** (Sparse Attention): `auto` (balanced defaults of the detected model) / `quality` / `balanced` / `fast`. A connected **Thresholds** config replaces the preset: delete that link to go back to presets.
-- **max_density** (Thresholds): token budget per query cluster (0.15 = at most 15 % of the keys computed exactly). The main speed/quality knob.
-- **pooled_tail**: unselected key clusters still count in the softmax as one pooled key each (~10× lower error at the same density; off = faster, the `fast` preset).
-- **top_k** (Thresholds): key clusters each query cluster attends to (within the budget). Higher = closer to dense, slower.
+**Presets** (the `preset` widget on Sparse Attention; used only when nothing is connected to its `config`):
+
+{facts.presets_table_markdown()}
+
+**Knobs** (Thresholds)
+- **max_density**: token budget per query cluster (0.15 = at most 15 % of the keys computed exactly). The main speed/quality knob.
+- {facts.POOLED_TAIL}
+- **top_k**: key clusters each query cluster attends to, within the `max_density` budget. Higher = closer to dense, slower; it selects every cluster (dense-equivalent) only with `max_density = 1.0`.
 - **top_p** (with selection `top_p`): attention mass to keep (0.9). Higher = closer to dense.
 - **warmup**: fraction of the denoising (by sigma, from the start) that runs fully dense. The first steps set the layout of the video: keep them dense.
 - **dense_layer_fraction**: share of layers kept dense (those that cluster worst).
 - **Layer Overrides**: one rule per line, e.g. `0, -1: dense`, `10-19: top_k=64`, `*: kmeans_iters_reuse=1`.
 - **enabled = false** turns the patch off: the same graph then runs plain dense attention (A/B test).
 
-**Quality dropped?** (flicker, smeared detail, drifting faces) raise `max_density` (0.15 → 0.25), keep `pooled_tail` on, raise `top_k` (or `top_p`), raise `warmup` (0.4-0.5), add dense layers (`dense_layer_fraction` or rules like `0-2, -1: dense`), or switch to the `quality` preset.
+{facts.QUALITY_ADVICE}
 
-**Want more speed?** lower `max_density`, turn `pooled_tail` off, lower `warmup` (not below ~0.15), use the `fast` preset.
+{facts.SPEED_ADVICE}
 
-**Stats node:** sparse vs dense calls and the reasons calls stayed dense (`warmup`, `calibration`, `few-tokens`, `layer-rule`, `head_dim 96`, …: the README's troubleshooting table lists them all), which kernel ran (`Triton` or the slow `torch reference` when Triton is missing), density (share of attention actually computed), estimated attention FLOPs saved and attention wall time, and a layers × steps density heatmap.
+**Stats node:** sparse vs dense calls and the reasons calls stayed dense ({facts.note_reasons_markdown()}, …: the README's troubleshooting table lists them all), {facts.KERNEL_LINE}, density (share of attention actually computed), estimated attention FLOPs saved and attention wall time, and a layers × steps density heatmap.
 {extra}"""
 
 
@@ -258,7 +269,7 @@ def wan21_t2v() -> dict:
         {"pos": [420, 500], "size": [320, 130], "title": "Empty video latent 832x480, 81 frames"},
         steps=30, cfg=6.0, fps=16.0, prefix="video/wan21_adacluster")
     return dict(prompt=P, layout=L,
-                note=_note("**Wan 2.1 T2V 1.3B, 480p** (832×480, 81 frames, 30 steps). Put `wan2.1_t2v_1.3B_fp16.safetensors` in `models/diffusion_models`, "
+                note=_note(P, L, "**Wan 2.1 T2V 1.3B, 480p** (832×480, 81 frames, 30 steps). Put `wan2.1_t2v_1.3B_fp16.safetensors` in `models/diffusion_models`, "
                            "`umt5_xxl_fp8_e4m3fn_scaled.safetensors` in `models/text_encoders`, `wan_2.1_vae.safetensors` in `models/vae`. "
                            "The 14B model (`wan2.1_t2v_14B_fp16.safetensors`) works the same way."),
                 card=("Wan 2.1 T2V 1.3B", "480p · 81 frames", "#3b6651"))
@@ -272,7 +283,7 @@ def wan22_ti2v_5b() -> dict:
         {"pos": [420, 500], "size": [320, 170], "title": "Video latent 1280x704, 121 f (I2V: start_image)"},
         steps=20, cfg=5.0, fps=24.0, prefix="video/wan22_5b_adacluster")
     return dict(prompt=P, layout=L,
-                note=_note("**Wan 2.2 TI2V-5B** (1280×704, 121 frames at 24 fps, 20 steps). Put `wan2.2_ti2v_5B_fp16.safetensors` in `models/diffusion_models`, "
+                note=_note(P, L, "**Wan 2.2 TI2V-5B** (1280×704, 121 frames at 24 fps, 20 steps). Put `wan2.2_ti2v_5B_fp16.safetensors` in `models/diffusion_models`, "
                            "`umt5_xxl_fp8_e4m3fn_scaled.safetensors` in `models/text_encoders`, `wan2.2_vae.safetensors` in `models/vae`. "
                            "Text-to-video as is; for image-to-video connect a `Load Image` to `start_image` of the latent node.",
                            "\n**Wan 2.2 A14B** (high + low noise models, two KSamplerAdvanced): put one `AdaCluster Sparse Attention` on each model; "
@@ -321,19 +332,22 @@ def hunyuan_t2v_720p() -> dict:
         "stats": {"pos": [1940, 60], "size": [440, 500]},
     }
     return dict(prompt=P, layout=L,
-                note=_note("**HunyuanVideo 1.0 T2V, 720p** (1280×720, 129 frames, 30 steps, embedded guidance 6). Put `hunyuan_video_t2v_720p_bf16.safetensors` in "
+                note=_note(P, L, "**HunyuanVideo 1.0 T2V, 720p** (1280×720, 129 frames, 30 steps, embedded guidance 6). Put `hunyuan_video_t2v_720p_bf16.safetensors` in "
                            "`models/diffusion_models`, `clip_l.safetensors` and `llava_llama3_fp8_scaled.safetensors` in `models/text_encoders`, "
                            "`hunyuan_video_vae_bf16.safetensors` in `models/vae`. HunyuanVideo 1.5 models work with the same AdaCluster nodes.",
                            "\nHunyuanVideo attends over text + video jointly: only the video-video part is made sparse; the text rows and columns stay dense."),
                 card=("HunyuanVideo T2V", "720p · 129 frames", "#5a3b66"))
 
 
-AB_NOTE = """## A/B check: how far did AdaCluster move the video?
+def _ab_note(prompt: dict, layout: dict) -> str:
+    return f"""## A/B check: how far did AdaCluster move the video?
 
 The same prompt, seed (the **Seed** node feeds both samplers), size and length are sampled twice
 from one model: **A** with `AdaCluster Sparse Attention` **enabled = false** (plain dense attention,
 the reference) and **B** with the AdaCluster **preset** under test. Both are decoded and
 **AdaCluster Compare** measures B against A frame by frame.
+
+{facts.in_charge(prompt, layout)}
 
 **Reading the numbers** (`psnr_mean`, `ssim_mean`, the chart, the text):
 - **PSNR** in dB, higher = closer to dense. The AdaCluster paper reports **29-31 dB** vs dense at the same seed: at or above that, the sparse video is as close as published results. Identical frames show the cap (100 dB): check that B is enabled.
@@ -343,7 +357,11 @@ the reference) and **B** with the AdaCluster **preset** under test. Both are dec
 
 **Pick a preset:** run this graph with `preset` = `quality`, `balanced`, `fast` on B (A is cached and not re-sampled) and keep the fastest one whose PSNR you accept; the Compare text (and its `json` output, `sparse_run`) lists the density and FLOPs saved next to the quality, and Stats shows the attention time.
 
-**Quality dropped?** raise `max_density` and `top_k` (AdaCluster Thresholds connected to `config`), raise `warmup` (0.4-0.5), add dense layers, or use the `quality` preset. **Want more speed?** the `fast` preset, lower `max_density` or `warmup`, then check the PSNR here again.
+{facts.presets_table_markdown()}
+
+{facts.QUALITY_ADVICE} (Thresholds values: connect an **AdaCluster Thresholds** node to B's `config`; it then replaces the preset.)
+
+{facts.SPEED_ADVICE} Then check the PSNR here again.
 
 PSNR compares pixels of one seed: a few dB between seeds or samplers is normal, so compare presets on the same seed and prompt, ideally on two or three prompts you care about.
 """
@@ -397,7 +415,7 @@ def wan21_ab_check() -> dict:
     groups = [{"title": "A: dense reference (same seed)", "bounding": [860, -10, 1380, 550], "color": "#3f5f8e"},
               {"title": "B: AdaCluster preset", "bounding": [860, 560, 1380, 560], "color": "#3f8e6a"},
               {"title": "Compare B with A", "bounding": [2260, -10, 1160, 1250], "color": "#8e7a3f"}]
-    return dict(prompt=P, layout=L, note=AB_NOTE, groups=groups, note_layout={"pos": [40, 480], "size": [360, 900]},
+    return dict(prompt=P, layout=L, note=_ab_note(P, L), groups=groups, note_layout={"pos": [40, 480], "size": [360, 900]},
                 card=("Wan 2.1 A/B check", "dense vs AdaCluster · PSNR / SSIM", "#8e7a3f",
                       ["Dense", "AdaCluster", "Decode", "Compare", "Stats"]))
 

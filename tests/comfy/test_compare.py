@@ -266,7 +266,55 @@ def test_plot_draws_without_system_fonts(monkeypatch):
     assert float(img.std()) > 0.05  # not a blank canvas
 
 
-def test_missing_kornia_says_how_to_install(monkeypatch):
+def _ssim_direct(x, y, win, sigma=1.5):
+    """SSIM straight from the definition in float64: every interior pixel's Gaussian-weighted window
+    moments summed explicitly (no convolution, no padding: the 'valid' map), mean over the map."""
+    half = win // 2
+    t = torch.arange(win, dtype=torch.float64) - half
+    g1 = torch.exp(-t * t / (2 * sigma * sigma))
+    w = torch.outer(g1, g1)
+    w = w / w.sum()
+    x, y = x.double(), y.double()
+    vals = []
+    for i in range(half, x.shape[-2] - half):
+        for j in range(half, x.shape[-1] - half):
+            px = x[..., i - half:i + half + 1, j - half:j + half + 1]
+            py = y[..., i - half:i + half + 1, j - half:j + half + 1]
+            mx, my = (w * px).sum((-1, -2)), (w * py).sum((-1, -2))
+            vx = (w * px * px).sum((-1, -2)) - mx * mx
+            vy = (w * py * py).sum((-1, -2)) - my * my
+            cxy = (w * px * py).sum((-1, -2)) - mx * my
+            c1, c2 = 0.01 ** 2, 0.03 ** 2
+            vals.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2)))
+    return torch.stack(vals).mean().item()
+
+
+def test_ssim_matches_the_direct_formula():
+    ref = _frames(1, 20, 24)
+    test = _noisy(ref, 0.05)
+    _, ssim = cm.frame_metrics(ref, test)
+    want = _ssim_direct(test[0].permute(2, 0, 1), ref[0].permute(2, 0, 1), cm.ssim_window(20, 24))
+    assert abs(ssim[0] - want) < 1e-5, (ssim, want)
+
+
+@pytest.mark.parametrize("h, w", [(40, 48), (8, 8), (8, 10), (16, 12)])
+def test_metrics_equal_kornias_where_it_is_installed(h, w):
+    """The pack computes PSNR / SSIM itself (kornia's newer releases would make pip replace an older
+    ComfyUI torch); where kornia is installed the numbers must be the same ones."""
+    kornia = pytest.importorskip("kornia")
+    ref = _frames(5, h, w)
+    test = _noisy(ref, 0.04)
+    psnr, ssim = cm.frame_metrics(ref, test)
+    win = cm.ssim_window(h, w)
+    padding = "valid" if min(h, w) >= win + 2 else "same"
+    r, t = ref.permute(0, 3, 1, 2).float(), test.permute(0, 3, 1, 2).float()
+    k_psnr = [float(kornia.metrics.psnr(t[i], r[i], 1.0)) for i in range(r.shape[0])]
+    k_ssim = kornia.metrics.ssim(t, r, win, max_val=1.0, padding=padding).mean(dim=(1, 2, 3)).tolist()
+    assert max(abs(a - b) for a, b in zip(psnr, k_psnr)) < 1e-4, (psnr, k_psnr)
+    assert max(abs(a - b) for a, b in zip(ssim, k_ssim)) < 1e-5, (ssim, k_ssim)
+
+
+def test_metrics_need_no_kornia(monkeypatch):
     import builtins
     real_import = builtins.__import__
 
@@ -275,5 +323,5 @@ def test_missing_kornia_says_how_to_install(monkeypatch):
             raise ImportError("No module named 'kornia'")
         return real_import(name, *a, **k)
     monkeypatch.setattr(builtins, "__import__", no_kornia)
-    with pytest.raises(RuntimeError, match="pip install kornia"):
-        cm.frame_metrics(_frames(1), _frames(1))
+    psnr, ssim = cm.frame_metrics(_frames(2), _noisy(_frames(2), 0.03))
+    assert len(psnr) == len(ssim) == 2 and all(0.5 < s < 1.0 for s in ssim)
