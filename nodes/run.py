@@ -108,6 +108,13 @@ class AdaClusterRun:
         self.t_start = None
         self.active = False
         self.lanes.clear()
+        # other attention overrides met on the hook this run (nodes/patcher.py install_on_top), by
+        # id: {"name", "sparse", "position": "below" (our dense path) | "above" (runs before ours),
+        # "calls": calls that went to it instead of AdaCluster (sparse ones only)}
+        self.others: dict[int, dict] = {}
+        self.others_above = False        # a sparse override runs before ours: count what it takes
+        self.override_kinds: dict[int, tuple] = {}   # id -> (override, interop.classify_override)
+        self.wrapped: dict[int, tuple] = {}          # id -> (foreign override, our override wrapping it)
 
     # ---------------------------------------------------------------- lanes
     def lane(self, device) -> "AdaClusterRun":
@@ -166,6 +173,41 @@ class AdaClusterRun:
 
     def state_bytes(self) -> int:
         return sum(s.nbytes() for s in self.states.values())
+
+    # ---------------------------------------------------------------- other overrides
+    def note_other(self, override, position: str, replaced: bool = False) -> None:
+        """Another attention override on the hook (kept on the holder: lanes share it)."""
+        from .interop import describe_override, is_sparse_override   # (no ComfyUI import)
+        root = self.root
+        o = root.others.get(id(override))
+        if o is not None and o["obj"] is override:
+            return
+        sparse = is_sparse_override(override)
+        name = describe_override(override)
+        root.others[id(override)] = {"obj": override, "name": name, "sparse": sparse, "position": position,
+                                     "calls": 0}
+        if position == "above" and sparse:
+            root.others_above = True
+        if position == "below":
+            log.info("AdaCluster: %s%s; the calls AdaCluster leaves dense run through it%s", name,
+                     " replaced the attention override after AdaCluster was applied: AdaCluster re-installed "
+                     "itself on top" if replaced else " is AdaCluster's dense path",
+                     " (another sparse attention: it may run them sparse; the Stats node counts them)"
+                     if sparse else "")
+        elif sparse:
+            log.info("AdaCluster: two sparse attentions on this model: %s runs first (it keeps itself on top) "
+                     "and AdaCluster gets only the calls it declines; the Stats node counts both", name)
+
+    def note_other_calls(self, n: int, above: bool) -> None:
+        """`n` calls went to another sparse override instead of AdaCluster (above: it took them before
+        ours; below: AdaCluster left them dense and they went on to it)."""
+        for o in self.root.others.values():
+            if o["sparse"] and (o["position"] == "above") == above:
+                o["calls"] += n
+                return
+
+    def others_summary(self) -> list[dict]:
+        return [{k: v for k, v in o.items() if k != "obj"} for o in self.root.others.values()]
 
     # ---------------------------------------------------------------- config
     def resolve_config(self, family: str) -> AdaClusterConfig:
