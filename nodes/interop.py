@@ -108,8 +108,9 @@ def describe_override(f) -> str:
         inner = [g for g in _references(f) if getattr(g, "__name__", None)]
         name = getattr(inner[0], "__name__", "?") if inner else "?"
         return f"set_model_optimized_attention ({name})"
-    short_mod = mod.split(".")[0] if mod else "?"
-    return f"{short_mod}.{qn.replace('.<locals>', '')}"
+    # custom nodes' modules are named by their file path: keep the package name
+    short_mod = mod.replace("\\", "/").rsplit("/", 1)[-1].split(".")[0] if mod else "?"
+    return f"{short_mod}: {qn.rsplit('.', 1)[-1]}"
 
 
 # ------------------------------------------------------------------------------------------------

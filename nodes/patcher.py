@@ -135,15 +135,20 @@ def _end_forward(run: AdaClusterRun, args, kwargs):
         run.note_other_calls(missing * max(1, len(fc.cond_or_uncond)), above=True)
 
 
-def install_on_top(run: AdaClusterRun, to: dict) -> None:
+def install_on_top(run: AdaClusterRun, to: dict, live: bool = True) -> None:
     """Make AdaCluster's override reachable from the hook in `to`, whatever was applied after it:
     nothing there -> ours; a foreign override that replaced ours -> ours wrapping it as the dense path
     (one wrapper per foreign override, reused); a foreign override that chains to ours (it runs first,
-    declined calls reach us) -> left on top, noted (its sparse calls are counted per forward)."""
+    declined calls reach us) -> left on top, noted (its sparse calls are counted per forward).
+    `live`: `to` is a forward's own options (the wrapper): only what a forward really runs is noted
+    for the Stats node (0.3.75's callbacks see options the sampler has already copied)."""
     if run.override is None:
         return
     cur = to.get(OVERRIDE_KEY)
     if cur is run.override or interop.is_ours(cur, run):
+        prev = getattr(cur, "__adacluster_previous__", None)
+        if live and prev is not None and not interop.is_adacluster(prev):
+            run.note_other(prev, "below", replaced=cur is not run.override)   # for this run's Stats
         return
     kind = run.override_kinds.get(id(cur))
     if kind is None or kind[0] is not cur:
@@ -153,13 +158,15 @@ def install_on_top(run: AdaClusterRun, to: dict) -> None:
     if kind == "none":
         to[OVERRIDE_KEY] = run.override
     elif kind == "above":
-        run.note_other(cur, "above")
+        if live:
+            run.note_other(cur, "above")
     else:   # "replaced": the other node's attention is our dense path from now on
         w = run.wrapped.get(id(cur))
         if w is None or w[0] is not cur:
             w = (cur, make_override(run, cur))
             run.wrapped[id(cur)] = w
-        run.note_other(cur, "below", replaced=True)
+        if live:
+            run.note_other(cur, "below", replaced=True)
         to[OVERRIDE_KEY] = w[1]
 
 
@@ -513,7 +520,7 @@ def patch_model(model, config: AdaClusterConfig | None = None, layer_rules: Laye
 
     def on_pre_run(patcher):
         run.begin(patcher)
-        install_on_top(run, patcher.model_options.setdefault("transformer_options", {}))
+        install_on_top(run, patcher.model_options.setdefault("transformer_options", {}), live=False)
 
     def on_cleanup(patcher):
         run.end(patcher)
@@ -524,7 +531,7 @@ def patch_model(model, config: AdaClusterConfig | None = None, layer_rules: Laye
         mo = a[1] if len(a) > 1 else kw.get("model_options")
         for opts in (mo, patcher.model_options):
             if isinstance(opts, dict):
-                install_on_top(run, opts.setdefault("transformer_options", {}))
+                install_on_top(run, opts.setdefault("transformer_options", {}), live=False)
 
     m.add_callback_with_key(pe.CallbacksMP.ON_PRE_RUN, WRAPPER_KEY, on_pre_run)
     m.add_callback_with_key(pe.CallbacksMP.ON_CLEANUP, WRAPPER_KEY, on_cleanup)

@@ -109,9 +109,10 @@ class AdaClusterRun:
         self.active = False
         self.lanes.clear()
         # other attention overrides met on the hook this run (nodes/patcher.py install_on_top), by
-        # id: {"name", "sparse", "position": "below" (our dense path) | "above" (runs before ours),
+        # name: {"name", "sparse", "position": "below" (our dense path) | "above" (runs before ours),
         # "calls": calls that went to it instead of AdaCluster (sparse ones only)}
-        self.others: dict[int, dict] = {}
+        self.others: dict[str, dict] = {}
+        self.other_ids: dict[int, tuple] = {}        # id -> (override, its name in `others`)
         self.others_above = False        # a sparse override runs before ours: count what it takes
         self.override_kinds: dict[int, tuple] = {}   # id -> (override, interop.classify_override)
         self.wrapped: dict[int, tuple] = {}          # id -> (foreign override, our override wrapping it)
@@ -176,16 +177,24 @@ class AdaClusterRun:
 
     # ---------------------------------------------------------------- other overrides
     def note_other(self, override, position: str, replaced: bool = False) -> None:
-        """Another attention override on the hook (kept on the holder: lanes share it)."""
+        """Another attention override on the hook (kept on the holder: lanes share it). One entry per
+        name: a node that re-installs itself (a new closure each time) stays one entry, "above" (it
+        runs first) winning over "below" (our dense path)."""
         from .interop import describe_override, is_sparse_override   # (no ComfyUI import)
         root = self.root
-        o = root.others.get(id(override))
-        if o is not None and o["obj"] is override:
+        seen = root.other_ids.get(id(override))
+        if seen is not None and seen[0] is override:
+            return
+        name = describe_override(override)
+        root.other_ids[id(override)] = (override, name)
+        o = root.others.get(name)
+        if o is not None:
+            if position == "above" and o["position"] != "above":
+                o["position"] = "above"
+                root.others_above = root.others_above or o["sparse"]
             return
         sparse = is_sparse_override(override)
-        name = describe_override(override)
-        root.others[id(override)] = {"obj": override, "name": name, "sparse": sparse, "position": position,
-                                     "calls": 0}
+        root.others[name] = {"name": name, "sparse": sparse, "position": position, "calls": 0}
         if position == "above" and sparse:
             root.others_above = True
         if position == "below":
@@ -207,7 +216,7 @@ class AdaClusterRun:
                 return
 
     def others_summary(self) -> list[dict]:
-        return [{k: v for k, v in o.items() if k != "obj"} for o in self.root.others.values()]
+        return [dict(o) for o in self.root.others.values()]
 
     # ---------------------------------------------------------------- config
     def resolve_config(self, family: str) -> AdaClusterConfig:
