@@ -118,7 +118,7 @@ def describe_override(f) -> str:
 # ------------------------------------------------------------------------------------------------
 class Caller:
     """What `wrap_attn` had at hand when it called the override (None where unknown)."""
-    __slots__ = ("func", "wrapper", "preferred")
+    __slots__ = ("func", "preferred", "wrapper")
 
     def __init__(self, func=None, wrapper=None, preferred=None):
         self.func, self.wrapper, self.preferred = func, wrapper, preferred

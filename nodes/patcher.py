@@ -46,9 +46,8 @@ from .config_widgets import (FAMILIES, PRESETS, config_fields, config_specs, con
 from .core import (NO_TRITON as _NO_TRITON, NON_FINITE as _NON_FINITE, SUPPORTED_DTYPES as _SUPPORTED_DTYPES,
                    SUPPORTED_HEAD_DIMS as _SUPPORTED_HEAD_DIMS, AdaClusterConfig, ClusterState, core_api,
                    sparse_attention)
-from . import kernel_warmup
+from . import interop, kernel_warmup
 from .fallback import INTERRUPT_CHECK, must_raise
-from . import interop
 from .families import (AttentionCall, ForwardContext, branch_keys as _branch_keys, build_forward_context,
                        check_mask, classify_call, detect_family, layer_index as _layer_index)
 from .layer_rules import LayerRules, parse_selection

@@ -107,7 +107,6 @@ def test_replaced_override_becomes_the_dense_path_and_chainers_stay_on_top():
 
 def test_unpatch_restores_a_replacing_override():
     import comfy.model_patcher
-    import comfy.patcher_extension  # noqa: F401
 
     mp = comfy.model_patcher.ModelPatcher(torch.nn.Linear(1, 1), torch.device("cpu"), torch.device("cpu"))
     patched = P.patch_model(mp, _cfg())
