@@ -56,8 +56,13 @@ class AttentionCall:
     """One call of ComfyUI's attention function as `wrap_attn` hands it to an attention override:
     override(func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
     skip_output_reshape=False, **kwargs), kwargs holding transformer_options, scale, ... (the
-    signature of every attention function in ComfyUI 0.3.75 and upstream)."""
-    func: Callable
+    signature of every attention function in ComfyUI 0.3.75 and upstream).
+
+    ComfyUI 0.33+ may pass q, k, v as `AttentionTensorContainer`s to the override's
+    `container_function` (no `func` then): `containers` holds them, q/k/v are peeked tensors, and
+    `caller` (nodes/interop.py) is what `wrap_attn` had at hand (its `func`, the wrapper, the
+    model's preferred attention)."""
+    func: Callable | None
     previous: Callable | None        # the override installed before ours (chained), or None
     q: torch.Tensor
     k: torch.Tensor
@@ -68,23 +73,74 @@ class AttentionCall:
     skip_reshape: bool = False
     skip_output_reshape: bool = False
     kwargs: dict = dataclasses.field(default_factory=dict)
+    containers: tuple | None = None  # (q, k, v) AttentionTensorContainers not yet consumed
+    caller: Any = None               # interop.Caller, resolved on the first dense call
+
+    def take(self) -> None:
+        """Consume the containers (the sparse path owns q, k, v from here on)."""
+        if self.containers is not None:
+            self.q, self.k, self.v = (c.take() for c in self.containers)
+            self.containers = None
 
     def dense(self):
-        """The call, unchanged, through the previous override (it chains on to `func`) or `func`."""
-        args = (self.q, self.k, self.v, self.heads)
+        """The call, unchanged, through exactly what ComfyUI would have run without AdaCluster: the
+        previous override (it chains on to `func`), else the model's preferred attention (ComfyUI
+        after 0.33 drops it once any override is installed), else `func`. Containers still unconsumed
+        are handed on (the previous override's / the attention function's `container_function`), so
+        the callee can release q, k, v as early as upstream intends; this call keeps no reference."""
+        from .interop import attention_caller, default_attention   # (no ComfyUI import)
         kw = dict(mask=self.mask, attn_precision=self.attn_precision, skip_reshape=self.skip_reshape,
                   skip_output_reshape=self.skip_output_reshape, **self.kwargs)
+        if self.caller is None:
+            self.caller = attention_caller()
+        c = self.caller
+        func = self.func if self.func is not None else (c.func or default_attention())
+        if self.containers is not None:
+            conts, self.containers = self.containers, None
+            self.q = self.k = self.v = None
+            args = (*conts, self.heads)
+            prev_cf = getattr(self.previous, "container_function", None) if self.previous is not None else None
+            if prev_cf is not None:
+                return prev_cf(*args, **kw)
+            if self.previous is None:
+                target = c.preferred_function() or c.wrapper
+                if target is not None:   # a wrap_attn wrapper: `_inside_attn_wrapper` is in kw, so it
+                    return target(*args, **kw)   # runs its container_function or takes and runs func
+            args = (*(t.take() for t in conts), self.heads)
+        else:
+            args = (self.q, self.k, self.v, self.heads)
         if self.previous is not None:
-            return self.previous(self.func, *args, **kw)
-        return self.func(*args, **kw)
+            return self.previous(func, *args, **kw)
+        pref = c.preferred_function() if self.previous is None else None
+        if pref is not None:
+            return pref(*args, **kw)
+        return func(*args, **kw)
 
 
 # ------------------------------------------------------------------------------------------------
 # model family / layout
 # ------------------------------------------------------------------------------------------------
+# DiT classes of ComfyUI (0.33) the pack does not handle, by class name -> the family the Stats node
+# names ("dense: family ltxav not supported"); checked first: some subclass a supported model
+UNSUPPORTED_FAMILIES = {
+    "WanAnimate2Model": "wan-animate2",     # Wan-Animate2: pose branch + reference slot
+    "LTXVModel": "ltxv",                    # LTX-Video / LTX-2 video
+    "LTXAVModel": "ltxav",                  # LTX 2.x audio-video
+    "Kandinsky5": "kandinsky5",             # Kandinsky 5 video / image
+    "HunyuanVideo15SRModel": "hunyuan15-sr",   # HunyuanVideo 1.5 latent upsampler
+}
+
+
+def unsupported_family(dm) -> str | None:
+    """The family label of a DiT the pack knows and does not support (UNSUPPORTED_FAMILIES), or None."""
+    return UNSUPPORTED_FAMILIES.get(type(dm).__name__)
+
+
 def detect_family(dm) -> tuple[str | None, str]:
     """(family, reason) from the DiT object: wan / hunyuan / hunyuan15 / cogvideox / h3, or (None, why)."""
     name = type(dm).__name__
+    if unsupported_family(dm):
+        return None, f"family {unsupported_family(dm)} not supported"
     if hasattr(dm, "video_patch_proj") and hasattr(dm, "audio_patch_proj") and hasattr(dm, "blocks"):
         return "h3", ""   # MiniMax-H3 (ComfyUI >= 0.33): one packed audio-video sequence per forward
     if hasattr(dm, "double_blocks") and hasattr(dm, "txt_in") and hasattr(dm, "single_blocks"):

@@ -10,8 +10,15 @@ whose video self-attention runs `adacluster_core.sparse_attention`:
   model family, text length/position, masks), the step (sigma), the CFG chunks, and resets the
   per-forward layer counter, all written into `transformer_options["adacluster_fwd"]`;
 * callbacks: ON_PRE_RUN starts a run, ON_CLEANUP ends it (one-line summary in the log, caches
-  dropped, stats kept for the AdaCluster Stats node), ON_PREPARE_STATE re-installs the override
-  if a later node removed it.
+  dropped, stats kept for the AdaCluster Stats node).
+
+Order never matters (nodes/interop.py): at run start, at every step (ON_PREPARE_STATE) and at every
+forward (the wrapper) AdaCluster checks the hook. A node applied later that *replaced* the override
+(ModelAttentionBackend, Sage-patch-style nodes) becomes AdaCluster's dense path and AdaCluster goes
+back on top; one that chains to AdaCluster (core's Model Sparse Attention re-installs itself on top
+at every step) stays on top, and when it is a sparse attention the Stats node counts the video
+self-attention calls it took. Dense calls run exactly what ComfyUI would have run without the pack,
+0.33's AttentionTensorContainers handed on (AttentionCall.dense).
 
 Per-run state lives in an `AdaClusterRun` holder (nodes/run.py) stored in
 `transformer_options["adacluster"]`, shared by the model's clones; what a forward mutates lives in
@@ -39,7 +46,7 @@ from .config_widgets import (FAMILIES, PRESETS, config_fields, config_specs, con
 from .core import (NO_TRITON as _NO_TRITON, NON_FINITE as _NON_FINITE, SUPPORTED_DTYPES as _SUPPORTED_DTYPES,
                    SUPPORTED_HEAD_DIMS as _SUPPORTED_HEAD_DIMS, AdaClusterConfig, ClusterState, core_api,
                    sparse_attention)
-from . import kernel_warmup
+from . import interop, kernel_warmup
 from .fallback import INTERRUPT_CHECK, must_raise
 from .families import (AttentionCall, ForwardContext, branch_keys as _branch_keys, build_forward_context,
                        check_mask, classify_call, detect_family, h3_description, layer_index as _layer_index)
@@ -79,9 +86,7 @@ def _begin_forward(run: AdaClusterRun, dm, args, kwargs):
         to = next((a for a in reversed(args) if isinstance(a, dict)), None)
     if to is None:
         return
-    # re-install our override if a later node dropped it from the live options
-    if to.get(OVERRIDE_KEY) is None and run.override is not None:
-        to[OVERRIDE_KEY] = run.override
+    install_on_top(run, to)   # a later node may have replaced or dropped our override
     x = args[0] if args else kwargs.get("x")
     x = next((t for t in getattr(x, "tensors", x) if isinstance(t, torch.Tensor)), None) \
         if isinstance(getattr(x, "tensors", x), (list, tuple)) else x   # H3: [video, audio]
@@ -106,11 +111,65 @@ def _begin_forward(run: AdaClusterRun, dm, args, kwargs):
 def _diffusion_model_wrapper_factory(run: AdaClusterRun):
     begin = torch.compiler.disable(_begin_forward)
 
+    end = torch.compiler.disable(_end_forward)
+
     def adacluster_diffusion_model_wrapper(executor, *args, **kwargs):
         begin(run, executor.class_obj, args, kwargs)
-        return executor(*args, **kwargs)
+        out = executor(*args, **kwargs)
+        if run.others_above:
+            end(run, args, kwargs)
+        return out
 
     return adacluster_diffusion_model_wrapper
+
+
+def _end_forward(run: AdaClusterRun, args, kwargs):
+    """After a forward under a sparse override that runs before ours: the video self-attention
+    layers that never reached AdaCluster were taken by it (counted per CFG branch, as our records)."""
+    to = kwargs.get("transformer_options")
+    if not isinstance(to, dict):
+        to = next((a for a in reversed(args) if isinstance(a, dict)), None)
+    fc = to.get(FWD_KEY) if to is not None else None
+    if fc is None or fc.family is None or fc.reason or getattr(fc.run, "root", None) is not run:
+        return
+    missing = fc.n_layers - fc.self_calls
+    if missing > 0:
+        run.note_other_calls(missing * max(1, len(fc.cond_or_uncond)), above=True)
+
+
+def install_on_top(run: AdaClusterRun, to: dict, live: bool = True) -> None:
+    """Make AdaCluster's override reachable from the hook in `to`, whatever was applied after it:
+    nothing there -> ours; a foreign override that replaced ours -> ours wrapping it as the dense path
+    (one wrapper per foreign override, reused); a foreign override that chains to ours (it runs first,
+    declined calls reach us) -> left on top, noted (its sparse calls are counted per forward).
+    `live`: `to` is a forward's own options (the wrapper): only what a forward really runs is noted
+    for the Stats node (0.3.75's callbacks see options the sampler has already copied)."""
+    if run.override is None:
+        return
+    cur = to.get(OVERRIDE_KEY)
+    if cur is run.override or interop.is_ours(cur, run):
+        prev = getattr(cur, "__adacluster_previous__", None)
+        if live and prev is not None and not interop.is_adacluster(prev):
+            run.note_other(prev, "below", replaced=cur is not run.override)   # for this run's Stats
+        return
+    kind = run.override_kinds.get(id(cur))
+    if kind is None or kind[0] is not cur:
+        kind = (cur, interop.classify_override(cur, run))
+        run.override_kinds[id(cur)] = kind
+    kind = kind[1]
+    if kind == "none":
+        to[OVERRIDE_KEY] = run.override
+    elif kind == "above":
+        if live:
+            run.note_other(cur, "above")
+    else:   # "replaced": the other node's attention is our dense path from now on
+        w = run.wrapped.get(id(cur))
+        if w is None or w[0] is not cur:
+            w = (cur, make_override(run, cur))
+            run.wrapped[id(cur)] = w
+        if live:
+            run.note_other(cur, "below", replaced=True)
+        to[OVERRIDE_KEY] = w[1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -120,22 +179,63 @@ def make_override(run: AdaClusterRun, previous=None):
     """The optimized_attention_override installed on the patched model. ComfyUI's `wrap_attn` calls it
     as override(func, *args, **kwargs) with its attention function's arguments (the signature below,
     in 0.3.75 and upstream alike); calls that stay dense go on unchanged to `previous` (an override
-    installed before ours) or else to `func`."""
+    installed before ours) or else to `func` (AttentionCall.dense).
+
+    ComfyUI 0.33+ calls `override.container_function(q, k, v, heads, ...)` instead (no `func`) when the
+    model passes q/k/v as AttentionTensorContainers: the containers are peeked to classify the call,
+    consumed by the sparse path, or handed on untouched by the dense path."""
+    dense_path = previous
+    if previous is not None and not interop.is_adacluster(previous) and interop.is_sparse_override(previous):
+        dense_path = _counting(run, previous)   # our dense calls go to another sparse attention: counted
 
     @torch.compiler.disable
     def adacluster_attention_override(func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
                                       skip_output_reshape=False, **kwargs):
-        call = AttentionCall(func, previous, q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape,
+        call = AttentionCall(func, dense_path, q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape,
                              kwargs)
-        to = kwargs.get("transformer_options") or {}
-        fc: ForwardContext | None = to.get(FWD_KEY)
-        if fc is None or getattr(fc.run, "root", None) is not run:
-            return call.dense()
-        return _override_call(fc.run, fc, to, call)   # fc.run: this thread's lane
+        return _dispatch(run, call, kwargs)
 
+    @torch.compiler.disable
+    def adacluster_container_function(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
+                                      skip_output_reshape=False, **kwargs):
+        if not interop.is_container(q):   # plain tensors after all: the same call without func
+            call = AttentionCall(None, dense_path, q, k, v, heads, mask, attn_precision, skip_reshape,
+                                 skip_output_reshape, kwargs)
+        else:
+            call = AttentionCall(None, dense_path, q.peek(), k.peek(), v.peek(), heads, mask, attn_precision,
+                                 skip_reshape, skip_output_reshape, kwargs, containers=(q, k, v))
+        return _dispatch(run, call, kwargs)
+
+    adacluster_attention_override.container_function = adacluster_container_function
     adacluster_attention_override.__adacluster_run__ = run
     adacluster_attention_override.__adacluster_previous__ = previous
     return adacluster_attention_override
+
+
+def _dispatch(run: AdaClusterRun, call: AttentionCall, kwargs: dict):
+    to = kwargs.get("transformer_options") or {}
+    fc: ForwardContext | None = to.get(FWD_KEY)
+    if fc is None or getattr(fc.run, "root", None) is not run:
+        return call.dense()
+    return _override_call(fc.run, fc, to, call)   # fc.run: this thread's lane
+
+
+def _counting(run: AdaClusterRun, other):
+    """`other` (a foreign sparse override below ours) with the calls AdaCluster hands it counted."""
+    def to_other(func, *args, **kwargs):
+        run.note_other(other, "below")
+        run.note_other_calls(1, above=False)
+        return other(func, *args, **kwargs)
+
+    cf = getattr(other, "container_function", None)
+    if cf is not None:
+        def to_other_containers(*args, **kwargs):
+            run.note_other(other, "below")
+            run.note_other_calls(1, above=False)
+            return cf(*args, **kwargs)
+        to_other.container_function = to_other_containers
+    to_other.__wrapped__ = other
+    return to_other
 
 
 def _override_call(run: AdaClusterRun, fc: ForwardContext, to: dict, call: AttentionCall):
@@ -202,11 +302,11 @@ def _branches(fc: ForwardContext, B: int) -> list[str]:
 def _timed_dense(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, *, layer: int | None, reason: str):
     """Dense through ComfyUI's function (or the chained override). Recorded once per CFG branch,
     like sparse calls, so counts/FLOPs/time are comparable (a batched cond+uncond call = 2)."""
-    tm = _Timer(call.q.device)
-    out = call.dense()
-    t = tm.stop()
     fl = _flops(call)
     nb = _branch_count(fc, call.q.shape[0])
+    tm = _Timer(call.q.device)
+    out = call.dense()   # (hands 0.33's containers on: call.q/k/v are None after it)
+    t = tm.stop()
     if nb > 1:  # the whole time goes to the first branch's record
         for i, br in enumerate(_branch_keys(fc.cond_or_uncond)):
             run.record(CallRecord(layer=layer, step=fc.step, branch=br, sparse=False, reason=reason,
@@ -274,6 +374,7 @@ def _sparse_call(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, la
     ("error <type>"); NaN / Inf in q, k or v runs it through ComfyUI's attention, exactly the
     unpatched output ("non-finite input")."""
     B, H, L, D, vid_start, txt_range = layout
+    call.take()   # 0.33's containers: the sparse path owns q, k, v now
     mode, cfg = run.cfg_for_layer(layer, fc.n_vid, fc.n_layers)                 # cached: what dense_reason saw
     key_mask, _ = check_mask(run, fc, call.mask, B, L, txt_range, vid_start)   # cached per forward
     if call.skip_reshape:
@@ -374,7 +475,9 @@ def _unpatch(m, run: AdaClusterRun):
     """Remove an earlier AdaCluster patch from clone `m` (restoring its previous override)."""
     to = m.model_options.setdefault("transformer_options", {})
     cur = to.get(OVERRIDE_KEY)
-    if cur is run.override:
+    if interop.is_ours(cur, run) and cur is not run.override:   # ours wrapping a node applied later
+        to[OVERRIDE_KEY] = cur.__adacluster_previous__
+    elif cur is run.override:
         if run.previous is not None:
             to[OVERRIDE_KEY] = run.previous
         else:
@@ -419,16 +522,18 @@ def patch_model(model, config: AdaClusterConfig | None = None, layer_rules: Laye
 
     def on_pre_run(patcher):
         run.begin(patcher)
+        install_on_top(run, patcher.model_options.setdefault("transformer_options", {}), live=False)
 
     def on_cleanup(patcher):
         run.end(patcher)
 
     def on_prepare_state(patcher, *a, **kw):
-        # a later node may have removed the override: put ours back (the live per-forward options
-        # are checked again by the DIFFUSION_MODEL wrapper)
-        pto = patcher.model_options.setdefault("transformer_options", {})
-        if pto.get(OVERRIDE_KEY) is None:
-            pto[OVERRIDE_KEY] = override
+        # a later node may have replaced or removed the override: the step's options (0.33 passes
+        # them; the DIFFUSION_MODEL wrapper checks the live per-forward ones again)
+        mo = a[1] if len(a) > 1 else kw.get("model_options")
+        for opts in (mo, patcher.model_options):
+            if isinstance(opts, dict):
+                install_on_top(run, opts.setdefault("transformer_options", {}), live=False)
 
     m.add_callback_with_key(pe.CallbacksMP.ON_PRE_RUN, WRAPPER_KEY, on_pre_run)
     m.add_callback_with_key(pe.CallbacksMP.ON_CLEANUP, WRAPPER_KEY, on_cleanup)

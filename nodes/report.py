@@ -47,6 +47,11 @@ def format_stats(d: dict | None) -> str:
         lines.append(kernel_line(d["kernels"]))
     for r, c in sorted(d.get("dense_reasons", {}).items(), key=lambda kv: -kv[1]):
         lines.append(f"  dense because {r}: {c}")
+    for o in d.get("other_overrides") or []:
+        where = "runs before AdaCluster" if o["position"] == "above" else "AdaCluster's dense path"
+        took = (f": took {o['calls']} video self-attention calls" if o["position"] == "above"
+                else f": ran {o['calls']} of the dense calls") if o["sparse"] else ""
+        lines.append(f"other attention: {o['name']} ({'sparse, ' if o['sparse'] else ''}{where}){took}")
     if d.get("mean_density") is not None:
         lines.append(f"density of sparse calls: mean {d['mean_density']:.3f}  min {d['min_density']:.3f}  "
                      f"max {d['max_density']:.3f}")

@@ -108,6 +108,14 @@ class AdaClusterRun:
         self.t_start = None
         self.active = False
         self.lanes.clear()
+        # other attention overrides met on the hook this run (nodes/patcher.py install_on_top), by
+        # name: {"name", "sparse", "position": "below" (our dense path) | "above" (runs before ours),
+        # "calls": calls that went to it instead of AdaCluster (sparse ones only)}
+        self.others: dict[str, dict] = {}
+        self.other_ids: dict[int, tuple] = {}        # id -> (override, its name in `others`)
+        self.others_above = False        # a sparse override runs before ours: count what it takes
+        self.override_kinds: dict[int, tuple] = {}   # id -> (override, interop.classify_override)
+        self.wrapped: dict[int, tuple] = {}          # id -> (foreign override, our override wrapping it)
 
     # ---------------------------------------------------------------- lanes
     def lane(self, device) -> "AdaClusterRun":
@@ -166,6 +174,49 @@ class AdaClusterRun:
 
     def state_bytes(self) -> int:
         return sum(s.nbytes() for s in self.states.values())
+
+    # ---------------------------------------------------------------- other overrides
+    def note_other(self, override, position: str, replaced: bool = False) -> None:
+        """Another attention override on the hook (kept on the holder: lanes share it). One entry per
+        name: a node that re-installs itself (a new closure each time) stays one entry, "above" (it
+        runs first) winning over "below" (our dense path)."""
+        from .interop import describe_override, is_sparse_override   # (no ComfyUI import)
+        root = self.root
+        seen = root.other_ids.get(id(override))
+        if seen is not None and seen[0] is override:
+            return
+        name = describe_override(override)
+        root.other_ids[id(override)] = (override, name)
+        o = root.others.get(name)
+        if o is not None:
+            if position == "above" and o["position"] != "above":
+                o["position"] = "above"
+                root.others_above = root.others_above or o["sparse"]
+            return
+        sparse = is_sparse_override(override)
+        root.others[name] = {"name": name, "sparse": sparse, "position": position, "calls": 0}
+        if position == "above" and sparse:
+            root.others_above = True
+        if position == "below":
+            log.info("AdaCluster: %s%s; the calls AdaCluster leaves dense run through it%s", name,
+                     " replaced the attention override after AdaCluster was applied: AdaCluster re-installed "
+                     "itself on top" if replaced else " is AdaCluster's dense path",
+                     " (another sparse attention: it may run them sparse; the Stats node counts them)"
+                     if sparse else "")
+        elif sparse:
+            log.info("AdaCluster: two sparse attentions on this model: %s runs first (it keeps itself on top) "
+                     "and AdaCluster gets only the calls it declines; the Stats node counts both", name)
+
+    def note_other_calls(self, n: int, above: bool) -> None:
+        """`n` calls went to another sparse override instead of AdaCluster (above: it took them before
+        ours; below: AdaCluster left them dense and they went on to it)."""
+        for o in self.root.others.values():
+            if o["sparse"] and (o["position"] == "above") == above:
+                o["calls"] += n
+                return
+
+    def others_summary(self) -> list[dict]:
+        return [dict(o) for o in self.root.others.values()]
 
     # ---------------------------------------------------------------- config
     def resolve_config(self, family: str) -> AdaClusterConfig:

@@ -106,6 +106,15 @@ def _summary_line(run: AdaClusterRun, n: int, n_sparse: int, mean_density, reaso
         summary += ", key-cluster counts reused from an earlier run (no calibration step)"
     if run.family is None and run.forwards == 0:
         summary += " (model never ran)"
+    for o in run.others_summary():
+        if o["sparse"] and o["position"] == "above":
+            summary += (f"; {o['name']} (sparse) runs before AdaCluster and took {o['calls']} video "
+                        f"self-attention calls")
+        elif o["sparse"]:
+            summary += f"; {o['calls']} calls AdaCluster left dense went to {o['name']} (sparse)"
+        else:
+            summary += (f"; dense path: {o['name']}" if o["position"] == "below"
+                        else f"; {o['name']} runs before AdaCluster")
     return summary
 
 
@@ -164,4 +173,7 @@ def summarize(run: AdaClusterRun) -> dict:
         "n_states": len(run.states),
         "runs_completed": run.runs_completed + 1,
         "probe": probe,
+        # other attention overrides on the hook: [{"name", "sparse", "position": "below" (AdaCluster's
+        # dense path) | "above" (runs first), "calls": calls that went to it instead (sparse ones)}]
+        "other_overrides": run.others_summary(),
     }

@@ -201,3 +201,153 @@ class AdaClusterTestH3Task:
 
 NODE_CLASS_MAPPINGS["AdaClusterTestH3Task"] = AdaClusterTestH3Task
 NODE_DISPLAY_NAME_MAPPINGS["AdaClusterTestH3Task"] = "AdaCluster TEST: MiniMax-H3 task conditioning"
+
+def _write_count(name, data):
+    import json
+
+    out = os.environ.get("ADACLUSTER_TEST_OUT")
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, f"counter_{_safe_name(name)}.json"), "w") as f:
+            json.dump(data, f)
+
+
+class AdaClusterTestReplacingOverride:
+    """MODEL -> MODEL with an optimized_attention_override that REPLACES whatever is on the hook (no
+    chaining, as Sage-patch-style nodes and core's ModelAttentionBackend do) and runs `func`, counting
+    its calls: $ADACLUSTER_TEST_OUT/counter_<name>.json = {"calls": n} at ON_CLEANUP."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "name": ("STRING", {"default": "replacer"})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "adacluster_test"
+
+    def patch(self, model, name):
+        import comfy.patcher_extension as pe
+
+        m = model.clone()
+        counter = {"calls": 0}
+
+        def replacing_override(func, *args, **kwargs):
+            counter["calls"] += 1
+            return func(*args, **kwargs)
+
+        m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = replacing_override
+        m.add_callback_with_key(pe.CallbacksMP.ON_PRE_RUN, "adacluster_test_replacer",
+                                lambda patcher: counter.update(calls=0))
+        m.add_callback_with_key(pe.CallbacksMP.ON_CLEANUP, "adacluster_test_replacer",
+                                lambda patcher: _write_count(name, dict(counter)))
+        return (m,)
+
+
+class AdaClusterTestCountBackend:
+    """MODEL -> MODEL unchanged; wraps ComfyUI's registered "pytorch" attention function (what core's
+    ModelAttentionBackend picks for "pytorch attention") with a counter, once per server, so a test
+    can see which calls ran through the backend the user chose: counter_<name>.json at ON_CLEANUP.
+    Must execute before the ModelAttentionBackend node (wire it before)."""
+
+    COUNT = {"calls": 0}
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "name": ("STRING", {"default": "backend"})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "adacluster_test"
+
+    def patch(self, model, name):
+        import functools
+
+        import comfy.ldm.modules.attention as A
+        import comfy.patcher_extension as pe
+
+        reg = getattr(A, "REGISTERED_ATTENTION_FUNCTIONS", {})
+        orig = reg.get("pytorch")
+        if orig is not None and not getattr(orig, "_adacluster_test_counting", False):
+            count = self.COUNT
+
+            @functools.wraps(orig)
+            def counting(*args, **kwargs):
+                count["calls"] += 1
+                return orig(*args, **kwargs)
+
+            counting.container_function = getattr(orig, "container_function", None)
+            counting._adacluster_test_counting = True
+            reg["pytorch"] = counting
+        m = model.clone()
+        m.add_callback_with_key(pe.CallbacksMP.ON_PRE_RUN, "adacluster_test_backend",
+                                lambda patcher: self.COUNT.update(calls=0))
+        m.add_callback_with_key(pe.CallbacksMP.ON_CLEANUP, "adacluster_test_backend",
+                                lambda patcher: _write_count(name, dict(self.COUNT)))
+        return (m,)
+
+
+class AdaClusterTestSparseOverride:
+    """MODEL -> MODEL with a "sparse" attention override in the style of core's Model Sparse Attention
+    (after ComfyUI 0.33): it chains the previous override, re-installs itself on top at every step
+    (ON_PREPARE_STATE) unless it is already there, and says it is sparse (`sparse_attention` attribute,
+    the name the Stats node shows). It "takes" (runs itself, through `func`) the self-attention calls of
+    the first sampler step and passes every other call on; counter_<name>.json = {"taken", "passed"}."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "name": ("STRING", {"default": "sparse"})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "adacluster_test"
+
+    def patch(self, model, name):
+        import comfy.patcher_extension as pe
+
+        counter = {"taken": 0, "passed": 0}
+        installed = []
+
+        def first_step(to):
+            sig, ss = to.get("sigmas"), to.get("sample_sigmas")
+            if not isinstance(sig, torch.Tensor) or not isinstance(ss, torch.Tensor) or not ss.numel():
+                return False
+            return float(sig.max()) >= float(ss[0]) - 1e-6
+
+        def make(previous):
+            def override(func, q, k, v, *args, **kwargs):
+                to = kwargs.get("transformer_options") or {}
+                skip = kwargs.get("skip_reshape", False)
+                if tuple(q.shape) == tuple(k.shape) and first_step(to) and q.shape[-2 if skip else 1] > 32:
+                    counter["taken"] += 1
+                    return func(q, k, v, *args, **kwargs)
+                counter["passed"] += 1
+                return previous(func, q, k, v, *args, **kwargs) if previous else func(q, k, v, *args, **kwargs)
+
+            override.sparse_attention = f"TEST sparse ({name})"
+            installed.append(override)
+            return override
+
+        def install(to):
+            cur = to.get("optimized_attention_override")
+            if not any(cur is o for o in installed):
+                to["optimized_attention_override"] = make(cur)
+
+        def on_prepare_state(patcher, *a):
+            mo = a[1] if len(a) > 1 else patcher.model_options
+            install(mo.setdefault("transformer_options", {}))
+
+        m = model.clone()
+        install(m.model_options.setdefault("transformer_options", {}))
+        m.add_callback_with_key(pe.CallbacksMP.ON_PREPARE_STATE, "adacluster_test_sparse", on_prepare_state)
+        m.add_callback_with_key(pe.CallbacksMP.ON_PRE_RUN, "adacluster_test_sparse",
+                                lambda patcher: counter.update(taken=0, passed=0))
+        m.add_callback_with_key(pe.CallbacksMP.ON_CLEANUP, "adacluster_test_sparse",
+                                lambda patcher: _write_count(name, dict(counter, chain=len(installed))))
+        return (m,)
+
+
+for _cls, _title in ((AdaClusterTestReplacingOverride, "replacing attention override"),
+                     (AdaClusterTestCountBackend, "count the pytorch attention backend"),
+                     (AdaClusterTestSparseOverride, "re-installing sparse attention override")):
+    NODE_CLASS_MAPPINGS[_cls.__name__] = _cls
+    NODE_DISPLAY_NAME_MAPPINGS[_cls.__name__] = f"AdaCluster TEST: {_title}"
