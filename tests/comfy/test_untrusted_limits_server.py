@@ -9,7 +9,7 @@ times GET /system_stats every 20 ms: no answer may take more than STALL_LIMIT_S.
 
 The threshold: the old code parsed the whole rule text (8.4 MB of rules blocked /system_stats for
 8.5 s), so the 8 MB rules alone would stall it for seconds; a loaded 2-core machine answers in
-well under a second (ComfyUI's own JSON parsing of the 8 MB body takes ~0.1 s). The pack's own
+about 0.5 s at worst here (ComfyUI's own JSON parsing of the 8 MB body takes part of it; the old code: 9.4 s). The pack's own
 validation time is bounded more tightly by tests/comfy/test_untrusted_text.py (a few ms).
 
 Every prompt here fails validation on purpose (KSampler steps = 0, a test node's frame = -5), so
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.server
 
 lr = load_nodes_module("layer_rules")
 
-STALL_LIMIT_S = 1.5
+STALL_LIMIT_S = 3.0
 
 
 def _post(srv, prompt: dict):
@@ -127,6 +127,7 @@ def test_largest_inputs_validate_and_oversized_are_refused_without_stalling(comf
         "prefix": "a/" * 1_000_000,
     }
     lat: list[tuple[float, float]] = []
+    problems: list = []
     stop = threading.Event()
 
     def poll():
@@ -153,22 +154,28 @@ def test_largest_inputs_validate_and_oversized_are_refused_without_stalling(comf
             assert "ks" in bad and "bad_img" in bad
             for nid in ("rules", "ada", "cap", "cfg"):
                 assert nid not in bad
-        # far over the bounds: refused, naming the widget, quoting none of the input
+        # far over the bounds: refused, naming the widget, quoting none of the input (checked after
+        # the timing, so that a stall is reported as such)
         for field, value in over.items():
             status, resp, n_resp, dt = _post(srv, _all_nodes_prompt(srv, **dict(big, **{field: value})))
             assert status == 400
             node = {"rules": "rules", "profile": "rules", "probe_layers": "ada", "probe_steps": "ada",
                     "cap_layers": "cap", "cap_steps": "cap", "prefix": "cap"}[field]
-            errs = resp["node_errors"][node]["errors"]
+            errs = resp.get("node_errors", {}).get(node, {}).get("errors", [])
+            if not errs:
+                problems.append((field, "not refused"))
             text = json.dumps(errs)
             widget = {"cap_layers": "layers", "cap_steps": "steps", "prefix": "filename_prefix"}.get(field, field)
-            assert f"{widget}: " in text, (field, text[:1000])
-            assert n_resp < 20_000, (field, n_resp)      # the response does not echo the input back
-            assert "nonsense" not in text and "xxxxxxxxxx" not in text
+            if f"{widget}: " not in text:
+                problems.append((field, "widget not named", text[:300]))
+            if n_resp >= 20_000 or "nonsense" in text or "xxxxxxxxxx" in text:   # the input echoed back
+                problems.append((field, "input echoed", n_resp, text[:300]))
     finally:
         time.sleep(0.3)
         stop.set()
         th.join(30)
     assert lat and all(ok for _, ok in lat), lat
     worst = max(t for t, _ in lat)
+    print(f"worst /system_stats answer during validation: {worst * 1e3:.0f} ms ({len(lat)} polls)")
     assert worst < STALL_LIMIT_S, f"/system_stats took {worst:.2f} s during validation (limit {STALL_LIMIT_S} s)"
+    assert not problems, problems

@@ -287,7 +287,7 @@ def test_every_key_masked_same_result_on_every_path(kind):
     for name, o in outs.items():
         torch.testing.assert_close(o, want, rtol=0, atol=0, equal_nan=True, msg=name)
     # the batch with valid keys is not all-masked on its own: it runs sparse
-    o1, s1 = sparse_attention(q[1:], k[1:], v[1:], cfg(top_k=2), key_mask=m[1:])
+    _o1, s1 = sparse_attention(q[1:], k[1:], v[1:], cfg(top_k=2), key_mask=m[1:])
     assert not s1["dense"]
 
 
