@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from . import clustering
 from .config import AdaClusterConfig
-from .guards import FiniteCheck, StopRequested, check_args, guard_interrupt, normalise_range, triton_usable
+from .guards import (CHECK_ALL_MASKED, CHECK_NON_FINITE, CHECK_OK, FiniteCheck, StopRequested, check_args,
+                     guard_interrupt, normalise_range, triton_usable)
 from .layout import build_layout, run_layout, split_rows
 from .selection import select_clusters
 from .state import ClusterState
@@ -50,6 +51,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 NO_TRITON = "dense: no triton"
 NON_FINITE = "non-finite input"
+OVERFLOW = "overflow (float32 range)"
+ALL_MASKED = "every key masked"
+# reasons whose call must give exactly dense attention's result (the patcher reruns such a call
+# through ComfyUI's own attention)
+DENSE_RESULT_REASONS = (NON_FINITE, OVERFLOW, ALL_MASKED)
 
 
 def _key_mask(key_mask, B: int, H: int, N: int):
@@ -78,10 +84,10 @@ def _key_mask(key_mask, B: int, H: int, N: int):
 
 
 def _dense(q, k, v, scale, sdpa_mask):
-    if sdpa_mask is not None and sdpa_mask.dtype != torch.bool:
-        lo = torch.finfo(q.dtype).min if q.dtype.is_floating_point else -1e30
-        sdpa_mask = sdpa_mask.to(q.dtype) if sdpa_mask.dtype != q.dtype else sdpa_mask
-        sdpa_mask = sdpa_mask.clamp_min(lo)
+    """torch SDPA with the mask as given (in q's dtype): what ComfyUI's own attention computes, so
+    a row whose every key is masked gives what SDPA gives for that mask (0 for bool / -inf masks)."""
+    if sdpa_mask is not None and sdpa_mask.dtype != torch.bool and sdpa_mask.dtype != q.dtype:
+        sdpa_mask = sdpa_mask.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask, scale=scale)
 
 
@@ -114,8 +120,12 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     interrupt_check: called between k-means iterations and multi-stage rounds; whatever it
         raises (ComfyUI: `comfy.model_management.throw_exception_if_processing_interrupted`)
         propagates unchanged, so a long call can be stopped.
-    check_finite: a call whose q, k or v holds NaN / Inf runs dense (reason "non-finite input"),
-        so the output is what dense attention gives; the check never stalls the GPU (guards.py).
+    check_finite: a call whose q, k or v (or float key_mask) holds NaN / Inf runs dense (reason
+        "non-finite input"), so the output is what dense attention gives; so does a call whose
+        float32 scores / sums could overflow or whose sparse output is not finite (reason
+        "overflow (float32 range)") and one where some row has every key masked (reason "every key
+        masked": dense gives SDPA's own answer for it). The checks never stall the GPU (guards.py).
+    B, H or N = 0: dense (reason "empty input (B, H or N is 0)"), i.e. SDPA's empty result.
     stats: density (0-dim tensor: computed query-key pairs / (B·H·N²), dense rows included),
         q_clusters, k_clusters, dense, reason ("" when sparse), selection, top_k, stage
         ("first" | "reuse" | "calibration" | "dense"), backend ("triton" | "torch" | "dense"),
@@ -138,7 +148,9 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return _dense(q, k, v, sc, sdpa_mask), _stats(cfg, q.device, reason=reason, **kw)
 
     reason = ""
-    if k.shape[2] != N:
+    if B == 0 or H == 0 or N == 0:
+        reason = "empty input (B, H or N is 0)"
+    elif k.shape[2] != N:
         reason = f"cross-attention ({k.shape[2]} keys for {N} queries)"
     elif q.dtype not in SPARSE_DTYPES:
         reason = f"dtype {q.dtype} unsupported"
@@ -159,14 +171,16 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Nv = N - Nt
     if Nv <= 0:
         return dense("no tokens to cluster (all in always_dense_range)")
-    return _guarded_sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, interrupt_check, check_finite)
+    return _guarded_sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, interrupt_check, check_finite,
+                           key_mask)
 
 
-def _guarded_sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, interrupt_check, check_finite):
-    """_sparse with the finite check (read after the sparse work is queued; on NaN / Inf the
-    state is restored and the call runs dense), the interrupt pass-through and the dense
-    fallback on internal errors."""
-    fin = FiniteCheck(q, k, v) if check_finite else None
+def _guarded_sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, interrupt_check, check_finite, key_mask=None):
+    """_sparse with the input / output checks (guards.FiniteCheck, read after the sparse work is
+    queued; on NaN / Inf inputs or mask, an overflow risk or a non-finite output, or a row whose
+    every key is masked, the state is restored and the call runs dense: exactly dense's result),
+    the interrupt pass-through and the dense fallback on internal errors."""
+    fin = FiniteCheck(q, k, v, key_mask=key_mask, masked=masked, scale=sc) if check_finite else None
     saved = dataclasses.replace(state) if state is not None else None
     try:
         res = _sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, guard_interrupt(interrupt_check))
@@ -175,10 +189,15 @@ def _guarded_sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, interrupt_ch
         raise e.original from None
     except Exception as e:  # never break a generation: run dense and say why
         res, err = None, e
-    if fin is not None and not fin.ok():
-        if state is not None:   # nothing learnt from NaN / Inf inputs
+    if fin is not None and res is not None:
+        fin.check_output(res[0])
+    code = fin.code() if fin is not None else CHECK_OK
+    if code != CHECK_OK:
+        if state is not None:   # nothing learnt from NaN / Inf / overflowing inputs
             state.__dict__.update(saved.__dict__)
-        return dense(NON_FINITE)
+        reason = "non-finite input" if code == CHECK_NON_FINITE else (
+            "every key masked" if code == CHECK_ALL_MASKED else "overflow (float32 range)")
+        return dense(reason)
     if err is not None:
         if os.environ.get("ADACLUSTER_STRICT") == "1":
             raise err

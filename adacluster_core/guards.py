@@ -6,12 +6,14 @@
   that is not a finite number > 0) raises ValueError naming the argument. A WELL-FORMED call the
   sparse path does not cover (float64, head_dim 96, N < min_tokens, cross-attention, a
   query-dependent mask, non-finite values, no Triton) runs dense with a reason in stats.
-* `FiniteCheck`: "are q, k, v all finite?" without stalling the GPU: one reduction per tensor
-  is queued BEFORE the sparse kernels and its 4-byte result copied to pinned host memory behind
-  a CUDA event; the host waits on that event only AFTER the sparse work is queued, so the GPU
-  never idles for it (the host waits for the check kernel, which precedes the sparse kernels
-  in the stream). On the rare non-finite call the sparse result is dropped and the call runs
-  dense. On CPU the check is a plain extra read of q, k, v (docs/DESIGN.md, "Untrusted input").
+* `FiniteCheck`: "are q, k, v (and a float key_mask) finite, can the call overflow float32, is
+  every key of a row masked?" without stalling the GPU: one reduction per tensor is queued
+  BEFORE the sparse kernels and its small result copied to pinned host memory behind a CUDA
+  event; the host waits on that event only AFTER the sparse work is queued (the check kernel
+  precedes the sparse kernels in the stream). The sparse output is checked too (queued after the
+  sparse kernels: the host waits for the call to finish, the GPU idles only for the next
+  launch). On any of these the sparse result is dropped and the call runs dense. On CPU the
+  check is a plain extra read of q, k, v and of the output (docs/DESIGN.md, "Untrusted input").
 * `triton_usable`: where the Triton kernels can run (CUDA, or the interpreter under
   TRITON_INTERPRET=1, which the CPU tests use).
 * `guard_interrupt`: wraps a caller's interrupt check (ComfyUI's
@@ -42,6 +44,8 @@ def check_args(q, k, v, scale, key_mask, always_dense_range, always_dense_prefix
             raise ValueError(f"{name} must be [B, H, N, D], got shape {tuple(t.shape)}")
         if not t.dtype.is_floating_point:
             raise ValueError(f"{name} must have a floating-point dtype, got {_dt(t)}")
+        if t.shape[3] == 0:
+            raise ValueError(f"{name} must have head_dim > 0, got shape {tuple(t.shape)}")
     for name, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype:
             raise ValueError(f"{name} dtype {_dt(t)} differs from q's {_dt(q)}")
@@ -117,29 +121,91 @@ def triton_usable(device: torch.device) -> bool:
     return True
 
 
-# ---- non-finite inputs ----------------------------------------------------------------------
-class FiniteCheck:
-    """Queue "all of q, k, v finite?" now; read it later (`ok()`) after more work is queued."""
+# ---- non-finite inputs, overflow, every key masked ---------------------------------------------
+F32_MAX = float(torch.finfo(torch.float32).max)
+# a call whose q.k scores, k-means distances or value sums could leave float32 (the kernels accumulate
+# in fp32) runs dense: the bounds below use the largest |x| of q, k, v (read from the same aminmax)
+OVERFLOW_MARGIN = 0.25
+CHECK_OK, CHECK_NON_FINITE, CHECK_OVERFLOW, CHECK_ALL_MASKED = 0, 1, 2, 3
 
-    def __init__(self, *ts: torch.Tensor):
-        # aminmax propagates NaN and keeps ±inf, and reads any strides (no flattening copy);
-        # x * 0 is 0 for finite x and NaN for NaN / ±inf: the sum is 0 iff all are finite
-        ext = torch.stack([m for t in ts for m in torch.aminmax(t)])
-        flag = (ext * 0).sum(dtype=torch.float32).reshape(1)
-        self._event = None
-        if flag.device.type == "cuda":
-            self._host = torch.empty(1, dtype=torch.float32, pin_memory=True)
-            self._host.copy_(flag, non_blocking=True)
+
+class FiniteCheck:
+    """Queue "may this call run sparse?" now; read it later (`code()`) after more work is queued.
+
+    One flag vector, computed on the device from one aminmax per tensor (no flattening copy):
+      [0] a NaN / Inf in q, k or v, or a NaN / +Inf in a float key_mask (-inf = masked, fine);
+      [1] overflow risk: the largest |q|·|k|·D·scale (a score), 4·|k|²·D (a k-means distance) or
+          |v|·N (a value sum of the pooled tail) reaches OVERFLOW_MARGIN × the float32 maximum;
+      [2] a (batch, head) whose every key is masked (its result is what dense gives for that mask).
+    `check_output(out)` queues "is the sparse output finite?" behind the sparse work; `code()` reads
+    both: 0 = fine, else CHECK_NON_FINITE / CHECK_OVERFLOW / CHECK_ALL_MASKED (first that applies;
+    a non-finite output counts as CHECK_OVERFLOW). On CUDA the flags travel to pinned host memory
+    behind events: the host waits for the input check (queued before the sparse kernels) and for
+    the output check (queued after them, so the GPU idles only for the next launch)."""
+
+    def __init__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask=None, masked=None,
+                 scale: float | None = None):
+        ext = [m.float() for t in (q, k, v) for m in torch.aminmax(t)]   # qmin, qmax, kmin, kmax, vmin, vmax
+        e = torch.stack(ext)
+        bad = torch.isnan(e).any() | torch.isinf(e).any()
+        if key_mask is not None and key_mask.dtype != torch.bool and key_mask.numel():
+            mx = key_mask.amax().float()
+            bad = bad | torch.isnan(mx) | (mx == float("inf"))
+        a = torch.where(torch.isfinite(e), e.abs(), torch.zeros_like(e)).double()
+        aq, ak, av = torch.maximum(a[0], a[1]), torch.maximum(a[2], a[3]), torch.maximum(a[4], a[5])
+        D, N = q.shape[-1], k.shape[-2]
+        sc = float(scale) if scale is not None else D ** -0.5
+        lim = OVERFLOW_MARGIN * F32_MAX
+        over = (aq * ak * (D * sc) >= lim) | (ak * ak * (4.0 * D) >= lim) | (av * max(N, 1) >= lim)
+        if masked is not None and masked.numel():
+            all_masked = masked.all(dim=-1).any()
+        else:
+            all_masked = torch.zeros((), dtype=torch.bool, device=q.device)
+        flags = torch.stack([bad, over, all_masked]).to(torch.float32)
+        self._event = self._out_event = None
+        self._out_host = None
+        if flags.device.type == "cuda":
+            self._host = torch.empty(3, dtype=torch.float32, pin_memory=True)
+            self._host.copy_(flags, non_blocking=True)
             self._event = torch.cuda.Event()
             self._event.record()
         else:
-            self._host = flag.cpu()   # no copy on CPU
+            self._host = flags.cpu()   # no copy on CPU
 
-    def ok(self) -> bool:
-        """Waits for the check kernel only (not for work queued after it)."""
+    def check_output(self, out: torch.Tensor) -> None:
+        """Queue "is `out` all finite?" (after the sparse work that produced it)."""
+        if out.numel() == 0:
+            return
+        mn, mx = torch.aminmax(out)
+        flag = ((mn.float() * 0 + mx.float() * 0) != 0).to(torch.float32).reshape(1)   # NaN != 0
+        if flag.device.type == "cuda":
+            self._out_host = torch.empty(1, dtype=torch.float32, pin_memory=True)
+            self._out_host.copy_(flag, non_blocking=True)
+            self._out_event = torch.cuda.Event()
+            self._out_event.record()
+        else:
+            self._out_host = flag.cpu()
+
+    def code(self) -> int:
+        """0 = fine, else the first CHECK_* that applies (waits for the check kernels only)."""
         if self._event is not None:
             self._event.synchronize()
-        return bool(self._host.numpy()[0] == 0.0)
+        f = self._host.numpy()
+        if f[0] != 0.0:
+            return CHECK_NON_FINITE
+        if f[1] != 0.0:
+            return CHECK_OVERFLOW
+        if f[2] != 0.0:
+            return CHECK_ALL_MASKED
+        if self._out_host is not None:
+            if self._out_event is not None:
+                self._out_event.synchronize()
+            if self._out_host.numpy()[0] != 0.0:
+                return CHECK_OVERFLOW
+        return CHECK_OK
+
+    def ok(self) -> bool:
+        return self.code() == CHECK_OK
 
 
 # ---- interrupt ------------------------------------------------------------------------------

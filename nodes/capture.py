@@ -49,7 +49,9 @@ _SUFFIX = "_00000.safetensors"
 
 def check_prefix(prefix: str) -> str:
     """ValueError naming filename_prefix when it cannot make a file name (lexical, no file access)."""
-    p = str(prefix)
+    if not isinstance(prefix, str):
+        raise ValueError(f"filename_prefix: expected text, got a {type(prefix).__name__}")
+    p = prefix
     if len(p) > MAX_PREFIX_CHARS:
         raise ValueError(f"filename_prefix: longer than {MAX_PREFIX_CHARS} characters ({len(p)})")
     if "\x00" in p:
@@ -361,7 +363,13 @@ class AdaClusterCapture(io.ComfyNode):
     @classmethod
     def execute(cls, model, enabled=False, layers="*", steps="*", max_heads=4, max_mb=256.0,
                 filename_prefix="adacluster/capture") -> io.NodeOutput:
-        info = size_info(model, layers, steps, max_heads, max_mb)
+        try:   # a linked value is not validated by ComfyUI: check the texts first, naming the widget
+            parse_selection(layers, "layers")
+            parse_selection(steps, "steps")
+            check_prefix(filename_prefix)
+            info = size_info(model, layers, steps, max_heads, max_mb)
+        except ValueError as e:
+            raise ValueError(f"AdaCluster Capture: {e}") from None
         if not enabled:
             return io.NodeOutput(model, "AdaCluster Capture: disabled (" + info + ")")
         try:

@@ -48,23 +48,39 @@ class AdaClusterCompare(io.ComfyNode):
             is_output_node=True,
         )
 
+    # diff_gain: ComfyUI's own min / max check lets NaN through (every comparison with NaN is false),
+    # so it is checked here, bounds included (naming it here switches ComfyUI's check off for it)
+    @classmethod
+    def validate_inputs(cls, diff_gain=None):
+        if diff_gain is None:   # linked: checked in execute
+            return True
+        try:
+            cm.check_gain(diff_gain)
+        except cm.CompareInputError as e:
+            return f"AdaCluster Compare: {e}"
+        return True
+
     @classmethod
     def execute(cls, reference, test, diff_gain=8.0, model=None) -> io.NodeOutput:
         try:
             cm.check_inputs(reference, test)
+            gain = cm.check_gain(diff_gain)
+            cm.check_finite(reference, test)   # a NaN / Inf frame: an error naming the input and frame
             psnr, ssim = cm.frame_metrics(reference, test, device=mm.get_torch_device())
+            report = cm.build_report(psnr, ssim,
+                                     cm.sparse_run_summary(patcher.run_stats(model)) if model else None)
         except cm.CompareInputError as e:
             raise ValueError(f"AdaCluster Compare: {e}") from None
-        report = cm.build_report(psnr, ssim, cm.sparse_run_summary(patcher.run_stats(model)) if model else None)
         report["ssim_window"] = cm.ssim_window(reference.shape[1], reference.shape[2])
+        report_json = json.dumps(report, allow_nan=False)   # no NaN / Inf reaches the UI or /history
         text = cm.format_report(report)
         plot = plot_image(psnr, ssim)
-        diff = cm.difference_video(reference, test, diff_gain)
+        diff = cm.difference_video(reference, test, gain)
         payload = dict(ui.PreviewText(text).as_dict())
         try:
             payload.update(ui.PreviewImage(plot, cls=cls).as_dict())
         except Exception:  # preview saving is cosmetic
             pass
         payload[UI_COMPARE_KEY] = [report]
-        return io.NodeOutput(report["psnr_mean_db"], report["ssim_mean"], text, json.dumps(report), plot, diff,
+        return io.NodeOutput(report["psnr_mean_db"], report["ssim_mean"], text, report_json, plot, diff,
                              ui=payload)

@@ -30,6 +30,11 @@ SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2   # (k1 L)², (k2 L)² for L = 1
 SSIM_EPS = 1e-12                           # added to the denominator (as kornia does)
 FRAMES_PER_CHUNK = 8  # bounds the SSIM buffers (5 filtered copies per frame) on long videos
 REPORT_VERSION = 1
+DIFF_GAIN_RANGE = (1.0, 100.0)   # the diff_gain widget's bounds (also enforced on linked values)
+# the verdict reads the worst frame too: its band is taken from min(mean, worst frame + this), so a
+# frame far below the rest (a broken or drifted frame) pulls the reading down; ordinary frame-to-frame
+# spread (a few dB) does not
+WORST_FRAME_SLACK_DB = 4.0
 
 
 class CompareInputError(ValueError):
@@ -59,6 +64,40 @@ def check_inputs(reference: torch.Tensor, test: torch.Tensor) -> None:
     if reference.shape[3] != test.shape[3]:
         raise CompareInputError(f"channel counts differ: `test` has {test.shape[3]}, `reference` has "
                                 f"{reference.shape[3]} (compare RGB with RGB)")
+
+
+def first_non_finite_frame(x: torch.Tensor) -> int | None:
+    """Index of the first frame holding a NaN / Inf pixel (None: all finite); chunked, no full copy."""
+    for s in range(0, x.shape[0], FRAMES_PER_CHUNK):
+        ok = torch.isfinite(x[s:s + FRAMES_PER_CHUNK]).flatten(1).all(dim=1)
+        if not bool(ok.all()):
+            return s + int((~ok).nonzero()[0, 0])
+    return None
+
+
+def check_finite(reference: torch.Tensor, test: torch.Tensor) -> None:
+    """CompareInputError naming the input and the frame when a pixel is NaN / Inf: such a frame has
+    no PSNR (it must never read as "identical") and a NaN would break the UI's JSON."""
+    for name, x in (("reference", reference), ("test", test)):
+        i = first_non_finite_frame(x)
+        if i is not None:
+            n_bad = sum(1 for s in range(0, x.shape[0], FRAMES_PER_CHUNK)
+                        for ok in torch.isfinite(x[s:s + FRAMES_PER_CHUNK]).flatten(1).all(dim=1).tolist() if not ok)
+            whole = " (every frame)" if n_bad == x.shape[0] else f" ({n_bad} of {x.shape[0]} frames)"
+            raise CompareInputError(f"`{name}` frame {i} has non-finite pixels (NaN / Inf){whole}: the decoded "
+                                    "video is broken, so it cannot be compared (look at the sampler / VAE of that "
+                                    "branch: a NaN latent, an fp16 overflow)")
+
+
+def check_gain(gain) -> float:
+    """diff_gain as a float in DIFF_GAIN_RANGE (CompareInputError naming it otherwise; NaN passes
+    ComfyUI's own min / max check, so it is checked here)."""
+    lo, hi = DIFF_GAIN_RANGE
+    ok = isinstance(gain, (int, float)) and not isinstance(gain, bool) and math.isfinite(float(gain)) \
+        and lo <= float(gain) <= hi
+    if not ok:
+        raise CompareInputError(f"diff_gain must be a finite number in [{lo:g}, {hi:g}], got {str(gain)[:40]}")
+    return float(gain)
 
 
 def _rgb(x: torch.Tensor) -> torch.Tensor:
@@ -115,6 +154,7 @@ def frame_metrics(reference: torch.Tensor, test: torch.Tensor, device: torch.dev
                   ) -> tuple[list[float], list[float]]:
     """Per-frame PSNR (dB, capped at PSNR_CAP_DB) and SSIM (mean over pixels and channels)."""
     check_inputs(reference, test)
+    check_finite(reference, test)
     F, H, W = reference.shape[0], reference.shape[1], reference.shape[2]
     if min(H, W) < 3:
         raise CompareInputError(f"frames of {W}x{H} are too small for SSIM (need at least 3x3)")
@@ -129,15 +169,21 @@ def frame_metrics(reference: torch.Tensor, test: torch.Tensor, device: torch.dev
             t = _rgb(test[s:s + FRAMES_PER_CHUNK]).to(device)
             for i in range(r.shape[0]):
                 p = psnr_db(t[i], r[i])
-                psnr.append(PSNR_CAP_DB if not math.isfinite(p) or p > PSNR_CAP_DB else p)
+                if math.isnan(p):   # not reachable with finite inputs: never let it read as "identical"
+                    raise CompareInputError(f"frame {s + i}: PSNR is NaN")
+                psnr.append(min(p, PSNR_CAP_DB))   # +inf (MSE 0: identical) -> the cap
             smap = ssim_map(t, r, win, padding=padding)
-            ssim.extend(float(v) for v in smap.mean(dim=(1, 2, 3)).cpu())
+            vals = [float(v) for v in smap.mean(dim=(1, 2, 3)).cpu()]
+            if not all(math.isfinite(v) for v in vals):
+                raise CompareInputError(f"frames {s}-{s + len(vals) - 1}: SSIM is not finite")
+            ssim.extend(vals)
     return psnr, ssim
 
 
 def difference_video(reference: torch.Tensor, test: torch.Tensor, gain: float) -> torch.Tensor:
     """IMAGE [F, H, W, 3]: |reference - test| x gain, clipped to [0, 1] (black = no change)."""
     check_inputs(reference, test)
+    gain = check_gain(gain)
     c = 3 if reference.shape[-1] == 4 else reference.shape[-1]
     d = test[..., :c].to(torch.float32).clamp(0.0, 1.0)  # one new buffer, then in place
     d.sub_(reference[..., :c].to(torch.float32).clamp(0.0, 1.0)).abs_().mul_(float(gain)).clamp_(0.0, 1.0)
@@ -146,13 +192,26 @@ def difference_video(reference: torch.Tensor, test: torch.Tensor, gain: float) -
     return d.contiguous().cpu()
 
 
-def verdict(psnr_mean: float) -> str:
-    lo, hi = PAPER_PSNR_DB
-    if psnr_mean >= PSNR_CAP_DB:
+def verdict(psnr_mean: float, psnr_min: float | None = None, worst_frame: int | None = None) -> str:
+    """The reading of the numbers: the band of min(mean, worst frame + WORST_FRAME_SLACK_DB), so one
+    frame far below the rest pulls it down (a video with one broken frame is not "as close to dense
+    as the paper"); the text then names that frame."""
+    if psnr_min is None:
+        psnr_min = psnr_mean
+    if psnr_min >= PSNR_CAP_DB:
         return "identical: the test frames equal the reference (is AdaCluster enabled on the test branch?)"
-    if psnr_mean >= lo:
+    judged = min(psnr_mean, psnr_min + WORST_FRAME_SLACK_DB)
+    if _band(judged) != _band(psnr_mean):
+        where = f"frame {worst_frame}" if worst_frame is not None else "the worst frame"
+        return f"{where} is at {psnr_min:.1f} dB, far below the mean ({psnr_mean:.1f} dB): " + _band(judged)
+    return _band(judged)
+
+
+def _band(psnr: float) -> str:
+    lo, hi = PAPER_PSNR_DB
+    if psnr >= lo:
         return f">= {lo:g} dB: as close to dense as the paper's results ({lo:g}-{hi:g} dB); a faster preset may still hold"
-    if psnr_mean >= LOOK_CLOSER_PSNR_DB:
+    if psnr >= LOOK_CLOSER_PSNR_DB:
         return (f"{LOOK_CLOSER_PSNR_DB:g}-{lo:g} dB: below the paper's range; watch both videos side by side "
                 "(fine detail, faces, flicker) and try the `quality` preset if it shows")
     return (f"< {LOOK_CLOSER_PSNR_DB:g} dB: the sparse run moved away from dense: run with probe = on and see "
@@ -161,8 +220,13 @@ def verdict(psnr_mean: float) -> str:
 
 
 def build_report(psnr: list[float], ssim: list[float], sparse_run: dict | None = None) -> dict[str, Any]:
-    """The JSON-able report of one comparison (also the node's `json` output)."""
+    """The JSON-able report of one comparison (also the node's `json` output). Every number is
+    finite (ValueError otherwise): JSON has no NaN / Inf, and the browser's parser rejects them."""
     n = len(psnr)
+    if n == 0 or len(ssim) != n:
+        raise CompareInputError("no frames to report")
+    if not all(math.isfinite(v) for v in list(psnr) + list(ssim)):
+        raise CompareInputError("a per-frame PSNR / SSIM is not finite")
     mean_p = sum(psnr) / n
     mean_s = sum(ssim) / n
     worst = min(range(n), key=lambda i: psnr[i])
@@ -178,7 +242,7 @@ def build_report(psnr: list[float], ssim: list[float], sparse_run: dict | None =
         "psnr_cap_db": PSNR_CAP_DB,
         "ssim_window": None,  # filled by the caller (depends on the frame size)
         "reference_point": {"paper_psnr_db": list(PAPER_PSNR_DB), "look_closer_below_db": LOOK_CLOSER_PSNR_DB},
-        "verdict": verdict(mean_p),
+        "verdict": verdict(mean_p, min(psnr), worst),
         "per_frame": {"psnr_db": psnr, "ssim": ssim},
         "sparse_run": sparse_run,
     }
@@ -214,6 +278,17 @@ SPARSE_RUN_KEYS = ("family", "preset", "calls", "sparse_calls", "dense_calls", "
                    "attention_time_s", "run_wall_s", "dense_reasons")
 
 
+def _finite(obj):
+    """obj with every non-finite float replaced by None (JSON has no NaN / Inf)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def sparse_run_summary(stats: dict | None) -> dict | None:
     """The few Stats fields that belong next to the quality numbers (to tabulate presets)."""
     if not stats or not stats.get("calls"):
@@ -222,4 +297,4 @@ def sparse_run_summary(stats: dict | None) -> dict | None:
     probe = stats.get("probe") or {}
     if probe.get("calls"):  # probe = on: the layers to look at first when the PSNR is low
         out["probe_worst_layers"] = [w.get("layer") for w in (probe.get("worst_layers") or [])[:5]]
-    return out
+    return _finite(out)

@@ -121,6 +121,8 @@ def plot_image(psnr: list[float], ssim: list[float], width: int = 1200, height: 
     """IMAGE [1, height, width, 3] float in [0, 1]."""
     from PIL import Image, ImageDraw
     n = len(psnr)
+    if n == 0 or len(ssim) != n or not all(math.isfinite(v) for v in list(psnr) + list(ssim)):
+        raise ValueError("AdaCluster Compare plot: needs one finite PSNR and SSIM per frame")
     img = Image.new("RGB", (width, height), BG)
     d = ImageDraw.Draw(img)
     f_title, f_label, f_small = _font(30, bold=True), _font(23, bold=True), _font(20)

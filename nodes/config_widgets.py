@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from .core import AdaClusterConfig, core_config
-from .layer_rules import LayerRules, parse_rules
+from .layer_rules import LayerRules, parse_rules, profile_rules
 
 FAMILIES = ("wan", "hunyuan", "hunyuan15", "cogvideox", "h3")
 PRESETS = ("auto", "quality", "balanced", "fast")
@@ -62,13 +62,34 @@ def _layer_field_types() -> dict[str, tuple]:
 
 
 def parse_layer_rules(text: str) -> LayerRules:
-    """Parse + validate override text against the real AdaClusterConfig (messages name the line)."""
+    """Parse + validate override text against the real AdaClusterConfig (messages name the line).
+    Cheap enough for the server's event loop: the text is size-bounded before parsing
+    (layer_rules.MAX_RULES_CHARS) and each distinct (field, value) is checked once against the
+    config's bounds table (FIELD_SPECS, which is all AdaClusterConfig's own validation checks)."""
     rules = parse_rules(text, fields=_layer_field_types())
-    base = AdaClusterConfig()
+    seen: set = set()
     for r in rules.rules:
-        if r.overrides:
+        for name, value in r.overrides:
+            key = (name, type(value), value)
+            if key in seen:
+                continue
             try:
-                base.replace(**dict(r.overrides))
+                _check_field(name, value)
             except (ValueError, TypeError) as e:
                 raise ValueError(f"line {r.line}: {e}") from None
+            seen.add(key)
     return rules
+
+
+def _check_field(name: str, value) -> None:
+    """ValueError when `value` is outside field `name`'s type / bounds (the core's bounds table)."""
+    spec = core_config.FIELD_SPECS.get(name)
+    if spec is None:
+        raise ValueError(f"{name}: not an AdaClusterConfig field")
+    spec.check(name, value)
+
+
+def parse_profile(profile) -> LayerRules:
+    """A parsed tuner profile -> LayerRules: every value checked as a value of its field (type and
+    bounds), only the fields a profile may carry (layer_rules.profile_rules)."""
+    return profile_rules(profile, fields=_layer_field_types(), check=_check_field)

@@ -26,8 +26,11 @@ SUPPORTED_DTYPES = tuple(getattr(core_api, "SPARSE_DTYPES", (torch.float16, torc
 SUPPORTED_HEAD_DIMS = tuple(getattr(core_api, "SPARSE_HEAD_DIMS", (64, 128)))
 NO_TRITON = getattr(core_api, "NO_TRITON", "dense: no triton")
 NON_FINITE = getattr(core_api, "NON_FINITE", "non-finite input")
+# core reasons whose call must give exactly dense's result: the patcher reruns it through ComfyUI's attention
+DENSE_RESULT_REASONS = tuple(getattr(core_api, "DENSE_RESULT_REASONS", (NON_FINITE,)))
 MASK_THRESHOLD = getattr(core_api, "MASK_THRESHOLD", -1e4)   # additive mask values <= this are "masked"
 
 __all__ = ["AdaClusterConfig", "ClusterState", "sparse_attention", "core_api", "core_config", "plan_layers",
            "CompileAhead",
-           "SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS", "NO_TRITON", "NON_FINITE", "MASK_THRESHOLD"]
+           "SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS", "NO_TRITON", "NON_FINITE", "DENSE_RESULT_REASONS",
+           "MASK_THRESHOLD"]

@@ -7,10 +7,12 @@ from comfy_api.latest import io
 
 from . import config_widgets
 from .io_types import CATEGORY, AdaClusterLayersType
-from .layer_rules import LayerRules, profile_to_rules_text
+from .layer_rules import LayerRules, excerpt
 
 
 PROFILE_MAX_BYTES = 1 << 20   # a tuner profile is a few KiB per hundred layers
+PROFILE_NAME_MAX_CHARS = 1024
+PROFILE_NAME_EXCERPT = 200    # errors quote at most this much of a profile name
 
 
 def _profile_roots() -> list[str]:
@@ -24,18 +26,25 @@ def check_profile_name(name: str) -> str:
     """Lexical check only (no file-system access, safe on the server's event loop during
     validation): returns the cleaned name. Absolute paths are allowed (they must still resolve
     inside output/ or input/ when the node runs); '~' is not expanded."""
-    p = str(name).strip().strip('"')
+    if not isinstance(name, str):
+        raise ValueError(f"profile: expected text, got a {type(name).__name__}")
+    if len(name) > PROFILE_NAME_MAX_CHARS:   # before any other work on it
+        raise ValueError(f"profile: the name is longer than {PROFILE_NAME_MAX_CHARS} characters")
+    p = name.strip().strip('"')
     if "\x00" in p:
         raise ValueError("profile: the name contains a NUL character")
-    if len(p) > 1024:
-        raise ValueError("profile: the name is longer than 1024 characters")
     return p
+
+
+def _name(name) -> str:
+    """The profile name as errors quote it (bounded: check_profile_name allows 1024 characters)."""
+    return excerpt(name, PROFILE_NAME_EXCERPT)
 
 
 def _not_found(name: str) -> ValueError:
     # one message for "outside the folders", "missing", "not a regular file", "too large",
     # "unreadable": a graph must not learn which paths exist on the server
-    return ValueError(f"profile {name!r}: no readable profile of that name in ComfyUI's output or input folder "
+    return ValueError(f"profile {_name(name)}: no readable profile of that name in ComfyUI's output or input folder "
                       f"(a regular .json file of at most {PROFILE_MAX_BYTES // 1024} KiB)")
 
 
@@ -83,7 +92,7 @@ def read_profile_text(name: str, roots: list[str] | None = None) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"profile {name!r}: not UTF-8 text") from None
+        raise ValueError(f"profile {_name(name)}: not UTF-8 text") from None
 
 
 def load_profile_rules(name: str, roots: list[str] | None = None) -> LayerRules:
@@ -93,11 +102,13 @@ def load_profile_rules(name: str, roots: list[str] | None = None) -> LayerRules:
     try:
         prof = json.loads(text)
     except ValueError as e:
-        raise ValueError(f"profile {name!r}: not valid JSON ({e})") from None
+        raise ValueError(f"profile {_name(name)}: not valid JSON ({excerpt(str(e), 120)})") from None
+    except RecursionError:   # nested deeper than the parser's recursion limit
+        raise ValueError(f"profile {_name(name)}: not valid JSON (nested too deeply)") from None
     try:
-        return config_widgets.parse_layer_rules(profile_to_rules_text(prof))
+        return config_widgets.parse_profile(prof)
     except ValueError as e:
-        raise ValueError(f"profile {name!r}: {e}") from None
+        raise ValueError(f"profile {_name(name)}: {e}") from None
 
 
 EXAMPLE = """# one rule per line: LAYERS: ACTION[, ACTION...]
@@ -135,7 +146,7 @@ class AdaClusterLayerOverrides(io.ComfyNode):
     def validate_inputs(cls, rules=None, profile=None):
         # runs on the server's event loop: the rules are parsed, the profile NAME is only checked
         # lexically (the file is read in execute, confined to output/ and input/)
-        try:
+        try:   # size-bounded before parsing (layer_rules.MAX_RULES_CHARS): a few ms at most
             if rules is not None:
                 config_widgets.parse_layer_rules(rules)
         except ValueError as e:
@@ -161,7 +172,10 @@ class AdaClusterLayerOverrides(io.ComfyNode):
     @classmethod
     def execute(cls, rules, previous=None, profile="") -> io.NodeOutput:
         try:
-            parsed = config_widgets.parse_layer_rules(rules)
+            try:
+                parsed = config_widgets.parse_layer_rules(rules)
+            except ValueError as e:
+                raise ValueError(f"rules: {e}") from None
             if profile:
                 parsed = load_profile_rules(profile).chain(parsed)
         except ValueError as e:

@@ -43,7 +43,8 @@ import torch
 # (config, probe, report and family names are also imported from here by the nodes and tests)
 from .config_widgets import (FAMILIES, PRESETS, config_fields, config_specs, config_widget_defaults, make_config,
                              parse_layer_rules, preset_config)
-from .core import (NO_TRITON as _NO_TRITON, NON_FINITE as _NON_FINITE, SUPPORTED_DTYPES as _SUPPORTED_DTYPES,
+from .core import (DENSE_RESULT_REASONS as _DENSE_RESULT_REASONS, NO_TRITON as _NO_TRITON,
+                   SUPPORTED_DTYPES as _SUPPORTED_DTYPES,
                    SUPPORTED_HEAD_DIMS as _SUPPORTED_HEAD_DIMS, AdaClusterConfig, ClusterState, core_api,
                    sparse_attention)
 from . import interop, kernel_warmup
@@ -396,9 +397,9 @@ def _sparse_call(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, la
         run.warn_once(("kernel-error", type(e).__name__), "AdaCluster: sparse attention failed (%s: %s); "
                       "falling back to dense for this call", type(e).__name__, e)
         return _timed_dense(run, fc, call, layer=layer, reason=f"error {type(e).__name__}")
-    if done is None:   # NaN / Inf in q, k or v: exactly what ComfyUI's dense attention gives
+    if isinstance(done, str):   # NaN / Inf in q, k or v, overflow, every key masked: ComfyUI's dense result
         del run.records[n_rec:]   # this call's branch records: replaced by the dense call's
-        return _timed_dense(run, fc, call, layer=layer, reason=_NON_FINITE)
+        return _timed_dense(run, fc, call, layer=layer, reason=done)
     outs, kernels = done
     run.kernels.update(kernels)
     if dense_out is not None:
@@ -413,7 +414,8 @@ def _branch_calls(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, l
                   mode, cfg: AdaClusterConfig, key_mask, txt_range, dense_ref):
     """One core call per CFG branch chunk of the batch ([B, H, L, D] inputs), each with the
     (layer, branch) ClusterState, recorded (and probed when `dense_ref` is given) per branch.
-    Returns (outputs, kernels of the sparse calls), or None when the core found NaN / Inf."""
+    Returns (outputs, kernels of the sparse calls), or the core's reason when the call must give
+    dense's exact result (NaN / Inf, overflow, every key masked: core DENSE_RESULT_REASONS)."""
     Q, K, V = qkv
     B, L = Q.shape[0], Q.shape[2]
     branches = _branches(fc, B)
@@ -436,8 +438,8 @@ def _branch_calls(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, l
         tm = _Timer(call.q.device)
         o, stats = sparse_attention(Q[sl], K[sl], V[sl], state=st, **core_kw)
         t = tm.stop()
-        if stats["reason"] == _NON_FINITE:
-            return None   # the whole call runs dense through ComfyUI's attention
+        if stats["reason"] in _DENSE_RESULT_REASONS:
+            return str(stats["reason"])   # the whole call runs dense through ComfyUI's attention
         if dense_ref is not None:
             measure_probe(run, layer, fc.step, br, q=Q[sl], k=K[sl], out=o, dense_ref=dense_ref[sl], stats=stats,
                           state_before=st_before, core_kw=core_kw)

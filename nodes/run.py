@@ -94,6 +94,7 @@ class AdaClusterRun:
         self.family: str | None = None
         self.config: AdaClusterConfig | None = None
         self.layer_cfg: dict[tuple[int, int], AdaClusterConfig] = {}
+        self._rule_table: tuple[int, dict] | None = None   # (n_layers, layer -> (mode, overrides))
         self.sigma_steps: dict[float, int] = {}
         self.schedule: list[float] = []   # the sampler's sigmas (transformer_options["sample_sigmas"])
         self._schedule_src = None
@@ -234,8 +235,20 @@ class AdaClusterRun:
                     self.warmup_sigma = None
         return self.config
 
+    def rule_for(self, layer: int, n_layers: int | None) -> tuple[str | None, dict]:
+        """(mode, overrides) of the layer rules for `layer`: the rules are resolved to a per-layer
+        table once per run (and layer count), so a call's lookup does not grow with the rule count."""
+        if not len(self.rules):
+            return None, {}
+        if not n_layers:   # layer count unknown: negative selectors cannot match yet (not cached)
+            return self.rules.resolve(layer, None)
+        tab = self._rule_table
+        if tab is None or tab[0] != n_layers:
+            tab = self._rule_table = (n_layers, self.rules.table(n_layers))
+        return tab[1].get(layer, (None, {}))
+
     def cfg_for_layer(self, layer: int, n_tokens: int, n_layers: int) -> tuple[str | None, AdaClusterConfig]:
-        mode, ov = self.rules.resolve(layer, n_layers) if len(self.rules) else (None, {})
+        mode, ov = self.rule_for(layer, n_layers)
         key = (layer, n_tokens)
         cfg = self.layer_cfg.get(key)
         if cfg is None:
@@ -354,7 +367,7 @@ class AdaClusterRun:
             return
         n_tok = max((lay.get("n_vid", 0) for lay in self.layouts.values()), default=0)
         dense, cap = _plan_layers(counts, float(self.config.dense_layer_fraction), n_tok)
-        forced_sparse = {layer for layer in counts if self.rules.resolve(layer, self.n_layers)[0] == "sparse"}
+        forced_sparse = {layer for layer in counts if self.rule_for(layer, self.n_layers)[0] == "sparse"}
         plan = {"counts": dict(self.counts), "planned_dense": set(dense) - forced_sparse, "cap": cap}
         self._apply_plan(plan)
         self.plan_source = "calibration"

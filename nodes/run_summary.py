@@ -85,7 +85,7 @@ def _per_layer(run: AdaClusterRun, recs: list[CallRecord], n_layers: int) -> dic
         per_layer.setdefault(layer, _new_layer_entry())["adaptive_count"] = int(c)
     for (layer, _n), cfg in run.layer_cfg.items():
         if layer in per_layer:
-            mode = run.rules.resolve(layer, n_layers)[0] if len(run.rules) else None
+            mode = run.rule_for(layer, n_layers)[0]
             sets = {"mode": mode}
             for f in _LAYER_SETTINGS:
                 if hasattr(cfg, f):

@@ -133,8 +133,10 @@ def test_prefix_rows_are_exact_and_video_rows_sparse():
     run, wrapper = _patched_run(_cfg(top_k=2, q_clusters=4, k_clusters=12, max_density=0.3))
     calls = []
 
-    def recorder(func, q, k, v, heads, **kw):   # outermost: sees what our override receives and returns
-        out = run.override(func, q, k, v, heads, **kw)
+    ours = run.override
+
+    def recorder(func, q, k, v, heads, **kw):   # outermost, chaining to ours: sees what it receives and returns
+        out = ours(func, q, k, v, heads, **kw)
         calls.append((q.clone(), k.clone(), v.clone(), out.clone()))
         return out
 

@@ -351,3 +351,34 @@ for _cls, _title in ((AdaClusterTestReplacingOverride, "replacing attention over
                      (AdaClusterTestSparseOverride, "re-installing sparse attention override")):
     NODE_CLASS_MAPPINGS[_cls.__name__] = _cls
     NODE_DISPLAY_NAME_MAPPINGS[_cls.__name__] = f"AdaCluster TEST: {_title}"
+
+class AdaClusterTestPoisonImage:
+    """IMAGE with NaN / +Inf / -Inf written into one frame (-1: every frame), at one pixel or the
+    whole frame, or with one frame replaced by noise (value "noise": a real, finite difference)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",),
+                             "frame": ("INT", {"default": 0, "min": -1, "max": 4096}),
+                             "value": (["nan", "inf", "-inf", "noise"],),
+                             "whole_frame": ("BOOLEAN", {"default": False})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "poison"
+    CATEGORY = "adacluster_test"
+
+    def poison(self, image, frame, value, whole_frame):
+        x = image.clone()
+        sel = slice(None) if frame < 0 else slice(frame, frame + 1)
+        if value == "noise":
+            x[sel] = torch.rand(x[sel].shape, generator=torch.Generator().manual_seed(0))
+            return (x,)
+        v = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}[value]
+        if whole_frame:
+            x[sel] = v
+        else:
+            x[sel, 0, 0, 0] = v
+        return (x,)
+
+
+NODE_CLASS_MAPPINGS["AdaClusterTestPoisonImage"] = AdaClusterTestPoisonImage

@@ -8,11 +8,12 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings, strategies as st_
 
 from adacluster_core import AdaClusterConfig, ClusterState, sparse_attention
 from adacluster_core import api, config as C
 
-from .conftest import BACKENDS, HAVE_TRITON, qkv_clustered
+from .conftest import BACKENDS, HAVE_TRITON, TRITON_OK, qkv_clustered
 
 
 def cfg(backend="torch", **kw):
@@ -206,3 +207,168 @@ def test_every_field_has_bounds_and_upper_bounds_are_enforced():
     for preset in C.PRESETS:            # every preset lies inside the table
         for m in C.MODELS:
             AdaClusterConfig.for_model(m, preset)
+
+
+# ---- odd tensors (issue 24): empty dims, non-finite masks, every key masked, overflow ---------------
+def _sdpa(q, k, v, key_mask=None):
+    m = None
+    if key_mask is not None:
+        m = key_mask if key_mask.dim() == 4 else key_mask.view(key_mask.shape[0], 1, 1, -1)
+        m = m if m.dtype == torch.bool else m.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 2, 40, 64), (1, 0, 40, 64), (0, 0, 40, 64), (1, 2, 0, 64)],
+                         ids=["B0", "H0", "B0H0", "N0"])
+def test_empty_dims_give_dense_result(backend, shape):
+    q, k, v = (torch.randn(shape) for _ in range(3))
+    out, st = sparse_attention(q, k, v, cfg(backend), ClusterState(),
+                               key_mask=torch.zeros(max(shape[0], 1), shape[2]))
+    assert st["dense"] and st["reason"] == "empty input (B, H or N is 0)"
+    assert out.shape == q.shape and torch.equal(out, _sdpa(q, k, v))
+
+
+def test_zero_head_dim_is_a_value_error():
+    q = torch.randn(1, 2, 40, 0)
+    with pytest.raises(ValueError, match=r"^q must have head_dim > 0"):
+        sparse_attention(q, q.clone(), q.clone(), cfg())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", ["all_nan", "one_nan", "pos_inf"])
+def test_non_finite_mask_gives_dense_output(backend, case):
+    q, k, v = qkv_clustered(1, 2, 96, 64, seed=9)
+    m = torch.zeros(1, 96)
+    if case == "all_nan":
+        m.fill_(float("nan"))
+    elif case == "one_nan":
+        m[0, 5] = float("nan")
+    else:
+        m[0, 7] = float("inf")
+    st = ClusterState()
+    out, stats = sparse_attention(q, k, v, cfg(backend, top_k=2), st, key_mask=m)
+    assert stats["dense"] and stats["reason"] == "non-finite input"
+    torch.testing.assert_close(out, _sdpa(q, k, v, m), rtol=0, atol=0, equal_nan=True)
+    assert not torch.isfinite(out).all()          # what dense gives: NaN, not a finite made-up answer
+    assert st.calls == 0 and st.q_centroids is None
+    # -inf is "masked", not "non-finite": such a mask stays sparse
+    m2 = torch.zeros(1, 96)
+    m2[0, :10] = float("-inf")
+    out2, s2 = sparse_attention(q, k, v, cfg(backend, top_k=2), key_mask=m2)
+    assert not s2["dense"] and torch.isfinite(out2).all()
+
+
+def _all_masked(kind, B=2, N=96):
+    if kind == "bool":
+        m = torch.ones(B, N, dtype=torch.bool)
+        m[0] = False                               # batch 0: every key masked; batch 1: none
+    else:
+        val = {"neg_inf": float("-inf"), "finfo_min": torch.finfo(torch.float32).min}[kind]
+        m = torch.zeros(B, N)
+        m[0] = val
+    return m
+
+
+@pytest.mark.parametrize("kind", ["bool", "neg_inf", "finfo_min"])
+def test_every_key_masked_same_result_on_every_path(kind):
+    """A row whose every key is masked: the sparse paths (torch, Triton), the core's dense fallbacks
+    (short sequence, a dense state) and torch SDPA (what ComfyUI's attention runs) all agree."""
+    q, k, v = (torch.cat([t, t * 0.5]) for t in qkv_clustered(1, 2, 96, 64, seed=2))
+    m = _all_masked(kind)
+    want = _sdpa(q, k, v, m)
+    outs = {}
+    for backend in ["torch"] + (["triton"] if TRITON_OK else []):
+        o, s = sparse_attention(q, k, v, cfg(backend, top_k=2), ClusterState(), key_mask=m)
+        assert s["dense"] and s["reason"] == "every key masked", s["reason"]
+        outs[backend] = o
+    outs["short"] = sparse_attention(q, k, v, cfg(min_tokens=1000), key_mask=m)[0]
+    outs["state_dense"] = sparse_attention(q, k, v, cfg(), ClusterState(dense=True, dense_reason="x"), key_mask=m)[0]
+    for name, o in outs.items():
+        torch.testing.assert_close(o, want, rtol=0, atol=0, equal_nan=True, msg=name)
+    # the batch with valid keys is not all-masked on its own: it runs sparse
+    _o1, s1 = sparse_attention(q[1:], k[1:], v[1:], cfg(top_k=2), key_mask=m[1:])
+    assert not s1["dense"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", ["qk_1e19", "k_1e19", "v_huge", "bf16_huge"])
+def test_overflow_runs_dense_with_a_reason(backend, case):
+    q, k, v = qkv_clustered(1, 2, 96, 64, seed=5)
+    if case == "qk_1e19":
+        q, k = q * 1e19, k * 1e19                   # dense: inf scores -> NaN; sparse was finite but wrong
+    elif case == "k_1e19":
+        k = k * 1e19
+    elif case == "v_huge":
+        v = v * 1e37
+    else:
+        q, k, v = (t.bfloat16() * 1e30 for t in (q, k, v))
+    st = ClusterState()
+    out, stats = sparse_attention(q, k, v, cfg(backend, top_k=2), st)
+    assert stats["dense"] and stats["reason"] == "overflow (float32 range)", stats["reason"]
+    torch.testing.assert_close(out, _sdpa(q, k, v), rtol=0, atol=0, equal_nan=True)
+    assert st.calls == 0 and st.q_centroids is None
+    # ordinary magnitudes (fp16 range) stay sparse
+    q2, k2, v2 = (t * 300 for t in qkv_clustered(1, 2, 96, 64, seed=5))
+    assert not sparse_attention(q2, k2, v2, cfg(backend, top_k=2))[1]["dense"]
+
+
+def test_non_finite_sparse_output_runs_dense(monkeypatch):
+    q, k, v = qkv_clustered(1, 2, 96, 64, seed=6)
+    real = api._sparse
+
+    def poisoned(*a, **kw):
+        out, st = real(*a, **kw)
+        out = out.clone()
+        out[0, 0, 3, 1] = float("inf")
+        return out, st
+
+    monkeypatch.setattr(api, "_sparse", poisoned)
+    s = ClusterState()
+    out, stats = sparse_attention(q, k, v, cfg(top_k=2), s)
+    assert stats["dense"] and stats["reason"] == "overflow (float32 range)"
+    torch.testing.assert_close(out, _sdpa(q, k, v), rtol=0, atol=0)
+    assert s.calls == 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(B=st_.sampled_from([0, 1, 2]), H=st_.sampled_from([0, 1, 2]), N=st_.sampled_from([0, 1, 5, 48]),
+       dtype=st_.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+       poison=st_.sampled_from(["none", "q_nan", "k_inf", "v_nan", "mask_nan", "mask_inf", "all_masked",
+                                "some_masked", "huge", "tiny"]),
+       masked_dtype=st_.sampled_from(["float", "bool"]))
+def test_fuzz_odd_tensors(B, H, N, dtype, poison, masked_dtype):
+    """Any shape (zeros included), dtype, poisoned value or mask: ValueError never (well-formed), no
+    exception of another kind; the result is dense's exactly when the call runs dense for a reason
+    that promises it, finite whenever the inputs are ordinary."""
+    g = torch.Generator().manual_seed(B * 100 + H * 10 + N)
+    q, k, v = (torch.randn(B, H, N, 64, generator=g).to(dtype) for _ in range(3))
+    mask = torch.zeros(max(B, 1), N)
+    if poison in ("q_nan", "k_inf", "v_nan") and q.numel():
+        {"q_nan": q, "k_inf": k, "v_nan": v}[poison].view(-1)[0] = float("nan") if "nan" in poison else float("inf")
+    elif poison == "mask_nan" and N:
+        mask[0, 0] = float("nan")
+    elif poison == "mask_inf" and N:
+        mask[0, -1] = float("inf")
+    elif poison == "all_masked":
+        mask[:] = float("-inf")
+    elif poison == "some_masked" and N:
+        mask[:, : N // 2] = float("-inf")
+    elif poison == "huge":
+        q, k = q * (1e19 if dtype == torch.float32 else 1e30 if dtype == torch.bfloat16 else 1), k * 1e4
+    elif poison == "tiny":
+        q, k, v = q * 1e-30, k * 1e-30, v * 1e-30
+    if masked_dtype == "bool" and not poison.startswith("mask_"):
+        mask = mask == 0
+    out, stats = sparse_attention(q, k, v, cfg(min_tokens=0, q_clusters=4, k_clusters=6, top_k=3),
+                                  ClusterState(), key_mask=mask)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    want = _sdpa(q, k, v, mask)
+    if stats["dense"]:
+        torch.testing.assert_close(out, want, rtol=0, atol=0, equal_nan=True)
+    if poison in ("none", "tiny", "some_masked") and N and B and H:
+        assert torch.isfinite(out.float()).all(), stats["reason"]
+    if poison in ("q_nan", "k_inf", "v_nan", "mask_nan", "mask_inf") and q.numel():
+        assert stats["reason"] == "non-finite input"
+    if poison == "all_masked" and q.numel():
+        assert stats["reason"] == "every key masked"
