@@ -26,7 +26,7 @@ def builders(repo_root, facts):
 
 
 def _readme_presets_rows(text):
-    sec = text.split("## Presets and tuning", 1)[1].split("\n## ", 1)[0]
+    sec = text.split("## Presets and tuning", 1)[1].split("\n## ", 1)[0].strip().split("\n\n", 1)[0]   # the first table
     rows = {}
     for ln in sec.splitlines():
         m = re.match(r"\| `(\w+)`", ln)
@@ -73,3 +73,15 @@ def test_the_ab_note_and_the_others_differ_in_who_is_in_charge(builders):
     notes = {n: b()["note"] for n, b in builders.items()}
     assert "`preset` widget of" in notes["wan21_ab_check_adacluster"]
     assert sum("In this workflow the Thresholds node" in n for n in notes.values()) == 3
+
+
+def test_readme_h3_presets_table_shows_the_codes_values(repo_root):
+    from adacluster_core import AdaClusterConfig
+    text = (repo_root / "README.md").read_text(encoding="utf-8")
+    sec = text.split("| H3 preset |", 1)[1].split("\n\n", 1)[0]
+    rows = {m.group(1): [c.strip() for c in ln.strip("|").split("|")]
+            for ln in sec.splitlines() for m in [re.match(r"\| `(\w+)`", ln)] if m}
+    assert set(rows) == {"quality", "balanced", "fast"}, rows
+    for p, cells in rows.items():
+        c = AdaClusterConfig.for_model("h3", p)
+        assert float(cells[1]) == pytest.approx(c.max_density) and int(cells[2]) == c.top_k, (p, cells)
