@@ -210,7 +210,8 @@ def run_shape(name, variants, kvs, timed, log):
                 n_reuse = need_mib(q4, cfg, kv, False, st.k_clusters)
                 ms = bench_ms(lambda: sparse_call(q4, k4, v4, cfg, st, rng, kv)) if timed else float("nan")
                 dens = float(s2["density"])
-                log(f"[{name} {label}] calibration {p_cal:.0f} MiB (need {n_cal:.0f}; {s0['reason'] or s0['stage']}), "
+                why = s0["reason"] or s0["stage"]
+                log(f"[{name} {label}] calibration {p_cal:.0f} MiB (need {n_cal:.0f}; {why}), "
                     f"first {p_first:.0f}, reuse {p_reuse:.0f} MiB (need {n_reuse:.0f}; {s2['stage']}, "
                     f"Ck {s2['k_clusters']}, density {dens:.3f}) = {p_reuse / p_sdpa:.2f}x SDPA, "
                     f"{p_reuse / p_dense:.2f}x the dense call; reuse {ms:.2f} ms (dense call {t_dense:.2f})")
@@ -260,7 +261,8 @@ def main(argv=None):
           "|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda x, fmt: "—" if x != x else format(x, fmt)  # noqa: E731 - NaN -> dash
     for r in res:
-        md.append(f"| {r['shape']} | {r['variant']} | {f(r['calib'], '.0f')} | {r['peak']:.0f} | {f(r['need'], '.0f')} | "
+        md.append(f"| {r['shape']} | {r['variant']} | {f(r['calib'], '.0f')} | {r['peak']:.0f} | "
+                  f"{f(r['need'], '.0f')} | "
                   f"{r['peak'] / r['sdpa']:.2f} | {r['peak'] / r['dense']:.2f} | {f(r['ms'], '.2f')} | "
                   f"{f(r['t_dense'], '.2f')} | {r['density']:.3f} |")
     log("")
