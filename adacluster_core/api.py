@@ -104,7 +104,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      config: Optional[AdaClusterConfig] = None, state: Optional[ClusterState] = None,
                      *, scale: Optional[float] = None, always_dense_range=None,
                      always_dense_prefix: Optional[int] = None, key_mask: Optional[torch.Tensor] = None,
-                     interrupt_check: Optional[Callable[[], None]] = None, check_finite: bool = True):
+                     interrupt_check: Optional[Callable[[], None]] = None, check_finite: bool = True,
+                     out: Optional[torch.Tensor] = None):
     """AdaCluster sparse self-attention.
 
     q, k, v: [B, H, N, D] (fp16 / bf16 / fp32, any device). Returns (out, stats); out has q's
@@ -130,6 +131,12 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         q_clusters, k_clusters, dense, reason ("" when sparse), selection, top_k, stage
         ("first" | "reuse" | "calibration" | "dense"), backend ("triton" | "torch" | "dense"),
         attention (the kernel that ran: "triton" | "reference" | "sdpa"), n_clustered.
+    out: optional buffer of q's shape and dtype (any strides, e.g. a [B, H, N, D] view of the
+        [B, N, H·D] tensor the model wants back): the result is written into it (the kernel writes
+        through its strides; dense calls copy into it) and it is returned. Without it the sparse
+        result has q's memory order (a [B, N, H·D] reshape of it is then a view). q, k, v are read
+        where they lie (any strides with unit stride along D): no copies of them
+        (docs/KERNEL_NOTES.md, "Memory").
     backend "auto" (and "triton") run dense where Triton cannot run (reason "dense: no triton");
         only backend="torch" runs the slow torch reference.
     Odd inputs, one rule (guards.check_args): a malformed argument raises ValueError naming it;
@@ -144,8 +151,15 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     sc = float(scale) if scale is not None else D ** -0.5
     masked, sdpa_mask, qdep = _key_mask(key_mask, B, H, k.shape[2] if k.dim() == 4 else N)
 
+    if out is not None and (tuple(out.shape) != tuple(q.shape) or out.dtype != q.dtype or out.device != q.device):
+        raise ValueError(f"out must match q ({tuple(q.shape)}, {q.dtype}, {q.device}), got "
+                         f"{tuple(out.shape)}, {out.dtype}, {out.device}")
+
     def dense(reason: str, **kw):
-        return _dense(q, k, v, sc, sdpa_mask), _stats(cfg, q.device, reason=reason, **kw)
+        res = _dense(q, k, v, sc, sdpa_mask)
+        if out is not None:
+            res = out.copy_(res)
+        return res, _stats(cfg, q.device, reason=reason, **kw)
 
     reason = ""
     if B == 0 or H == 0 or N == 0:
@@ -172,10 +186,11 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if Nv <= 0:
         return dense("no tokens to cluster (all in always_dense_range)")
     return _guarded_sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, interrupt_check, check_finite,
-                           key_mask)
+                           key_mask, out)
 
 
-def _guarded_sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, interrupt_check, check_finite, key_mask=None):
+def _guarded_sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, interrupt_check, check_finite, key_mask=None,
+                    out=None):
     """_sparse with the input / output checks (guards.FiniteCheck, read after the sparse work is
     queued; on NaN / Inf inputs or mask, an overflow risk or a non-finite output, or a row whose
     every key is masked, the state is restored and the call runs dense: exactly dense's result),
@@ -183,7 +198,7 @@ def _guarded_sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, interrupt_ch
     fin = FiniteCheck(q, k, v, key_mask=key_mask, masked=masked, scale=sc) if check_finite else None
     saved = dataclasses.replace(state) if state is not None else None
     try:
-        res = _sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, guard_interrupt(interrupt_check))
+        res = _sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, guard_interrupt(interrupt_check), out)
         err = None
     except StopRequested as e:
         raise e.original from None
@@ -305,7 +320,7 @@ def _slot_owner(Cq: int, S: int, device) -> torch.Tensor:
 
 
 def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: float,
-            r0: int, r1: int, masked, dense, check=None):
+            r0: int, r1: int, masked, dense, check=None, out=None):
     """validate (done by the caller) -> cluster -> select -> build_layout -> run_layout."""
     B, H, N, D = q.shape
     G = B * H
@@ -335,8 +350,7 @@ def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: f
     sel = _select(q_clu, rq, rk, cfg, sc, n_keys=(Nv if ignore is None else None))
     layout = build_layout(q, k, v, rq, rk, sel, scale=sc, dense_range=(r0, r1), masked_dense=masked_t,
                           pooled=cfg.pooled_tail, backend=backend)
-    out, attn_name = run_layout(layout, backend)
-    out = out.reshape(B, H, N, D).to(q.dtype)
+    out, attn_name = run_layout(layout, backend, out=out)  # [B, H, N, D], q's dtype
 
     density = layout.pairs().div(float(G * N * N))  # int64 / float: float32 (the default dtype)
     if state is not None:

@@ -66,14 +66,25 @@ def pairs_computed(q_offsets: torch.Tensor, range_start: torch.Tensor, range_end
 
 # ---- the whole layout of one call ------------------------------------------------------------
 
+# How the kernel gets the keys / values in cluster order (docs/KERNEL_NOTES.md, "Memory"):
+#   "indexed": the kernel gathers each row of the caller's k / v through the key permutation
+#              (k_index); no permuted copy exists (the call adds ~the output only);
+#   "copied":  k / v are first copied into cluster order (gather_rows.gather_kv, 2 x q's bytes
+#              more) and the kernel streams them (TMA tensor descriptors on sm90).
+KV_MODES = ("indexed", "copied")
+KV_ROWS = "indexed"
+
+
 class Layout(NamedTuple):
     """The kernel's arguments for one sparse call (`kernels.varblock_attention`, same order).
 
-    q [G, N, D] (original order); k_rows, v_rows [G, Nk, D]: keys / values sorted by key
-    cluster, then the always-dense rows; perm_q int32 [G, N] and q_offsets int32 [G, Cq' + 1]:
-    queries sorted by cluster (Cq' = Cq, + 1 for the always-dense query cluster);
-    range_start / range_end int32 [G, Cq', R]; scale; pooled tail (or None):
-    tail_keys / tail_values [G, Ck, D], tail_bias fp32 [G, Cq, Ck].
+    q [B, H, N, D] (original order, the caller's strides); k_rows, v_rows: keys / values
+    sorted by key cluster, then the always-dense rows ([G, Nk, D] copies), or, with k_index
+    (int [G, Nk], "indexed" mode), the caller's k / v [B, H, N, D] and the row of each permuted
+    key; perm_q int32 [G, N] and q_offsets int32 [G, Cq' + 1]: queries sorted by cluster
+    (Cq' = Cq, + 1 for the always-dense query cluster); range_start / range_end int32
+    [G, Cq', R]; scale; pooled tail (or None): tail_keys / tail_values [G, Ck, D], tail_bias
+    fp32 [G, Cq, Ck].
     """
     q: torch.Tensor
     k_rows: torch.Tensor
@@ -86,6 +97,7 @@ class Layout(NamedTuple):
     tail_keys: Optional[torch.Tensor] = None
     tail_values: Optional[torch.Tensor] = None
     tail_bias: Optional[torch.Tensor] = None
+    k_index: Optional[torch.Tensor] = None
 
     def pairs(self) -> torch.Tensor:
         """Query-key pairs the kernel computes (0-dim int64; virtual keys with a finite bias
@@ -137,7 +149,8 @@ def pooled_tail(v_clustered: torch.Tensor, rk, sel: torch.Tensor, dtype: torch.d
 
 
 def build_layout(q, k, v, rq, rk, sel, *, scale: float, dense_range: tuple[int, int],
-                 masked_dense: Optional[torch.Tensor], pooled: bool, backend: str) -> Layout:
+                 masked_dense: Optional[torch.Tensor], pooled: bool, backend: str,
+                 kv_rows: Optional[str] = None) -> Layout:
     """Turn the clusters and the selection into the kernel's layout.
 
     q, k, v [B, H, N, D]; rq / rk: `clustering.KMeansResult` of the clustered queries / keys
@@ -145,8 +158,12 @@ def build_layout(q, k, v, rq, rk, sel, *, scale: float, dense_range: tuple[int, 
     dense_range (r0, r1): always-dense tokens (text): their keys follow the clustered keys and
     form one extra range of every query cluster; their queries form one extra query cluster
     that attends every unmasked key. masked_dense: bool [G, r1 - r0] masked always-dense keys
-    (moved behind the valid ones, outside the extra range). No host sync.
+    (moved behind the valid ones, outside the extra range). kv_rows: "indexed" | "copied"
+    (default: the module's KV_ROWS). q, k, v are never copied in "indexed" mode. No host sync.
     """
+    mode = KV_ROWS if kv_rows is None else kv_rows
+    if mode not in KV_MODES:
+        raise ValueError(f"kv_rows must be one of {KV_MODES}, got {mode!r}")
     B, H, N, D = q.shape
     G = B * H
     dev = q.device
@@ -192,7 +209,10 @@ def build_layout(q, k, v, rq, rk, sel, *, scale: float, dense_range: tuple[int, 
         kidx = rk.perm  # int64 (torch.sort's indices): gather_kv reads it as is
         perm_q = rq.perm.to(torch.int32)
         q_off = rq.offsets[:, :Cq + 1]  # all of it without a key mask (no copy below)
-    if backend == "triton":
+    k_index = None
+    if mode == "indexed":
+        k_rows, v_rows, k_index = k, v, kidx.contiguous()
+    elif backend == "triton":
         from .kernels.gather_rows import gather_kv
         k_rows, v_rows = gather_kv(k, v, kidx)
     else:
@@ -200,17 +220,23 @@ def build_layout(q, k, v, rq, rk, sel, *, scale: float, dense_range: tuple[int, 
     tail = (None, None, None)
     if pooled:
         tail = pooled_tail(split_rows(v, r0, r1)[0], rk, sel, q.dtype, backend)
-    return Layout(q.reshape(G, N, D), k_rows.contiguous(), v_rows.contiguous(), perm_q.contiguous(),
-                  q_off.contiguous(), rs.contiguous(), re.contiguous(), float(scale), *tail)
+    return Layout(q, k_rows, v_rows, perm_q.contiguous(), q_off.contiguous(), rs.contiguous(), re.contiguous(),
+                  float(scale), *tail, k_index)
 
 
-def run_layout(layout: Layout, backend: str) -> tuple[torch.Tensor, str]:
-    """The attention over a layout: (out [G, N, D], kernel name "triton" | "reference")."""
+def run_layout(layout: Layout, backend: str, out: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, str]:
+    """The attention over a layout: (out, kernel name "triton" | "reference"). The result has
+    layout.q's shape ([B, H, N, D]) and memory order, or is written into `out` (q's shape, any
+    strides) and returned."""
     if backend == "triton":
         try:
             from .kernels.varblock_attn import varblock_attention
-            return varblock_attention(*layout), "triton"
+            return varblock_attention(*layout, out=out), "triton"
         except ImportError:  # pragma: no cover - triton missing
             pass
     from .reference import varblock_attention_ref
-    return varblock_attention_ref(*layout), "reference"
+    res = varblock_attention_ref(*layout)
+    if out is None:
+        return res, "reference"
+    out.copy_(res)
+    return out, "reference"

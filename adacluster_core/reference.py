@@ -17,6 +17,7 @@ def varblock_attention_ref(
     tail_keys: torch.Tensor | None = None,
     tail_values: torch.Tensor | None = None,
     tail_bias: torch.Tensor | None = None,
+    k_index: torch.Tensor | None = None,
     chunk: int = 4096,
 ) -> torch.Tensor:
     """Reference for `kernels.varblock_attention`: each query cluster attends to the union of
@@ -25,7 +26,19 @@ def varblock_attention_ref(
     clusters >= Cqt see no virtual key). q [G, N, D] (original order); k_rows, v_rows
     [G, Nk, D]; perm_q int [G, N]; q_offsets int [G, Cq+1]; range_start/end int [G, Cq, R].
     Returns [G, N, D] in original query order, q's dtype. Rows that attend to nothing get
-    zeros. Memory: one [chunk, Nk + Ct] block at a time."""
+    zeros. Memory: one [chunk, Nk + Ct] block at a time.
+    q may also be [B, H, N, D] (then k_rows / v_rows [B, H, ., D] or [G, ., D]; the result has q's
+    shape); k_index int [G, Nk]: k_rows / v_rows are the unpermuted k / v and permuted row r is
+    source row k_index[g, r] (the kernel's in-kernel gather)."""
+    if q.dim() == 4:
+        B, H, N, D = q.shape
+        flat = lambda x: x.reshape(B * H, x.shape[-2], x.shape[-1])  # noqa: E731
+        o = varblock_attention_ref(flat(q), flat(k_rows), flat(v_rows), perm_q, q_offsets, range_start,
+                                   range_end, scale, tail_keys, tail_values, tail_bias, k_index, chunk)
+        return o.view(B, H, N, D)
+    if k_index is not None:
+        idx = k_index.long().unsqueeze(-1).expand(-1, -1, k_rows.shape[-1])
+        k_rows, v_rows = torch.gather(k_rows, 1, idx), torch.gather(v_rows, 1, idx)
     G, N, D = q.shape
     Nk = k_rows.shape[1]
     Cq = q_offsets.shape[1] - 1

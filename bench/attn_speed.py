@@ -9,14 +9,19 @@ first shape also pays the Triton compilation: "cold"), the first sparse call, th
 (do_bench median), the kernel alone on the reuse call's layout (`layout.build_layout` +
 `layout.run_layout`), density, reuse / (density x cuDNN) ("x ideal"), and the rel. L2 error vs
 fp32 dense on 512 random query rows (cuDNN's own error beside it).
-Variants: balanced / quality / fast = the presets; notail = balanced without the pooled tail.
---check: kernel vs the fp32 reference on random layouts (with and without a pooled tail) and
-every-cluster-selected == dense within 2x cuDNN's error, on the GPU.
+Variants: balanced / quality / fast = the presets; notail = balanced without the pooled tail;
+"@copied" / "@indexed": how the kernel gets K / V in cluster order (layout.KV_ROWS; default indexed).
+--check: kernel vs the fp32 reference on random layouts (with and without a pooled tail), on ComfyUI
+memory orders (Wan [B, N, H*D] views, non-dense qkv views, a text prefix) with K / V rows gathered in
+the kernel and from permuted copies, written into a [B, N, H*D] buffer; and every-cluster-selected ==
+dense within 2x cuDNN's error in both K / V modes, identical on Wan-ordered inputs with out=, on the GPU.
+Peak memory per call: bench/memory.py.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -33,9 +38,10 @@ from bench.inputs import SHAPES, bench_ms, dense_range, dense_cudnn, env_header,
 
 def variant_config(model: str, variant: str) -> AdaClusterConfig:
     """"balanced" / "quality" / "fast" = the presets; "notail" = balanced without the pooled
-    tail; "-noorder" suffix: see run_variant; "+field=value" suffixes override config fields
-    (e.g. "balanced+kmeans_iters_reuse=1", "fast+max_density=0.1")."""
-    base, *overrides = variant.replace("-noorder", "").split("+")
+    tail; "-noorder" suffix: see run_variant; "@copied" / "@indexed" suffix: layout.KV_ROWS (how the
+    kernel gets K / V in cluster order; see run_variant); "+field=value" suffixes override config
+    fields (e.g. "balanced+kmeans_iters_reuse=1", "fast+max_density=0.1")."""
+    base, *overrides = re.sub(r"@(indexed|copied)", "", variant).replace("-noorder", "").split("+")
     kw = {}
     for o in overrides:
         f, val = o.split("=")
@@ -67,13 +73,16 @@ def run_variant(name, variant, q, k, v, t_dense, err_dense, rows, cold, log):
     cfg = variant_config(model, variant)
     kw = dict(config=cfg, always_dense_range=dense_range(name)) if text else dict(config=cfg)
     # "-noorder": key clusters keep k-means' numbering (A/B of api._co_selection_order)
-    saved_order = api._co_selection_order
-    if variant.endswith("-noorder"):
+    saved_order, saved_kv = api._co_selection_order, lay.KV_ROWS
+    if "-noorder" in variant:
         api._co_selection_order = lambda rk, sel: rk.centroids
+    m = re.search(r"@(indexed|copied)", variant)
+    if m:
+        lay.KV_ROWS = m.group(1)
     try:
         return _run_variant(name, variant, q, k, v, t_dense, err_dense, rows, cold, log, cfg, kw)
     finally:
-        api._co_selection_order = saved_order
+        api._co_selection_order, lay.KV_ROWS = saved_order, saved_kv
 
 
 def _run_variant(name, variant, q, k, v, t_dense, err_dense, rows, cold, log, cfg, kw):
@@ -126,25 +135,62 @@ def check(log) -> bool:
                 good = e < (2e-2 if dt == torch.bfloat16 else 3e-3) and torch.isfinite(out).all().item()
                 ok &= good
                 log(f"check kernel D={D} {dt} tail={tail}: rel err vs reference {e:.2e} {'ok' if good else 'FAIL'}")
+    # ComfyUI memory orders (issue 26): q read / out written through strides, K / V rows gathered in the kernel
+    # ("indexed") or from permuted copies ("copied", TMA on sm90), a text prefix, out= a [B, L, H*D] buffer
+    from core.test_memory_order import _reference, kernel_case  # noqa: E402
+    for order in ("wan", "qkv"):
+        for dt in (torch.bfloat16, torch.float16):
+            q4, k4, v4, perm_q, q_off, rs, re, kidx = kernel_case(B=2, H=4, N=3000, D=128, Cq=12, Ck=40, S=10,
+                                                                  text=300, order=order, dtype=dt, seed=1)
+            B, H, N, D = q4.shape
+            G = B * H
+            ref = _reference(q4.cpu(), k4.cpu(), v4.cpu(), perm_q.cpu(), q_off.cpu(), rs.cpu(), re.cpu(), kidx.cpu(),
+                             D ** -0.5)
+            idx = kidx.long().unsqueeze(-1).expand(G, N, D)
+            copies = tuple(torch.gather(x.reshape(G, N, D), 1, idx) for x in (k4, v4))
+            for mode in ("indexed", "copied"):
+                buf = torch.full((B, N, H * D), float("nan"), dtype=dt, device="cuda")
+                o4 = buf.view(B, N, H, D).transpose(1, 2)
+                if mode == "indexed":
+                    varblock_attention(q4, k4, v4, perm_q, q_off, rs, re, D ** -0.5, k_index=kidx, out=o4)
+                else:
+                    varblock_attention(q4, *copies, perm_q, q_off, rs, re, D ** -0.5, out=o4)
+                e = ((o4.float().cpu() - ref.float()).norm() / ref.float().norm()).item()
+                good = e < (2e-2 if dt == torch.bfloat16 else 3e-3) and torch.isfinite(buf).all().item()
+                ok &= good
+                log(f"check kernel {order} order {mode} {dt}: rel err vs reference {e:.2e} {'ok' if good else 'FAIL'}")
     q, k, v = make_inputs("wan1.3b")
-    N = q.shape[2]
+    B, H, N, D = q.shape
     rows = torch.randperm(N, device=q.device)[:512]
     e_d = rel_err_rows(dense_cudnn(q, k, v)[0], q[0], k[0], v[0], rows)
-    for tail in (False, True):
-        cfg = AdaClusterConfig(k_clusters=200, top_k=200, calibration_dense=False, pooled_tail=tail)
-        out, st = sparse_attention(q, k, v, config=cfg)
-        e = rel_err_rows(out[0], q[0], k[0], v[0], rows)
-        good = float(st["density"]) > 0.999 and e <= 2 * e_d
-        ok &= good
-        log(f"check all clusters selected (wan1.3b, tail={tail}): density {float(st['density']):.4f} "
-            f"err {e:.2e} vs cuDNN {e_d:.2e} -> {'ok' if good else 'FAIL'}")
+    # the same tokens in Wan's memory order: [B, N, H*D] tensors viewed as [B, H, N, D]
+    qw, kw_, vw = (x.transpose(1, 2).reshape(B, N, H * D).contiguous().view(B, N, H, D).transpose(1, 2)
+                   for x in (q, k, v))
+    saved = lay.KV_ROWS
+    try:
+        for mode in lay.KV_MODES:
+            lay.KV_ROWS = mode
+            for tail in (False, True):
+                cfg = AdaClusterConfig(k_clusters=200, top_k=200, calibration_dense=False, pooled_tail=tail)
+                out, st = sparse_attention(q, k, v, config=cfg)
+                e = rel_err_rows(out[0], q[0], k[0], v[0], rows)
+                buf = torch.empty(B, N, H * D, dtype=q.dtype, device=q.device)
+                out_w, _ = sparse_attention(qw, kw_, vw, config=cfg, out=buf.view(B, N, H, D).transpose(1, 2))
+                same = torch.equal(out_w, out)
+                good = float(st["density"]) > 0.999 and e <= 2 * e_d and same
+                ok &= good
+                log(f"check all clusters selected (wan1.3b, {mode}, tail={tail}): density {float(st['density']):.4f} "
+                    f"err {e:.2e} vs cuDNN {e_d:.2e}; Wan memory order + out= identical: {same} "
+                    f"-> {'ok' if good else 'FAIL'}")
+    finally:
+        lay.KV_ROWS = saved
     return ok
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="wan1.3b,wan14b,hunyuan,long")
-    ap.add_argument("--variants", default="balanced,balanced-noorder,notail,fast,quality")
+    ap.add_argument("--variants", default="balanced,balanced@copied,balanced-noorder,notail,fast,quality")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--md", default=None)
     a = ap.parse_args(argv)

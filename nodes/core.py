@@ -11,12 +11,14 @@ try:
     from ..adacluster_core import AdaClusterConfig, ClusterState, sparse_attention
     from ..adacluster_core import api as core_api
     from ..adacluster_core import config as core_config
+    from ..adacluster_core import memory as core_memory
     from ..adacluster_core.clustering import plan_layers
     from ..adacluster_core.compile_ahead import CompileAhead
 except ImportError:
     from adacluster_core import AdaClusterConfig, ClusterState, sparse_attention
     from adacluster_core import api as core_api
     from adacluster_core import config as core_config
+    from adacluster_core import memory as core_memory
     from adacluster_core.clustering import plan_layers
     from adacluster_core.compile_ahead import CompileAhead
 
@@ -30,7 +32,8 @@ NON_FINITE = getattr(core_api, "NON_FINITE", "non-finite input")
 DENSE_RESULT_REASONS = tuple(getattr(core_api, "DENSE_RESULT_REASONS", (NON_FINITE,)))
 MASK_THRESHOLD = getattr(core_api, "MASK_THRESHOLD", -1e4)   # additive mask values <= this are "masked"
 
-__all__ = ["AdaClusterConfig", "ClusterState", "sparse_attention", "core_api", "core_config", "plan_layers",
+__all__ = ["AdaClusterConfig", "ClusterState", "sparse_attention", "core_api", "core_config", "core_memory",
+           "plan_layers",
            "CompileAhead",
            "SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS", "NO_TRITON", "NON_FINITE", "DENSE_RESULT_REASONS",
            "MASK_THRESHOLD"]

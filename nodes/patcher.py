@@ -52,6 +52,7 @@ from .fallback import INTERRUPT_CHECK, must_raise
 from .families import (AttentionCall, ForwardContext, branch_keys as _branch_keys, build_forward_context,
                        check_mask, classify_call, detect_family, h3_description, layer_index as _layer_index)
 from .layer_rules import LayerRules, parse_selection
+from .memory_guard import memory_short
 from .probe import PROBE_MODES, ProbeSpec, make_probe, measure as measure_probe
 from .report import format_stats, heatmap_image, rss_mb, stats_json
 from .run import AdaClusterRun, CallRecord
@@ -367,7 +368,7 @@ def dense_reason(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, la
         return "scale"
     if kernel_warmup.compiling(run, call, layout):
         return "kernels compiling"   # first use in this install: Triton is still compiling (background)
-    return None
+    return "memory" if memory_short(run, fc, call, layer, layout, cfg) else None   # never worse than dense
 
 
 def _sparse_call(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, layer: int, layout: tuple):
@@ -388,9 +389,12 @@ def _sparse_call(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, la
         dense_out = call.dense()
         dense_ref = dense_out if call.skip_output_reshape else dense_out.reshape(B, L, H, D).transpose(1, 2)
     n_rec = len(run.records)
+    # the result in the layout ComfyUI wants back, written by the kernel through its strides (no reshape copy)
+    O_ret = call.q.new_empty((B, H, L, D) if call.skip_output_reshape else (B, L, H * D))
+    O4 = O_ret if call.skip_output_reshape else O_ret.view(B, L, H, D).transpose(1, 2)
     try:
         done = _branch_calls(run, fc, call, layer, qkv, mode=mode, cfg=cfg, key_mask=key_mask, txt_range=txt_range,
-                             dense_ref=dense_ref)
+                             dense_ref=dense_ref, out=O4)
     except Exception as e:  # a kernel problem must not kill the user's run
         if must_raise(e):
             raise
@@ -404,16 +408,14 @@ def _sparse_call(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, la
     run.kernels.update(kernels)
     if dense_out is not None:
         return dense_out
-    O = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)   # [B, H, L, D]
-    if call.skip_output_reshape:
-        return O
-    return O.transpose(1, 2).reshape(B, L, H * D)
+    return O_ret   # every branch wrote its rows of it ([B, H, L, D] or [B, L, H*D])
 
 
 def _branch_calls(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, layer: int, qkv: tuple, *,
-                  mode, cfg: AdaClusterConfig, key_mask, txt_range, dense_ref):
+                  mode, cfg: AdaClusterConfig, key_mask, txt_range, dense_ref, out=None):
     """One core call per CFG branch chunk of the batch ([B, H, L, D] inputs), each with the
     (layer, branch) ClusterState, recorded (and probed when `dense_ref` is given) per branch.
+    `out` ([B, H, L, D], any strides): each branch's result is written into its rows.
     Returns (outputs, kernels of the sparse calls), or the core's reason when the call must give
     dense's exact result (NaN / Inf, overflow, every key masked: core DENSE_RESULT_REASONS)."""
     Q, K, V = qkv
@@ -436,7 +438,7 @@ def _branch_calls(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, l
         core_kw = dict(config=cfg, scale=call.kwargs.get("scale", None), always_dense_range=txt_range, key_mask=km,
                        interrupt_check=_INTERRUPT_CHECK)
         tm = _Timer(call.q.device)
-        o, stats = sparse_attention(Q[sl], K[sl], V[sl], state=st, **core_kw)
+        o, stats = sparse_attention(Q[sl], K[sl], V[sl], state=st, out=None if out is None else out[sl], **core_kw)
         t = tm.stop()
         if stats["reason"] in _DENSE_RESULT_REASONS:
             return str(stats["reason"])   # the whole call runs dense through ComfyUI's attention

@@ -82,9 +82,10 @@ if HAS_TRITON:
     # sizes that vary per layer or call are not specialised on (no recompiles per layer)
     @triton.jit(do_not_specialize=["N", "NK", "CQ", "R", "CT", "CQT"])
     def _varblock_fwd(
-        Q, K, V, O, PERM, QOFF, RS, RE, TK, TV, TB, K_DESC, V_DESC,
+        Q, K, V, O, PERM, QOFF, RS, RE, TK, TV, TB, K_DESC, V_DESC, KIDX,
         qk_scale,
-        N, NK, CQ, R, CT, CQT,
+        N, NK, CQ, R, CT, CQT, H,
+        sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h, so_n,
         D: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -93,10 +94,13 @@ if HAS_TRITON:
         NUM_STAGES: tl.constexpr,
         HAS_TAIL: tl.constexpr,
         USE_DESC: tl.constexpr,
+        KV_INDEXED: tl.constexpr,
     ):
         tile = tl.program_id(0)
         g = tl.program_id(1)
         g64 = g.to(tl.int64)
+        b64 = g64 // H
+        h64 = g64 % H
 
         # ---- tile table from q_offsets (in registers) ----
         ci = tl.arange(0, CQ_P2)
@@ -128,10 +132,14 @@ if HAS_TRITON:
             prow = row0 + offs_m
             mrow = prow < q_hi
             orig = tl.load(PERM + g64 * N + prow, mask=mrow, other=0)
-            q = tl.load(Q + g64 * N * D + orig[:, None] * D + offs_d[None, :], mask=mrow[:, None], other=0.0)
+            # q and the output through the caller's strides (ComfyUI's [B, L, H*D] or [B, H, L, D] views)
+            orig64 = orig.to(tl.int64)
+            q = tl.load(Q + b64 * sq_b + h64 * sq_h + orig64[:, None] * sq_n + offs_d[None, :],
+                        mask=mrow[:, None], other=0.0)
 
-            k_base = K + g64 * NK * D
-            v_base = V + g64 * NK * D
+            k_base = K + b64 * sk_b + h64 * sk_h
+            v_base = V + b64 * sv_b + h64 * sv_h
+            kidx_base = KIDX + g64 * NK  # KV_INDEXED: permuted key row -> row of the caller's k / v
             m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
             l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
             acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
@@ -154,16 +162,24 @@ if HAS_TRITON:
                     if USE_DESC:  # TMA block copies (Hopper): fewer load instructions per chunk
                         k = K_DESC.load([g_row + s0 + j * BLOCK_N, 0])
                         v = V_DESC.load([g_row + s0 + j * BLOCK_N, 0])
+                    elif KV_INDEXED:  # rows gathered through the key permutation (no permuted copies)
+                        src = tl.load(kidx_base + s0 + j * BLOCK_N + offs_n).to(tl.int64)
+                        k = tl.load(k_base + src[:, None] * sk_n + offs_d[None, :])
+                        v = tl.load(v_base + src[:, None] * sv_n + offs_d[None, :])
                     else:
                         rows = s0 + j * BLOCK_N + offs_n
-                        k = tl.load(k_base + rows[:, None] * D + offs_d[None, :])
-                        v = tl.load(v_base + rows[:, None] * D + offs_d[None, :])
+                        k = tl.load(k_base + rows[:, None] * sk_n + offs_d[None, :])
+                        v = tl.load(v_base + rows[:, None] * sv_n + offs_d[None, :])
                     acc, m_i, l_i = _attend_chunk(acc, m_i, l_i, q, k, v, qk_scale, no_bias, offs_n, False, False)
                 if n_full * BLOCK_N < ln:
                     rows = s0 + n_full * BLOCK_N + offs_n
                     ok = rows < e0
-                    k = tl.load(k_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
-                    v = tl.load(v_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
+                    if KV_INDEXED:
+                        src = tl.load(kidx_base + rows, mask=ok, other=0).to(tl.int64)
+                    else:
+                        src = rows
+                    k = tl.load(k_base + src[:, None] * sk_n + offs_d[None, :], mask=ok[:, None], other=0.0)
+                    v = tl.load(v_base + src[:, None] * sv_n + offs_d[None, :], mask=ok[:, None], other=0.0)
                     acc, m_i, l_i = _attend_chunk(acc, m_i, l_i, q, k, v, qk_scale, no_bias, ok, True, False)
 
             # ---- pooled tail: the virtual keys, one contiguous block per group ----
@@ -183,8 +199,8 @@ if HAS_TRITON:
             l_safe = tl.where(l_i > 0, l_i, 1.0)
             out = acc / l_safe[:, None]
             out = tl.where((l_i > 0)[:, None], out, 0.0)
-            tl.store(O + g64 * N * D + orig[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty),
-                     mask=mrow[:, None])
+            tl.store(O + b64 * so_b + h64 * so_h + orig64[:, None] * so_n + offs_d[None, :],
+                     out.to(O.dtype.element_ty), mask=mrow[:, None])
 
 
 # ------------------------------------------------------------------------------------------
@@ -237,14 +253,55 @@ def _next_p2(x: int) -> int:
     return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
 
 
+def _as4(x: torch.Tensor, H: int) -> torch.Tensor:
+    """[G, n, D] -> [G // H, H, n, D] (a view when the strides allow; a copy otherwise) or a
+    [B, H, n, D] tensor as it is."""
+    if x.dim() == 4:
+        return x
+    G, n, D = x.shape
+    try:
+        return x.view(G // H, H, n, D)
+    except RuntimeError:
+        return x.reshape(G // H, H, n, D)
+
+
+def _rows_ok(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x in the kernel's dtype with unit stride along D (rows of D contiguous elements), its
+    other strides kept; a copy only where either does not hold."""
+    if x.dtype != dtype:
+        x = x.to(dtype)  # preserve_format: a dense permuted view keeps its memory order
+    if x.shape[-1] > 1 and x.stride(-1) != 1:
+        x = x.contiguous()
+    return x
+
+
+def _desc_ok(x: torch.Tensor) -> bool:
+    """TMA descriptors view K / V as one [G * Nk, D] matrix: needs the contiguous layout."""
+    return x.is_contiguous()
+
+
 def varblock_attention_triton(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale,
-                              tail_keys=None, tail_values=None, tail_bias=None,
+                              tail_keys=None, tail_values=None, tail_bias=None, k_index=None, out=None,
                               config: tuple | None = None, descriptors: bool | None = None) -> torch.Tensor:
     """Launch the Triton kernel directly (no custom-op wrapper). ``config`` overrides the
     table: (BLOCK_M, BLOCK_N, num_warps, num_stages); ``descriptors`` overrides
-    `use_descriptors` (tests run both load paths)."""
-    G, N, D = q.shape
-    Nk = k_rows.shape[1]
+    `use_descriptors` (tests run both load paths).
+
+    Memory order (docs/KERNEL_NOTES.md, "Memory"): q is ``[G, N, D]`` or ``[B, H, N, D]`` with any
+    strides (unit stride along D), read where it lies. Without ``k_index``, ``k_rows / v_rows
+    [G|B,H, Nk, D]`` are the permuted copies (tensor descriptors where contiguous on sm90). With
+    ``k_index`` (int32 / int64 ``[G, Nk]``), ``k_rows / v_rows`` are the caller's k / v (any
+    strides, ``[B, H, Nsrc, D]`` or ``[G, Nsrc, D]``) and permuted row r of group g is source row
+    ``k_index[g, r]``: rows are gathered inside the kernel, no permuted copy exists. ``out``
+    (q's shape, any strides) receives the result, written through the inverse query
+    permutation; without it a tensor like q (same memory order) is returned."""
+    H = q.shape[1] if q.dim() == 4 else 1
+    q4 = _as4(q, H)
+    B, _, N, D = q4.shape
+    G = B * H
+    indexed = k_index is not None
+    k4, v4 = _as4(k_rows, H), _as4(v_rows, H)
+    Nk = k_index.shape[1] if indexed else k4.shape[2]
     Cq = q_offsets.shape[1] - 1
     R = range_start.shape[2]
     if D not in LAUNCH_CONFIGS:
@@ -252,19 +309,30 @@ def varblock_attention_triton(q, k_rows, v_rows, perm_q, q_offsets, range_start,
     out_dtype = q.dtype
     if out_dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"varblock_attention: unsupported dtype {q.dtype}")
+    if out is not None and (tuple(out.shape) != tuple(q.shape) or out.dtype != out_dtype):
+        raise ValueError(f"varblock_attention: out {tuple(out.shape)} {out.dtype} does not match q "
+                         f"{tuple(q.shape)} {out_dtype}")
     # The interpreter's low-precision tl.dot and fp32->bf16 cast are wrong (triton 3.8 / 3.9):
     # run it in fp32 and round once, here, with torch's round-to-nearest-even.
     work_dtype = torch.float32 if _interpret() else out_dtype
-    q = q.to(work_dtype).contiguous()
-    k_rows = k_rows.to(work_dtype).contiguous()
-    v_rows = v_rows.to(work_dtype).contiguous()
+    q4 = _rows_ok(q4, work_dtype)
+    k4 = _rows_ok(k4, work_dtype)
+    v4 = _rows_ok(v4, work_dtype)
     perm_q = perm_q.to(torch.int32).contiguous()
     q_offsets = q_offsets.to(torch.int32).contiguous()
     range_start = range_start.to(torch.int32).contiguous()
     range_end = range_end.to(torch.int32).contiguous()
-    out = torch.empty_like(q)
+    if indexed:
+        if k_index.dtype not in (torch.int32, torch.int64) or not k_index.is_contiguous():
+            k_index = k_index.to(torch.int32).contiguous()   # int64 (torch.sort's) is read as is
+    # the output: the caller's buffer, or one like q (same memory order: ComfyUI's reshape of it is a view)
+    if out is None:
+        out = torch.empty_like(q)
+    o4 = _as4(out, H)
+    direct = o4.dtype == work_dtype and o4.stride(-1) == 1   # (o4 is a view of out: q's shape, H = 1 if 3-D)
+    ko = o4 if direct else torch.empty(B, H, N, D, dtype=work_dtype, device=q.device)
     if G == 0 or N == 0:
-        return out.to(out_dtype)
+        return out
     has_tail = tail_keys is not None and tail_bias is not None and tail_keys.shape[1] > 0
     if has_tail:
         tk = tail_keys.to(work_dtype).contiguous()
@@ -272,35 +340,57 @@ def varblock_attention_triton(q, k_rows, v_rows, perm_q, q_offsets, range_start,
         tb = (tail_bias.to(torch.float32) * LOG2E).contiguous()  # the kernel's log2 domain
         ct, cqt = tk.shape[1], tb.shape[1]
     else:  # any pointers: never read
-        tk, tv, tb, ct, cqt = k_rows, v_rows, range_start, 0, 0
+        tk, tv, tb, ct, cqt = k4, v4, range_start, 0, 0
     BM, BN, warps, stages = tuple(config) if config is not None else launch_config(D, work_dtype, q.device, N)
     desc = use_descriptors(q.device) if descriptors is None else bool(descriptors)
-    if desc and Nk > 0:
+    desc = desc and not indexed and Nk > 0 and _desc_ok(k4) and _desc_ok(v4)
+    if desc:
         TD = _tensor_descriptor_class()
-        k2, v2 = k_rows.view(G * Nk, D), v_rows.view(G * Nk, D)
+        k2, v2 = k4.view(G * Nk, D), v4.view(G * Nk, D)
         k_desc = TD(k2, [G * Nk, D], [D, 1], [BN, D])
         v_desc = TD(v2, [G * Nk, D], [D, 1], [BN, D])
     else:  # any tensors: never read
-        desc, k_desc, v_desc = False, k_rows, v_rows
+        k_desc, v_desc = k4, v4
     grid = (triton.cdiv(N, BM) + Cq, G)
     _varblock_fwd[grid](
-        q, k_rows, v_rows, out, perm_q, q_offsets, range_start, range_end, tk, tv, tb, k_desc, v_desc,
+        q4, k4, v4, ko, perm_q, q_offsets, range_start, range_end, tk, tv, tb, k_desc, v_desc,
+        k_index if indexed else perm_q,
         float(scale) * LOG2E,
-        N, Nk, Cq, R, ct, cqt,
+        N, Nk, Cq, R, ct, cqt, H,
+        q4.stride(0), q4.stride(1), q4.stride(2), k4.stride(0), k4.stride(1), k4.stride(2),
+        v4.stride(0), v4.stride(1), v4.stride(2), ko.stride(0), ko.stride(1), ko.stride(2),
         D=D, BLOCK_M=BM, BLOCK_N=BN,
         CQ_P2=max(_next_p2(Cq), 2), R_P2=max(_next_p2(R), 2),
-        NUM_STAGES=stages, HAS_TAIL=has_tail, USE_DESC=desc,
+        NUM_STAGES=stages, HAS_TAIL=has_tail, USE_DESC=desc, KV_INDEXED=indexed,
         num_warps=warps, num_stages=stages,
     )
-    return out.to(out_dtype)
+    if not direct:
+        o4.copy_(ko)  # the interpreter's fp32 result (rounded by torch), or an output without unit D stride
+    return out
 
 
 def _can_launch(t: torch.Tensor) -> bool:
     return HAS_TRITON and (t.is_cuda or _interpret())
 
 
+def _run(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale, tail_keys, tail_values, tail_bias,
+         k_index, out):
+    if _can_launch(q):
+        return varblock_attention_triton(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale,
+                                         tail_keys, tail_values, tail_bias, k_index=k_index, out=out)
+    from ..reference import varblock_attention_ref
+
+    ref = varblock_attention_ref(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale,
+                                 tail_keys, tail_values, tail_bias, k_index=k_index)
+    if out is None:
+        return ref
+    out.copy_(ref)
+    return out
+
+
 # ------------------------------------------------------------------------------------------
-# torch custom op
+# torch custom ops (opaque to torch.compile): one returns a new tensor (like q), one writes
+# into the caller's buffer
 # ------------------------------------------------------------------------------------------
 
 @torch.library.custom_op("adacluster::varblock_attention", mutates_args=())
@@ -316,20 +406,42 @@ def _varblock_attention_op(
     tail_keys: Optional[torch.Tensor] = None,
     tail_values: Optional[torch.Tensor] = None,
     tail_bias: Optional[torch.Tensor] = None,
+    k_index: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    if _can_launch(q):
-        return varblock_attention_triton(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale,
-                                         tail_keys, tail_values, tail_bias)
-    from ..reference import varblock_attention_ref
-
-    return varblock_attention_ref(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale,
-                                  tail_keys, tail_values, tail_bias)
+    return _run(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale, tail_keys, tail_values,
+                tail_bias, k_index, None)
 
 
 @_varblock_attention_op.register_fake
 def _(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale,
-      tail_keys=None, tail_values=None, tail_bias=None):
-    return torch.empty_like(q, memory_format=torch.contiguous_format)
+      tail_keys=None, tail_values=None, tail_bias=None, k_index=None):
+    return torch.empty_like(q)
+
+
+@torch.library.custom_op("adacluster::varblock_attention_into", mutates_args=("out",))
+def _varblock_attention_into_op(
+    out: torch.Tensor,
+    q: torch.Tensor,
+    k_rows: torch.Tensor,
+    v_rows: torch.Tensor,
+    perm_q: torch.Tensor,
+    q_offsets: torch.Tensor,
+    range_start: torch.Tensor,
+    range_end: torch.Tensor,
+    scale: float,
+    tail_keys: Optional[torch.Tensor] = None,
+    tail_values: Optional[torch.Tensor] = None,
+    tail_bias: Optional[torch.Tensor] = None,
+    k_index: Optional[torch.Tensor] = None,
+) -> None:
+    _run(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale, tail_keys, tail_values, tail_bias,
+         k_index, out)
+
+
+@_varblock_attention_into_op.register_fake
+def _(out, q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale,
+      tail_keys=None, tail_values=None, tail_bias=None, k_index=None):
+    return None
 
 
 def varblock_attention(
@@ -344,10 +456,18 @@ def varblock_attention(
     tail_keys: Optional[torch.Tensor] = None,
     tail_values: Optional[torch.Tensor] = None,
     tail_bias: Optional[torch.Tensor] = None,
+    k_index: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Sparse attention over the permuted cluster layout; shapes in the module docstring.
+    """Sparse attention over the permuted cluster layout; shapes in the module docstring
+    (q / out may also be [B, H, N, D] views with any strides; with ``k_index`` the K / V rows are
+    gathered from the caller's k / v inside the kernel: see `varblock_attention_triton`).
 
     Runs the Triton kernel on CUDA (and on CPU under TRITON_INTERPRET=1); elsewhere
-    ``reference.varblock_attention_ref``. No host synchronisation."""
+    ``reference.varblock_attention_ref``. No host synchronisation. Returns ``out`` when given."""
+    if out is not None:
+        _varblock_attention_into_op(out, q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end,
+                                    float(scale), tail_keys, tail_values, tail_bias, k_index)
+        return out
     return _varblock_attention_op(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, float(scale),
-                                  tail_keys, tail_values, tail_bias)
+                                  tail_keys, tail_values, tail_bias, k_index)
