@@ -105,7 +105,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      *, scale: Optional[float] = None, always_dense_range=None,
                      always_dense_prefix: Optional[int] = None, key_mask: Optional[torch.Tensor] = None,
                      interrupt_check: Optional[Callable[[], None]] = None, check_finite: bool = True,
-                     out: Optional[torch.Tensor] = None):
+                     out: Optional[torch.Tensor] = None, kv_rows: Optional[str] = None):
     """AdaCluster sparse self-attention.
 
     q, k, v: [B, H, N, D] (fp16 / bf16 / fp32, any device). Returns (out, stats); out has q's
@@ -131,6 +131,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         q_clusters, k_clusters, dense, reason ("" when sparse), selection, top_k, stage
         ("first" | "reuse" | "calibration" | "dense"), backend ("triton" | "torch" | "dense"),
         attention (the kernel that ran: "triton" | "reference" | "sdpa"), n_clustered.
+    kv_rows: how the kernel gets K / V in cluster order: "copied" (permuted copies, 2 x q's bytes
+        more, the faster kernel) or "indexed" (gathered in the kernel, no copies); None = layout.KV_ROWS.
     out: optional buffer of q's shape and dtype (any strides, e.g. a [B, H, N, D] view of the
         [B, N, H·D] tensor the model wants back): the result is written into it (the kernel writes
         through its strides; dense calls copy into it) and it is returned. Without it the sparse
@@ -186,11 +188,11 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if Nv <= 0:
         return dense("no tokens to cluster (all in always_dense_range)")
     return _guarded_sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, interrupt_check, check_finite,
-                           key_mask, out)
+                           key_mask, out, kv_rows)
 
 
 def _guarded_sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, interrupt_check, check_finite, key_mask=None,
-                    out=None):
+                    out=None, kv_rows=None):
     """_sparse with the input / output checks (guards.FiniteCheck, read after the sparse work is
     queued; on NaN / Inf inputs or mask, an overflow risk or a non-finite output, or a row whose
     every key is masked, the state is restored and the call runs dense: exactly dense's result),
@@ -198,7 +200,7 @@ def _guarded_sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, interrupt_ch
     fin = FiniteCheck(q, k, v, key_mask=key_mask, masked=masked, scale=sc) if check_finite else None
     saved = dataclasses.replace(state) if state is not None else None
     try:
-        res = _sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, guard_interrupt(interrupt_check), out)
+        res = _sparse(q, k, v, cfg, state, sc, r0, r1, masked, dense, guard_interrupt(interrupt_check), out, kv_rows)
         err = None
     except StopRequested as e:
         raise e.original from None
@@ -320,7 +322,7 @@ def _slot_owner(Cq: int, S: int, device) -> torch.Tensor:
 
 
 def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: float,
-            r0: int, r1: int, masked, dense, check=None, out=None):
+            r0: int, r1: int, masked, dense, check=None, out=None, kv_rows=None):
     """validate (done by the caller) -> cluster -> select -> build_layout -> run_layout."""
     B, H, N, D = q.shape
     G = B * H
@@ -349,7 +351,7 @@ def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: f
     rq, rk, stage = _cluster(q_clu, k_clu, Cq, Ck, k_init, cfg, state, ignore, backend, check)
     sel = _select(q_clu, rq, rk, cfg, sc, n_keys=(Nv if ignore is None else None))
     layout = build_layout(q, k, v, rq, rk, sel, scale=sc, dense_range=(r0, r1), masked_dense=masked_t,
-                          pooled=cfg.pooled_tail, backend=backend)
+                          pooled=cfg.pooled_tail, backend=backend, kv_rows=kv_rows)
     out, attn_name = run_layout(layout, backend, out=out)  # [B, H, N, D], q's dtype
 
     density = layout.pairs().div(float(G * N * N))  # int64 / float: float32 (the default dtype)

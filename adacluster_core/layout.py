@@ -72,7 +72,9 @@ def pairs_computed(q_offsets: torch.Tensor, range_start: torch.Tensor, range_end
 #   "copied":  k / v are first copied into cluster order (gather_rows.gather_kv, 2 x q's bytes
 #              more) and the kernel streams them (TMA tensor descriptors on sm90).
 KV_MODES = ("indexed", "copied")
-KV_ROWS = "indexed"
+# the default: the copies cost 2 x q's bytes and make the kernel 26-40 % faster (H100, docs/KERNEL_NOTES.md,
+# "Memory"); the patcher's memory guard picks "indexed" when the copies would not fit
+KV_ROWS = "copied"
 
 
 class Layout(NamedTuple):

@@ -30,6 +30,7 @@ CLUSTER_COPIES = 8         # fp32 [G, C, D] tensors alive at once (centroids, bo
 SELECT_COPIES = 4          # fp32 [G, Cq, Ck] tensors (scores, top-k, tail bias)
 SLACK_BYTES = 64 << 20     # allocator rounding, tensor descriptors, small per-call tensors
 DEFAULT_K_CLUSTERS = 800   # Ck estimate when neither the config nor the layer's state knows it yet
+KV_PREFERENCE = ("copied", "indexed")   # the faster K / V mode first (layout.KV_MODES), the leaner next
 
 
 def sparse_call_bytes(B: int, H: int, N: int, D: int, elem_size: int, *, q_clusters: int = 65,
@@ -47,17 +48,19 @@ def sparse_call_bytes(B: int, H: int, N: int, D: int, elem_size: int, *, q_clust
     out = G * N * D * e
     rows = G * N * ROW_INDEX_BYTES
     clusters = CLUSTER_COPIES * G * (Cq + Ck) * D * 4 + SELECT_COPIES * G * (Cq + 1) * Ck * 4
-    sparse = out + rows + clusters
+    # measured (H100, bench/memory.py): indexed peaks at 2.0x the output, copied at 3.2x; the second
+    # output-sized buffer of the indexed path is part of the copied path's copies
+    sparse = 2 * out + rows + clusters
     if kv_rows == "copied":
-        sparse += 2 * G * N * D * e
+        sparse += out
     if top_p:
         sparse += G * N * D * 4
     if not calibrating:
         return sparse
     # multi-stage key clustering: fp32 keys + distances + labels, then the k-means of its stages
     calib = G * N * D * 4 + G * N * (4 + 8) + rows + clusters
-    if calibration_dense:
-        return calib + out
+    if calibration_dense:   # + the dense output and dense attention's own buffer (measured 4.0x the output)
+        return calib + 2 * out
     return max(calib, sparse)
 
 

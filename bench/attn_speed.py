@@ -10,7 +10,7 @@ first shape also pays the Triton compilation: "cold"), the first sparse call, th
 `layout.run_layout`), density, reuse / (density x cuDNN) ("x ideal"), and the rel. L2 error vs
 fp32 dense on 512 random query rows (cuDNN's own error beside it).
 Variants: balanced / quality / fast = the presets; notail = balanced without the pooled tail;
-"@copied" / "@indexed": how the kernel gets K / V in cluster order (layout.KV_ROWS; default indexed).
+"@copied" / "@indexed": how the kernel gets K / V in cluster order (layout.KV_ROWS; default copied).
 --check: kernel vs the fp32 reference on random layouts (with and without a pooled tail), on ComfyUI
 memory orders (Wan [B, N, H*D] views, non-dense qkv views, a text prefix) with K / V rows gathered in
 the kernel and from permuted copies, written into a [B, N, H*D] buffer; and every-cluster-selected ==

@@ -19,7 +19,7 @@ for w in $what; do
   case $w in
     attn)
       python3 bench/attn_speed.py --check --shapes ${ATTN_SHAPES:-h3_5s,h3_15s,wan14b} \
-        --variants ${H3_VARIANTS:-balanced,balanced@copied,fast,quality} \
+        --variants ${H3_VARIANTS:-balanced,balanced@indexed,fast,quality} \
         2>&1 | tee "$OUT/attn_h3.log" ;;
     mem)
       python3 bench/memory.py --variants ${MEM_VARIANTS:-balanced} --kv indexed,copied,legacy --out "$OUT" \

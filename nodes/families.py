@@ -75,6 +75,7 @@ class AttentionCall:
     kwargs: dict = dataclasses.field(default_factory=dict)
     containers: tuple | None = None  # (q, k, v) AttentionTensorContainers not yet consumed
     caller: Any = None               # interop.Caller, resolved on the first dense call
+    kv_rows: str | None = None       # K / V mode the memory guard chose for a sparse call (core layout.KV_MODES)
 
     def take(self) -> None:
         """Consume the containers (the sparse path owns q, k, v from here on)."""

@@ -52,7 +52,7 @@ from .fallback import INTERRUPT_CHECK, must_raise
 from .families import (AttentionCall, ForwardContext, branch_keys as _branch_keys, build_forward_context,
                        check_mask, classify_call, detect_family, h3_description, layer_index as _layer_index)
 from .layer_rules import LayerRules, parse_selection
-from .memory_guard import memory_short
+from .memory_guard import kv_rows_that_fit
 from .probe import PROBE_MODES, ProbeSpec, make_probe, measure as measure_probe
 from .report import format_stats, heatmap_image, rss_mb, stats_json
 from .run import AdaClusterRun, CallRecord
@@ -368,7 +368,8 @@ def dense_reason(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, la
         return "scale"
     if kernel_warmup.compiling(run, call, layout):
         return "kernels compiling"   # first use in this install: Triton is still compiling (background)
-    return "memory" if memory_short(run, fc, call, layer, layout, cfg) else None   # never worse than dense
+    call.kv_rows = kv_rows_that_fit(run, fc, call, layer, layout, cfg)   # the faster K / V mode that fits
+    return "memory" if call.kv_rows is None else None   # never worse than dense
 
 
 def _sparse_call(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, layer: int, layout: tuple):
@@ -438,7 +439,8 @@ def _branch_calls(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, l
         core_kw = dict(config=cfg, scale=call.kwargs.get("scale", None), always_dense_range=txt_range, key_mask=km,
                        interrupt_check=_INTERRUPT_CHECK)
         tm = _Timer(call.q.device)
-        o, stats = sparse_attention(Q[sl], K[sl], V[sl], state=st, out=None if out is None else out[sl], **core_kw)
+        o, stats = sparse_attention(Q[sl], K[sl], V[sl], state=st, out=None if out is None else out[sl],
+                                    kv_rows=call.kv_rows, **core_kw)
         t = tm.stop()
         if stats["reason"] in _DENSE_RESULT_REASONS:
             return str(stats["reason"])   # the whole call runs dense through ComfyUI's attention

@@ -20,7 +20,7 @@ from tests.comfy.test_patcher_inprocess import FakeHunyuanVideo, _begin, _cfg, _
 
 @pytest.mark.parametrize("skip_output_reshape", [False, True])
 def test_memory_reason_with_simulated_free_memory(monkeypatch, skip_output_reshape):
-    G = sys.modules[P.memory_short.__module__]
+    G = sys.modules[P.kv_rows_that_fit.__module__]
     B, H, D, n_txt = 2, 2, 64, 8
     x = torch.zeros(1, 16, 2, 6, 8)   # grid 2x3x4 = 24 video tokens
     L = 24 + n_txt
