@@ -33,7 +33,7 @@ from tests.harness import prompts
 from tests.harness.make_tiny_dits import FILENAMES
 from tests.harness.version_diffs import expected_widgets_after_load
 
-pytestmark = [pytest.mark.browser, pytest.mark.server]
+pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.per_version]   # each ComfyUI's own frontend
 
 WORKFLOWS = sorted(p.stem for p in (REPO_ROOT / "workflows").glob("*.json"))
 STATS_WIDGET = "adacluster_stats"

@@ -35,6 +35,7 @@ def _build_module():
 
 
 BW = _build_module()
+pytestmark = pytest.mark.per_version   # the files must load in every tested ComfyUI + frontend
 
 
 def _load(name: str) -> dict:
