@@ -4,7 +4,9 @@
 The graphs are written here in API format (class_type + inputs, the way /prompt takes them) plus
 a position per node; they are converted to the UI format the ComfyUI frontend opens with the
 input order, widget-vs-socket split and defaults taken from a running server's /object_info, so
-the widget values line up with the real node definitions (core and AdaCluster).
+the widget values line up with the real node definitions (core and AdaCluster). Nested inputs of
+ComfyUI's V3 node API (DynamicCombo, Autogrow, DynamicSlot, MatchType: 0.33's SaveVideo `format`)
+are expanded from /object_info the way the frontend (1.49) builds and saves them (`input_slots`).
 
     .venv/bin/python scripts/build_workflows.py                 # starts a throwaway ComfyUI (.comfyui/)
     .venv/bin/python scripts/build_workflows.py --url http://127.0.0.1:8188   # use a running server
@@ -14,8 +16,10 @@ the widget values line up with the real node definitions (core and AdaCluster).
 The generated files are committed; rerun this after changing a node's inputs. They are generated
 against current ComfyUI's node definitions (`ADACLUSTER_COMFYUI=upstream`, the snapshot in
 ../shared, built by `ADACLUSTER_COMFYUI=upstream bash scripts/setup_env.sh`), and load on 0.3.75 too:
-newer nodes only add trailing widgets/outputs (CreateVideo `bit_depth`, SaveVideo's VIDEO output),
-which older frontends ignore; tests/comfy/test_workflows.py checks that against both.
+newer nodes only add trailing widgets/outputs (CreateVideo `bit_depth`, SaveVideo's VIDEO output,
+SaveVideo's hidden top-level `codec` after the DynamicCombo `format` + `format.codec`, whose values an
+older SaveVideo reads as its format and codec), which older frontends ignore;
+tests/harness/version_diffs.py lists them and tests/comfy/test_workflows.py checks that against both.
 
     ADACLUSTER_COMFYUI=upstream .venv-upstream/bin/python scripts/build_workflows.py
 The converter (`api_to_ui`) is also used by tests/browser to build the tiny UI graph it queues.
@@ -29,7 +33,7 @@ import tempfile
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -40,13 +44,22 @@ WORKFLOWS_DIR = ROOT / "workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # Node types that exist only in the frontend (never in /object_info).
 FRONTEND_ONLY_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+# Nested / dynamic inputs of ComfyUI's V3 node API (comfy_api/latest/_io.py, e.g. SaveVideo's `format` in
+# 0.33): /object_info describes them by these type names, their parts nested in the input's options.
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"   # a combo; each choice brings its own inputs ("<combo>.<input>")
+AUTOGROW = "COMFY_AUTOGROW_V3"            # sockets "<group>.<name>" from a template, one more as each is linked
+DYNAMIC_SLOT = "COMFY_DYNAMICSLOT_V3"     # a socket; when linked, more inputs "<slot>.<input>"
+MATCH_TYPE = "COMFY_MATCHTYPE_V3"         # a socket whose type follows what is linked
 
 # ------------------------------------------------------------------------------------ converter
 
 
 def _spec_type(spec) -> str:
+    """The input's type; a DynamicCombo's own widget is a COMBO (its choices: _combo_choices)."""
     t = spec[0]
-    return "COMBO" if isinstance(t, list) else str(t)
+    if isinstance(t, list) or t == DYNAMIC_COMBO:
+        return "COMBO"
+    return str(t)
 
 
 def _spec_opts(spec) -> dict:
@@ -57,15 +70,107 @@ def _is_widget(spec) -> bool:
     return _spec_type(spec) in WIDGET_TYPES and not _spec_opts(spec).get("forceInput")
 
 
+def _combo_choices(spec) -> list:
+    """A COMBO's choices: the list itself (V1), `options` (V3), or a DynamicCombo's option keys."""
+    if isinstance(spec[0], list):
+        return spec[0]
+    opts = _spec_opts(spec).get("options") or []
+    return [o["key"] for o in opts] if spec[0] == DYNAMIC_COMBO else list(opts)
+
+
 def _default(spec):
     opts = _spec_opts(spec)
     if "default" in opts:
         return opts["default"]
-    if isinstance(spec[0], list):
-        return spec[0][0] if spec[0] else ""
-    if opts.get("options"):
-        return opts["options"][0]
+    if _spec_type(spec) == "COMBO":
+        choices = _combo_choices(spec)
+        return choices[0] if choices else ""
     return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(_spec_type(spec))
+
+
+def _has_control(name: str, spec) -> bool:
+    """The frontend adds a "control after generate" widget right after this one."""
+    return bool(_spec_opts(spec).get("control_after_generate")) or name in ("seed", "noise_seed")
+
+
+def _inputs_in_order(inputs: dict, order: Optional[dict] = None) -> List[tuple]:
+    """(name, spec) of an input dict ({"required": {...}, "optional": {...}}) in the frontend's order."""
+    req, opt = inputs.get("required") or {}, inputs.get("optional") or {}
+    order = order or {"required": list(req), "optional": list(opt)}
+    spec = {**req, **opt}
+    return [(n, spec[n]) for n in list(order.get("required", [])) + list(order.get("optional", [])) if n in spec]
+
+
+def input_slots(oi: dict, choice: Callable[[str, list], Optional[str]] = lambda name, spec: None,
+                linked: Callable[[str], bool] = lambda name: False) -> Iterator[tuple]:
+    """Every input of a node definition, as (name, spec), in the order the frontend builds them,
+    with the nested / dynamic inputs of the V3 API expanded the way frontend 1.49 does:
+
+    - DynamicCombo: the combo itself (a COMBO widget), then the inputs of the chosen option, named
+      "<combo>.<input>" (recursively: an option may hold another DynamicCombo). `choice(name, spec)`
+      gives the chosen key; it is called lazily, after the combo was yielded (None: the first key).
+    - Autogrow: its sockets "<group>.<name>" (template prefix + 0, 1, ... or the template's names):
+      at least `min` + 1, and one past the last one that `linked(name)` says is connected.
+    - DynamicSlot: the slot (a socket of its slotType), then, when linked, its nested inputs.
+    - MatchType and everything else: as it is.
+    """
+    def walk(name, s):
+        t = s[0]
+        if t == DYNAMIC_COMBO:
+            yield name, s
+            key = choice(name, s)
+            options = _spec_opts(s).get("options") or []
+            opt = next((o for o in options if o.get("key") == key), options[0] if options and key is None else None)
+            for sub, ss in _inputs_in_order((opt or {}).get("inputs") or {}):
+                yield from walk(f"{name}.{sub}", ss)
+        elif t == AUTOGROW:
+            tpl = _spec_opts(s).get("template") or {}
+            sub = _inputs_in_order(tpl.get("input") or {})
+            if not sub:
+                return
+            sub_name, sub_spec = sub[0]
+            names = list(tpl["names"]) if "names" in tpl else [f"{tpl.get('prefix', sub_name)}{i}" for i in range(tpl.get("max", 100))]
+            full = [f"{name}.{n}" for n in names]
+            last = max((i for i, n in enumerate(full) if linked(n)), default=-1)
+            count = min(len(full), max(int(tpl.get("min", 1)) + 1, last + 2))
+            for i, n in enumerate(full[:count]):
+                yield n, [sub_spec[0], {**_spec_opts(sub_spec), "forceInput": True,
+                                        **({"optional": True} if i >= int(tpl.get("min", 1)) else {})}]
+        elif t == DYNAMIC_SLOT:
+            o = _spec_opts(s)
+            yield name, [o.get("slotType", "*"), {k: v for k, v in o.items() if k not in ("inputs", "slotType")}]
+            if linked(name):
+                for sub, ss in _inputs_in_order(o.get("inputs") or {}):
+                    yield from walk(f"{name}.{sub}", ss)
+        elif t == MATCH_TYPE:
+            yield name, [(_spec_opts(s).get("template") or {}).get("allowed_types", "*"), _spec_opts(s)]
+        else:
+            yield name, s
+
+    for name, s in _inputs_in_order(oi.get("input") or {}, oi.get("input_order")):
+        yield from walk(name, s)
+
+
+def widget_slots(oi: dict, values: Sequence = ()) -> List[tuple]:
+    """The node's serialized widgets in widgets_values order, as (name, spec, kind): kind "value"
+    (a real widget), "control" (control after generate, after seeds) or "upload" (LoadImage's
+    button). DynamicCombo choices are read from `values` by position (what the frontend does on
+    load), the first key where `values` runs out."""
+    out: List[tuple] = []
+
+    def choice(name, spec):
+        i = next(i for i in range(len(out) - 1, -1, -1) if out[i][0] == name)
+        return values[i] if i < len(values) else None
+
+    for name, s in input_slots(oi, choice):
+        if not _is_widget(s):
+            continue
+        out.append((name, s, "value"))
+        if _has_control(name, s):
+            out.append((name + ":control", None, "control"))
+        if _spec_opts(s).get("image_upload"):
+            out.append((name + ":upload", None, "upload"))
+    return out
 
 
 def _is_link(v) -> bool:
@@ -80,6 +185,8 @@ def api_to_ui(prompt: Dict[str, dict], object_info: dict, layout: Optional[Dict[
     extra_nodes: frontend-only nodes (MarkdownNote, Note) as {"type", "text", "pos", "size", "title"}.
     strict: an input name the node does not have raises ValueError (catches drift between this
     script and the node definitions); missing widget values take the node's defaults.
+    Nested V3 inputs (input_slots) take their API names: "format.codec" for the `codec` of the
+    chosen `format` of a DynamicCombo, "images.image0" for an Autogrow socket.
     """
     layout = layout or {}
     ids = {k: i + 1 for i, k in enumerate(prompt)}
@@ -94,21 +201,23 @@ def api_to_ui(prompt: Dict[str, dict], object_info: dict, layout: Optional[Dict[
             raise ValueError(f"node {k}: type {ct!r} is not in /object_info (is the pack loaded?)")
         oi = object_info[ct]
         infos[ids[k]] = oi
-        req, opt = oi["input"].get("required", {}), oi["input"].get("optional", {})
-        spec = {**req, **opt}
-        io_order = oi.get("input_order") or {"required": list(req), "optional": list(opt)}
-        names = list(io_order.get("required", [])) + list(io_order.get("optional", []))
-        unknown = sorted(set(n.get("inputs", {})) - set(names))
+        given = n.get("inputs", {})
+        slots = list(input_slots(oi, choice=lambda name, s: given.get(name) if not _is_link(given.get(name)) else None,
+                                 linked=lambda name: _is_link(given.get(name))))
+        names = [name for name, _s in slots]
+        unknown = sorted(set(given) - set(names))
         if unknown and strict:
             raise ValueError(f"node {k} ({ct}): unknown input(s) {unknown}; it has {names}")
         inputs, widgets = [], []
-        for name in names:
-            s = spec[name]
+        for name, s in slots:
             t = _spec_type(s)
-            v = n.get("inputs", {}).get(name)
+            v = given.get(name)
             if _is_link(v):
                 link_id += 1
                 src = ids[v[0]]
+                if "," in t or t == "*":  # a socket of several types (MatchType, "*"): the link carries the source's
+                    src_out = object_info[prompt[v[0]]["class_type"]]["output"]
+                    t = src_out[v[1]] if v[1] < len(src_out) else t
                 entry = {"name": name, "type": t, "link": link_id}
                 if _is_widget(s):
                     entry["widget"] = {"name": name}
@@ -117,11 +226,11 @@ def api_to_ui(prompt: Dict[str, dict], object_info: dict, layout: Optional[Dict[
                 out_links.setdefault((src, v[1]), []).append(link_id)
                 if _is_widget(s):  # a widget driven by a link keeps a placeholder value
                     widgets.append(_default(s))
-                    if _spec_opts(s).get("control_after_generate") or name in ("seed", "noise_seed"):
+                    if _has_control(name, s):
                         widgets.append("fixed")
             elif _is_widget(s):
                 widgets.append(_default(s) if v is None else v)
-                if _spec_opts(s).get("control_after_generate") or name in ("seed", "noise_seed"):
+                if _has_control(name, s):
                     widgets.append("fixed")  # the frontend's "control after generate" widget
                 if _spec_opts(s).get("image_upload"):
                     widgets.append("image")  # LoadImage's upload button widget

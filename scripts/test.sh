@@ -3,7 +3,7 @@
 # suite, including the tests that start a real ComfyUI server on the CPU.
 #   bash scripts/test.sh                  # everything, against ComfyUI 0.3.75 (.venv + .comfyui)
 #   bash scripts/test.sh -m "not server"  # extra args go to pytest
-#   ADACLUSTER_COMFYUI=upstream bash scripts/test.sh   # against the ComfyUI 0.26.0 snapshot in
+#   ADACLUSTER_COMFYUI=upstream bash scripts/test.sh   # against the newest ComfyUI snapshot (0.33.0) in
 #       ../shared/comfyui-upstream/ (.venv-upstream + .comfyui-upstream; ADACLUSTER_SHARED_DIR
 #       overrides ../shared); ADACLUSTER_COMFYUI=/path/to/ComfyUI for any other checkout
 # Triton kernels run on the CPU through the Triton interpreter (TRITON_INTERPRET=1).

@@ -1,4 +1,4 @@
-"""The real ComfyUI frontend (comfyui-frontend-package: 1.32.9 with ComfyUI 0.3.75, 1.45.19 with 0.26.0) in headless
+"""The real ComfyUI frontend (comfyui-frontend-package: 1.32.9 with ComfyUI 0.3.75, 1.49.6 with 0.33.0) in headless
 Debian Chromium, driven by Playwright, against the session's test server:
 
 1. the page loads and our web extension (web/adacluster.js) is registered;
@@ -33,7 +33,7 @@ from tests.harness import prompts
 from tests.harness.make_tiny_dits import FILENAMES
 from tests.harness.version_diffs import expected_widgets_after_load
 
-pytestmark = [pytest.mark.browser, pytest.mark.server]
+pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.per_version]   # each ComfyUI's own frontend
 
 WORKFLOWS = sorted(p.stem for p in (REPO_ROOT / "workflows").glob("*.json"))
 STATS_WIDGET = "adacluster_stats"
@@ -97,10 +97,13 @@ NODE_BOXES = """() => { const T = LiteGraph.NODE_TITLE_HEIGHT || 30;
                                      w: n.size[0], h: n.size[1] + T})); }"""
 
 
+# The template browser: frontend 1.32.9 .workflow-template-selector-dialog; 1.45.x a PrimeVue dialog
+# (.p-dialog), 1.49.x a reka-ui one ([role=dialog]), both labelled global-workflow-template-selector
+TEMPLATES_DIALOG = ".workflow-template-selector-dialog, [aria-labelledby='global-workflow-template-selector']"
+
+
 def _open_templates_dialog(page):
-    # frontend 1.32.9: .workflow-template-selector-dialog; 1.45.x: the global dialog labelled so
-    dialog = page.locator(".workflow-template-selector-dialog, "
-                          ".p-dialog[aria-labelledby='global-workflow-template-selector']").first
+    dialog = page.locator(TEMPLATES_DIALOG).first
     if not dialog.is_visible():  # a first visit opens it by itself; later visits need the sidebar button
         page.locator("button[aria-label='Templates']").first.click()
     dialog.wait_for(state="visible", timeout=30_000)
@@ -111,12 +114,12 @@ def _close_templates_dialog(page):
     """The template browser opens by itself on a first visit and has no close control this test can
     rely on: leave it the way a user does, by opening one of our workflows (the tiny graph then
     replaces it)."""
-    dialog = page.locator(".workflow-template-selector-dialog")
+    dialog = page.locator(TEMPLATES_DIALOG)
     if not dialog.count() or not dialog.first.is_visible():
         return
     dialog.get_by_text(PACK_NAME, exact=True).first.click()
     page.locator("[data-testid^='template-workflow-']").first.click()
-    dialog.wait_for(state="hidden", timeout=30_000)
+    dialog.first.wait_for(state="hidden", timeout=30_000)
 
 
 # ----------------------------------------------------------------------------------------- tests
@@ -387,7 +390,7 @@ def _tiny_ab_workflow(object_info: dict, ab_models: dict) -> dict:
 
 def test_ab_check_workflow_runs_end_to_end(comfy_page, comfy_server, ab_models, artifacts_dir):
     page = comfy_page
-    dialog = page.locator(".workflow-template-selector-dialog")
+    dialog = page.locator(TEMPLATES_DIALOG).first
     if dialog.is_visible():  # a first visit opens the template browser by itself: close it (screenshots)
         page.keyboard.press("Escape")
         dialog.wait_for(state="hidden", timeout=10_000)

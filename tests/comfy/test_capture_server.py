@@ -140,6 +140,7 @@ def test_capture_tune_profile_probe_roundtrip(comfy_server, tmp_path):
     assert "probe (" in text_of(entry)
 
 
+@pytest.mark.per_version
 def test_capture_after_adacluster_patch_hunyuan(comfy_server, model_facts):
     """[AdaCluster -> Capture] on HunyuanVideo (joint text tokens): the capture chains AdaCluster's
     override (sampling still goes sparse), records the text range and the patch's config, and the

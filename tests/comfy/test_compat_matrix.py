@@ -16,7 +16,7 @@ from tests.comfy._compat import (ALL_CLUSTERS, SPARSE, cache_skips, latent, max_
 from tests.comfy._helpers import stats_of, text_of
 from tests.harness import compat
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.per_version]   # README "Works with": every tested ComfyUI
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from tests.conftest import PACK_DIR, PACK_NAME, TEST_PACK_DIR, TEST_PACK_NAME
 from tests.harness import compat
 from tests.harness.comfy_server import ComfyServer, ComfyServerError
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.per_version]   # README "Works with": every tested ComfyUI
 
 
 def _server(comfy_dir, tmp_path_factory, tiny_models, test_out_dir, name, extra_args=(), packs=None, cpu=True):

@@ -22,7 +22,7 @@ from tests.harness import compat
 from tests.harness.make_tiny_dits import make_all
 
 _why = comfy_inprocess()
-pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
+pytestmark = [pytest.mark.skipif(_why is not None, reason=str(_why)), pytest.mark.per_version]
 if _why is None:
     P = load_nodes_module("patcher")
 

@@ -37,6 +37,7 @@ def _run(srv, prompt, timeout=300):
 
 
 # ------------------------------------------------------------------------------------------ schema
+@pytest.mark.per_version
 def test_nodes_registered_with_exact_ids(comfy_server):
     info = comfy_server.object_info()
     for nid, title in NODE_IDS.items():
@@ -74,6 +75,7 @@ def test_thresholds_cover_every_config_field(comfy_server):
 @pytest.mark.parametrize("family,kw", [("wan21", dict(steps=3)), ("hunyuan", dict(steps=3)),
                                        ("hunyuan", dict(steps=3, mask_pad=4, cfg=1.0)),
                                        ("hunyuan15", dict(steps=3))], ids=["wan21", "hunyuan", "hunyuan-mask", "hunyuan15"])
+@pytest.mark.per_version
 def test_all_clusters_selected_reproduces_unpatched(comfy_server, test_out_dir, model_facts, family, kw):
     """top_k >= key clusters: every key is attended, so the sparse kernel must reproduce dense."""
     builder = prompts.BUILDERS[family]
@@ -137,6 +139,7 @@ def test_triton_backend_runs_in_server(comfy_server, test_out_dir):
 
 
 # ------------------------------------------------------------------------------------------ Hunyuan text slice
+@pytest.mark.per_version
 @pytest.mark.parametrize("family,n_txt", [("hunyuan", 16), ("hunyuan15", 16)])
 def test_hunyuan_text_slice_and_mask_placement(comfy_server, model_facts, family, n_txt):
     """The text slice follows the loaded model's joint order (0.3.75 concatenates [img, txt]: text
@@ -160,6 +163,7 @@ def test_hunyuan_text_slice_and_mask_placement(comfy_server, model_facts, family
     assert "text-only (refiner)" in s["dense_reasons"], s["dense_reasons"]
 
 
+@pytest.mark.per_version
 def test_hunyuan_joint_text_order_of_this_comfyui(comfy_server, model_facts):
     """Known difference: ComfyUI 0.3.75's HunyuanVideo puts the text after the video ([img, txt],
     `flipped_img_txt=True` blocks), current ComfyUI before it ([txt, img]). The layout the patcher
@@ -216,6 +220,7 @@ def test_enabled_false_is_bit_identical(comfy_server, test_out_dir):
     assert torch.equal(a, b), "enabled=false must not change a single bit"
 
 
+@pytest.mark.per_version
 def test_two_patched_clones_sampled_alternately_do_not_share_state(comfy_server, test_out_dir):
     """Two AdaCluster nodes (different configs) on one loader, two samplers in one prompt, run
     twice: each model's stats only ever show its own config, and each result equals a solo run.

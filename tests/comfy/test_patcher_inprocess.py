@@ -191,6 +191,7 @@ def test_cogvideox_synthetic_call_through_the_override():
 
 
 # ----------------------------------------------------------------------------------- chaining / clone
+@pytest.mark.per_version
 def test_chaining_clone_and_unpatch_with_a_real_model_patcher():
     import comfy.model_patcher
 
@@ -252,6 +253,7 @@ def test_layer_rule_validation_names_line_and_field():
 
 
 # ----------------------------------------------------------------------------------- real tiny Wan
+@pytest.mark.per_version
 def test_real_wan_forward_with_wrapper_and_chained_override():
     """A real ComfyUI WanModel (3 layers) through the wrapper + override, batched CFG, a chained
     previous override: warmup by sigma, calibration step, then sparse; top_k >= clusters -> dense result."""

@@ -14,7 +14,7 @@ import torch
 from tests.comfy._helpers import comfy_inprocess, load_nodes_module
 
 _why = comfy_inprocess()
-pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
+pytestmark = [pytest.mark.skipif(_why is not None, reason=str(_why)), pytest.mark.per_version]
 if _why is None:
     P = load_nodes_module("patcher")
     import comfy.ops

@@ -16,7 +16,7 @@ import json
 import pytest
 
 from tests.conftest import PACK_NAME, REPO_ROOT
-from tests.harness.version_diffs import NEWER_OUTPUTS, NEWER_WIDGETS
+from tests.harness.version_diffs import NEWER_OUTPUTS, newer_trailing_widgets
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 SHIPPED = sorted(p.stem for p in WORKFLOWS_DIR.glob("*.json"))
@@ -35,6 +35,7 @@ def _build_module():
 
 
 BW = _build_module()
+pytestmark = pytest.mark.per_version   # the files must load in every tested ComfyUI + frontend
 
 
 def _load(name: str) -> dict:
@@ -46,24 +47,17 @@ def object_info(comfy_server):
     return comfy_server.object_info()
 
 
-def _widget_names(oi: dict) -> list:
-    """The widget slots of a node definition in widgets_values order (control widgets included)."""
-    req, opt = oi["input"].get("required", {}), oi["input"].get("optional", {})
-    spec = {**req, **opt}
-    order = oi.get("input_order") or {"required": list(req), "optional": list(opt)}
-    out = []
-    for n in order.get("required", []) + order.get("optional", []):
-        if BW._is_widget(spec[n]):
-            out.append(n)
-            if BW._spec_opts(spec[n]).get("control_after_generate") or n in ("seed", "noise_seed"):
-                out.append(n + ":control")
-    return out
+def _widget_names(oi: dict, values=()) -> list:
+    """The widget slots of a node definition in widgets_values order (control widgets included as
+    "<name>:control"; nested V3 widgets as "<combo>.<input>", their choice read from `values`)."""
+    return [name for name, _s, _kind in BW.widget_slots(oi, values)]
 
 
-def _newer_trailing_widgets(node_type: str, object_info: dict) -> list:
+def _newer_trailing_widgets(node_type: str, object_info: dict, file_values: list) -> list:
     """Widgets of NEWER_WIDGETS this server's node lacks (the file carries them after its own)."""
-    have = set(_widget_names(object_info[node_type])) if node_type in object_info else set()
-    return [w for w in NEWER_WIDGETS.get(node_type, []) if w not in have]
+    if node_type not in object_info:
+        return []
+    return newer_trailing_widgets(node_type, file_values, len(BW.widget_slots(object_info[node_type], file_values)))
 
 
 def _differences(committed: dict, fresh: dict, object_info: dict) -> list:
@@ -80,7 +74,7 @@ def _differences(committed: dict, fresh: dict, object_info: dict) -> list:
         x, y = dict(x), dict(y)
         t = x.get("type")
         wx, wy = x.pop("widgets_values"), y.pop("widgets_values")
-        newer = _newer_trailing_widgets(t, object_info)
+        newer = _newer_trailing_widgets(t, object_info, wx)
         if wx != wy and not (newer and len(wx) == len(wy) + len(newer) and wx[:len(wy)] == wy):
             diffs.append(f"{t}: widgets {wx} vs {wy}")
         ox, oy = x.pop("outputs"), y.pop("outputs")
@@ -187,6 +181,55 @@ def test_ab_check_workflow_compares_dense_with_the_preset(name):
         assert words in note, f"{name}: the note does not mention {words!r}"
 
 
+def _v3_node(inputs: dict, order: dict) -> dict:
+    return {"input": inputs, "input_order": order, "output": ["IMAGE"], "output_name": ["IMAGE"]}
+
+
+# How ComfyUI's V3 API (comfy_api/latest/_io.py, 0.33) serialises nested inputs in /object_info.
+V3_TEST_NODE = _v3_node({
+    "required": {
+        "mode": ["COMFY_DYNAMICCOMBO_V3", {"options": [
+            {"key": "plain", "inputs": {"required": {}}},
+            {"key": "fancy", "inputs": {"required": {"strength": ["FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0}],
+                                                      "sub": ["COMFY_DYNAMICCOMBO_V3", {"options": [
+                                                          {"key": "a", "inputs": {"required": {}}},
+                                                          {"key": "b", "inputs": {"required": {"n": ["INT", {"default": 3}]}}}]}]},
+                                         "optional": {"mask": ["MASK", {}]}}}]}],
+        "images": ["COMFY_AUTOGROW_V3", {"template": {"input": {"required": {"image": ["IMAGE", {}]}}, "prefix": "image",
+                                                      "min": 1, "max": 5}}],
+        "seed": ["INT", {"default": 0, "control_after_generate": True}],
+    },
+    "optional": {"other": ["COMFY_MATCHTYPE_V3", {"template": {"template_id": "t", "allowed_types": "IMAGE,MASK"}}],
+                 "slot": ["COMFY_DYNAMICSLOT_V3", {"slotType": "LATENT", "inputs": {"required": {"k": ["INT", {"default": 1}]}},
+                                                   "forceInput": True}]},
+}, {"required": ["mode", "images", "seed"], "optional": ["other", "slot"]})
+
+
+def test_nested_v3_inputs_expand_like_the_frontend():
+    """DynamicCombo: the combo, then the chosen option's inputs "<combo>.<input>" (recursively);
+    Autogrow: sockets "<group>.<prefix>N", min + 1 and one past the last linked; DynamicSlot: the
+    slot, its inputs when linked; MatchType: a socket. Widget values follow the chosen options."""
+    node = V3_TEST_NODE
+    assert [n for n, _s, _k in BW.widget_slots(node)] == ["mode", "seed", "seed:control"]
+    assert [n for n, _s, _k in BW.widget_slots(node, ["fancy", 0.7, "b", 4, 1, "fixed"])] == [
+        "mode", "mode.strength", "mode.sub", "mode.sub.n", "seed", "seed:control"]
+    prompt = {"src": {"class_type": "Src", "inputs": {}},
+              "x": {"class_type": "V3", "inputs": {"mode": "fancy", "mode.strength": 0.25, "mode.sub": "b",
+                                                   "mode.mask": ["src", 1], "images.image0": ["src", 0],
+                                                   "images.image1": ["src", 0], "other": ["src", 1],
+                                                   "slot": ["src", 2], "slot.k": 7, "seed": 5}}}
+    info = {"Src": {"input": {}, "output": ["IMAGE", "MASK", "LATENT"], "output_name": ["IMAGE", "MASK", "LATENT"]},
+            "V3": node}
+    wf = BW.api_to_ui(prompt, info)
+    x = wf["nodes"][1]
+    assert x["widgets_values"] == ["fancy", 0.25, "b", 3, 5, "fixed", 7]
+    assert [(i["name"], i["type"], i["link"] is not None) for i in x["inputs"]] == [
+        ("mode.mask", "MASK", True), ("images.image0", "IMAGE", True), ("images.image1", "IMAGE", True),
+        ("images.image2", "IMAGE", False), ("other", "MASK", True), ("slot", "LATENT", True)]
+    with pytest.raises(ValueError, match="unknown input"):   # an input of an option that is not chosen
+        BW.api_to_ui({"x": {"class_type": "V3", "inputs": {"mode": "plain", "mode.strength": 0.3}}}, info)
+
+
 # ------------------------------------------------------------------------------- server checks
 
 @pytest.mark.server
@@ -208,27 +251,22 @@ def test_widget_values_fit_the_live_node_definitions(object_info, name):
     for node in wf["nodes"]:
         if node["type"] in BW.FRONTEND_ONLY_TYPES:
             continue
-        oi = object_info[node["type"]]
-        req, opt = oi["input"].get("required", {}), oi["input"].get("optional", {})
-        spec = {**req, **opt}
-        order = oi.get("input_order") or {"required": list(req), "optional": list(opt)}
-        names = order.get("required", []) + order.get("optional", [])
-        expected = []  # (name, spec) per widget slot, control widgets as None
-        for n in names:
-            if BW._is_widget(spec[n]):
-                expected.append((n, spec[n]))
-                if BW._spec_opts(spec[n]).get("control_after_generate") or n in ("seed", "noise_seed"):
-                    expected.append((n + ":control", None))
         vals = node["widgets_values"]
         # an older ComfyUI's node lacks widgets a newer one added: the file's extra trailing values
         # are exactly those (the frontend assigns by position and ignores the rest)
-        vals = vals[:len(vals) - len(_newer_trailing_widgets(node["type"], object_info))]
+        vals = vals[:len(vals) - len(_newer_trailing_widgets(node["type"], object_info, vals))]
+        # (name, spec, kind) per widget slot, nested V3 widgets (DynamicCombo) as the frontend builds
+        # them from the chosen values
+        expected = BW.widget_slots(object_info[node["type"]], vals)
         assert len(vals) == len(expected), (f"{name}: {node['type']} has {len(vals)} widget values, "
                                             f"the node has {[e[0] for e in expected]}")
-        for (wname, s), v in zip(expected, vals):
+        for (wname, s, kind), v in zip(expected, vals):
             where = f"{name}: {node['type']}.{wname}={v!r}"
-            if s is None:
+            if kind == "control":
                 assert v in ("fixed", "increment", "decrement", "randomize"), where
+                continue
+            if kind == "upload":
+                assert v == "image", where
                 continue
             t, opts = BW._spec_type(s), BW._spec_opts(s)
             if t == "INT":
@@ -240,7 +278,7 @@ def test_widget_values_fit_the_live_node_definitions(object_info, name):
             elif t == "STRING":
                 assert isinstance(v, str), where
             elif t == "COMBO":
-                choices = s[0] if isinstance(s[0], list) else opts.get("options", [])
+                choices = BW._combo_choices(s)
                 if wname in MODEL_FILE_WIDGETS:  # the test server has only the tiny models
                     assert isinstance(v, str) and v.endswith(".safetensors"), where
                 else:
@@ -291,7 +329,7 @@ def test_createvideo_bit_depth_is_in_the_files_whatever_this_comfyui_has(object_
                 spec = object_info["CreateVideo"]["input"]["optional"]["bit_depth"]
                 assert spec[1]["min"] <= 8 <= spec[1]["max"]
             else:
-                assert _newer_trailing_widgets("CreateVideo", object_info) == ["bit_depth"]
+                assert _newer_trailing_widgets("CreateVideo", object_info, node["widgets_values"]) == ["bit_depth"]
 
 
 @pytest.mark.server
@@ -303,6 +341,23 @@ def test_savevideo_output_is_in_the_files_whatever_this_comfyui_has(object_info)
         for node in (n for n in _load(name)["nodes"] if n["type"] == "SaveVideo"):
             assert [o["name"] for o in node["outputs"]] == ["video"] and node["outputs"][0]["links"] == []
             assert outs in ([], ["VIDEO"]), outs
+
+
+@pytest.mark.server
+def test_savevideo_format_is_in_the_files_whatever_this_comfyui_has(object_info):
+    """Known difference: SaveVideo's `format` is a nested V3 DynamicCombo in current ComfyUI (0.33:
+    format, then the chosen format's `format.codec`, then the old top-level `codec`, hidden); 0.3.75
+    has two plain combos, format and codec. The files carry current ComfyUI's four values; an older
+    frontend gives its `codec` the third (format.codec) and ignores the fourth."""
+    live = _widget_names(object_info["SaveVideo"], ["", "auto", "auto", "auto"])
+    dynamic = object_info["SaveVideo"]["input"]["required"]["format"][0] == BW.DYNAMIC_COMBO
+    assert live == (["filename_prefix", "format", "format.codec", "codec"] if dynamic
+                    else ["filename_prefix", "format", "codec"]), live
+    for name in SHIPPED:
+        for node in (n for n in _load(name)["nodes"] if n["type"] == "SaveVideo"):
+            vals = node["widgets_values"]
+            assert len(vals) == 4 and vals[1:] == ["auto", "auto", "auto"], vals
+            assert _newer_trailing_widgets("SaveVideo", object_info, vals) == ([] if dynamic else ["codec"])
 
 
 @pytest.mark.server
