@@ -38,6 +38,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import doc_facts as facts  # noqa: E402
+from adacluster_core.config import AdaClusterConfig  # noqa: E402
 
 WORKFLOWS_DIR = ROOT / "workflows"
 
@@ -286,14 +287,15 @@ LAYER_RULES_EXAMPLE = ("# one rule per line: <layers>: dense | sparse | field=va
 ADACLUSTER_COLOR = {"color": "#2a4a3a", "bgcolor": "#3b6651"}
 
 
-def adacluster_nodes(top_k: int) -> dict:
-    """Thresholds -> (config) and Layer Overrides -> (layer_overrides) -> Sparse Attention; the
-    node ids 'shift' (the model to patch) and 'ks' (the sampler) come from the graph."""
+def adacluster_nodes(top_k: int, model=("shift", 0), **thresholds) -> dict:
+    """Thresholds -> (config) and Layer Overrides -> (layer_overrides) -> Sparse Attention; `model`
+    (default: node 'shift') is the model to patch, node 'ks' (the sampler) comes from the graph."""
     return {
-        "thr": {"class_type": "AdaClusterThresholds", "inputs": {"top_k": top_k, "warmup": 0.3, "dense_layer_fraction": 0.15}},
+        "thr": {"class_type": "AdaClusterThresholds",
+                "inputs": {"top_k": top_k, "warmup": 0.3, "dense_layer_fraction": 0.15, **thresholds}},
         "rules": {"class_type": "AdaClusterLayerOverrides", "inputs": {"rules": LAYER_RULES_EXAMPLE}},
         "ada": {"class_type": "AdaClusterSparseAttention",
-                "inputs": {"model": ["shift", 0], "preset": "auto", "enabled": True,
+                "inputs": {"model": list(model), "preset": "auto", "enabled": True,
                            "config": ["thr", 0], "layer_overrides": ["rules", 0]}},
     }
 
@@ -529,6 +531,74 @@ def wan21_ab_check() -> dict:
                       ["Dense", "AdaCluster", "Decode", "Compare", "Stats"]))
 
 
+H3_PROMPT = ("A lighthouse keeper climbs a spiral staircase at dusk, lantern in hand, waves crashing against the rocks "
+             "outside, the camera follows from below. Audio: wind howling, footsteps on iron steps, distant surf, a low cello "
+             "line.")
+
+
+def minimax_h3_t2va() -> dict:
+    """MiniMax-H3 text-to-video+audio (ComfyUI >= 0.33), the 8-step turbo LoRA as ComfyUI's own H3 template runs it."""
+    h3 = AdaClusterConfig.for_model("h3", "balanced")
+    P = {
+        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "minimax_h3_fl2va_pruned_int8_convrot.safetensors",
+                                                        "weight_dtype": "default"}},
+        "lora": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["unet", 0], "strength_model": 1.0,
+                                                                 "lora_name": "minimax_h3_fl2v_turbo_8step_v1.0_comfyui_bf16.safetensors"}},
+        "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": "qwen3vl_32b_minimax_h3_nvfp4_awq.safetensors",
+                                                        "type": "minimax", "device": "default"}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "minimax_h3_video_vae_fp16.safetensors"}},
+        "avae": {"class_type": "VAELoader", "inputs": {"vae_name": "minimax_h3_audio_vae_fp32.safetensors"}},
+        "cond": {"class_type": "MiniMaxH3ImageToVideo", "inputs": {"clip": ["clip", 0], "vae": ["vae", 0], "prompt": H3_PROMPT,
+                                                                   "width": 1344, "height": 768, "length": 124}},
+        **adacluster_nodes(top_k=h3.top_k, model=("lora", 0), max_density=h3.max_density),
+        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 42}},
+        "guider": {"class_type": "BasicGuider", "inputs": {"model": ["ada", 0], "conditioning": ["cond", 0]}},
+        "sampler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "res_multistep"}},
+        "sched": {"class_type": "BasicScheduler", "inputs": {"model": ["ada", 0], "scheduler": "simple", "steps": 8, "denoise": 1.0}},
+        "ks": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["sampler", 0],
+                                                                  "sigmas": ["sched", 0], "latent_image": ["cond", 1]}},
+        "stats": {"class_type": "AdaClusterStats", "inputs": {"model": ["ada", 0], "samples": ["ks", 0]}},
+        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["vae", 0]}},
+        "adec": {"class_type": "VAEDecodeAudio", "inputs": {"samples": ["ks", 0], "vae": ["avae", 0]}},
+        "vid": {"class_type": "CreateVideo", "inputs": {"images": ["dec", 0], "audio": ["adec", 0], "fps": 24.0}},
+        "save": {"class_type": "SaveVideo", "inputs": {"video": ["vid", 0], "filename_prefix": "video/minimax_h3_adacluster",
+                                                       "format": "auto", "codec": "auto"}},
+    }
+    L = {
+        "unet": {"pos": [40, 60], "size": [340, 90]},
+        "lora": {"pos": [40, 190], "size": [340, 90], "title": "Turbo LoRA (8 steps); bypass it for the 50-step model"},
+        "clip": {"pos": [40, 320], "size": [340, 110]},
+        "vae": {"pos": [40, 470], "size": [340, 60]},
+        "avae": {"pos": [40, 570], "size": [340, 60]},
+        "cond": {"pos": [420, 60], "size": [420, 420], "title": "Prompt (video + audio), 1344x768, 124 frames (5 s)",
+                 "color": "#232", "bgcolor": "#353"},
+        "noise": {"pos": [1580, 60], "size": [300, 90]},
+        "guider": {"pos": [1580, 190], "size": [260, 50]},
+        "sampler": {"pos": [1580, 280], "size": [260, 60]},
+        "sched": {"pos": [1580, 380], "size": [300, 110]},
+        "ks": {"pos": [1580, 530], "size": [300, 110]},
+        "dec": {"pos": [1580, 680], "size": [220, 50]},
+        "adec": {"pos": [1580, 770], "size": [220, 50]},
+        "vid": {"pos": [1580, 860], "size": [220, 80]},
+        "save": {"pos": [1940, 600], "size": [420, 420]},
+        "stats": {"pos": [1940, 60], "size": [440, 500]},
+    }
+    return dict(prompt=P, layout=L,
+                note=_note(P, L, "**MiniMax-H3 text-to-video with audio** (ComfyUI 0.33 or newer; 1344×768, 124 frames = 5 s at 24 fps, "
+                           "8 steps with the turbo LoRA, as ComfyUI's own H3 template). Put `minimax_h3_fl2va_pruned_int8_convrot.safetensors` in "
+                           "`models/diffusion_models`, `qwen3vl_32b_minimax_h3_nvfp4_awq.safetensors` in `models/text_encoders`, "
+                           "`minimax_h3_video_vae_fp16.safetensors` and `minimax_h3_audio_vae_fp32.safetensors` in `models/vae`, "
+                           "`minimax_h3_fl2v_turbo_8step_v1.0_comfyui_bf16.safetensors` in `models/loras`.",
+                           f"\n**H3 specifics.** Only the video rows of H3's packed sequence go sparse; text, keyframe / reference rows and "
+                           f"audio stay exact. The Thresholds node here carries H3's `balanced` values (max_density {h3.max_density:g}, "
+                           f"top_k {h3.top_k}; H3 has presets of its own, see the README). **8 steps (turbo LoRA):** warmup 0.3 keeps "
+                           f"the first 3 steps dense; the last of them also measures the per-layer cluster counts, so steps 4-8 run "
+                           f"sparse from the first generation on. **50 steps without the LoRA:** bypass the LoRA node, set the "
+                           f"scheduler's steps to 50. Longer clips (up to 15 s: `length` 362) gain most: attention grows with the "
+                           f"square of the rows."),
+                card=("MiniMax-H3 T2VA", "768p · 5 s · 8-step turbo", "#66553b"))
+
+
 def _wire_adacluster(P: dict, L: dict) -> None:
     """Lay the AdaCluster nodes out in one column, in the pack's colour."""
     L.setdefault("thr", {"pos": [880, 160], "size": [320, 470]})
@@ -543,7 +613,17 @@ WORKFLOWS = {
     "wan22_ti2v_5b_adacluster": wan22_ti2v_5b,
     "hunyuan_video_t2v_720p_adacluster": hunyuan_t2v_720p,
     "wan21_ab_check_adacluster": wan21_ab_check,
+    "minimax_h3_t2va_adacluster": minimax_h3_t2va,
 }
+
+
+# workflows for models only a newer ComfyUI has: name -> a core node type that tells (skipped where absent)
+REQUIRES_NODE = {"minimax_h3_t2va_adacluster": "MiniMaxH3ImageToVideo"}
+
+
+def available(name: str, object_info: dict) -> bool:
+    """False when the workflow needs a model family this ComfyUI does not have (REQUIRES_NODE)."""
+    return REQUIRES_NODE.get(name, next(iter(object_info), "")) in object_info
 
 
 def build_one(name: str, object_info: dict) -> dict:
@@ -664,6 +744,9 @@ def main(argv=None) -> int:
     info = fetch_object_info(a.url) if a.url else object_info_from_throwaway_server()
     stale = []
     for name in WORKFLOWS:
+        if not available(name, info):
+            print(f"skipped {name}: this ComfyUI has no {REQUIRES_NODE[name]} (generate against a newer one)")
+            continue
         wf = build_one(name, info)
         text = json.dumps(wf, indent=1, ensure_ascii=False) + "\n"
         path = out / f"{name}.json"
