@@ -566,11 +566,11 @@ def minimax_h3_t2va() -> dict:
     }
     L = {
         "unet": {"pos": [40, 60], "size": [340, 90]},
-        "lora": {"pos": [40, 190], "size": [340, 90], "title": "Turbo LoRA (8 steps); bypass it for the 50-step model"},
+        "lora": {"pos": [40, 190], "size": [340, 90], "title": "Turbo LoRA (8 steps)"},
         "clip": {"pos": [40, 320], "size": [340, 110]},
         "vae": {"pos": [40, 470], "size": [340, 60]},
         "avae": {"pos": [40, 570], "size": [340, 60]},
-        "cond": {"pos": [420, 60], "size": [420, 420], "title": "Prompt (video + audio), 1344x768, 124 frames (5 s)",
+        "cond": {"pos": [440, 60], "size": [400, 420], "title": "Prompt (video + audio), 1344x768, 124 frames (5 s)",
                  "color": "#232", "bgcolor": "#353"},
         "noise": {"pos": [1580, 60], "size": [300, 90]},
         "guider": {"pos": [1580, 190], "size": [260, 50]},
@@ -596,7 +596,8 @@ def minimax_h3_t2va() -> dict:
                            f"sparse from the first generation on. **50 steps without the LoRA:** bypass the LoRA node, set the "
                            f"scheduler's steps to 50. Longer clips (up to 15 s: `length` 362) gain most: attention grows with the "
                            f"square of the rows."),
-                card=("MiniMax-H3 T2VA", "768p · 5 s · 8-step turbo", "#66553b"))
+                card=("MiniMax-H3 T2VA", "768p · 5 s · 8-step turbo", "#66553b"),
+                note_layout={"pos": [40, 700], "size": [360, 640]})
 
 
 def _wire_adacluster(P: dict, L: dict) -> None:
