@@ -36,6 +36,7 @@ class ForwardContext:
     step: int = -1
     n_steps: int | None = None       # sampler steps (from transformer_options["sample_sigmas"])
     phase: str = "sparse"            # warmup | calibration | sparse
+    warm: bool = False               # inside the dense warmup (the last warmup step calibrates)
     cond_or_uncond: tuple[int, ...] = ()
     self_calls: int = 0              # per-forward self-attention counter (layer id fallback)
     calls: int = 0                   # all attention calls in this forward

@@ -101,6 +101,7 @@ def _begin_forward(run: AdaClusterRun, dm, args, kwargs):
         if math.isfinite(fc.sigma):
             fc.step = run.step_of(fc.sigma)
             fc.phase = run.phase_for(fc.sigma, key if not fc.reason else None)
+            fc.warm = fc.phase == "warmup" or (fc.phase == "calibration" and run.calib_warm)
         if key not in run.layouts:
             run.layouts[key] = {"family": fc.family, "grid": list(fc.grid), "n_vid": fc.n_vid, "n_txt": fc.n_txt,
                                 "txt_first": fc.txt_first, "n_layers": fc.n_layers, "reason": fc.reason,
@@ -344,10 +345,18 @@ def _maybe_sparse(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, l
 def dense_reason(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, layer: int, layout: tuple) -> str | None:
     """Why this video self-attention call runs dense (the reason the Stats node prints; the README's
     troubleshooting table lists them), or None: it goes sparse. The first check that applies wins."""
-    B, H, L, D, vid_start, txt_range = layout
-    if fc.phase == "warmup":
+    if fc.warm:
         kernel_warmup.start(run, fc, call, layout)   # compile the sparse kernels while these steps run
-        return "warmup"
+        if fc.phase == "warmup":
+            return "warmup"
+    reason = _blocking_reason(run, fc, call, layer, layout)
+    # the last warmup step calibrates where it can; a call that cannot is a plain warmup call
+    return "warmup" if reason is not None and fc.warm else reason
+
+
+def _blocking_reason(run: AdaClusterRun, fc: ForwardContext, call: AttentionCall, layer: int, layout: tuple):
+    """dense_reason's checks after the warmup, in order (None: the call can go sparse or calibrate)."""
+    B, H, L, D, vid_start, txt_range = layout
     mode, cfg = run.cfg_for_layer(layer, fc.n_vid, fc.n_layers)
     if mode == "dense":
         return "layer-rule"

@@ -90,6 +90,7 @@ class AdaClusterRun:
         self.plan_key: tuple | None = None
         self.phase = "warmup"
         self.calib_sigma: float | None = None
+        self.calib_warm = False            # the calibration runs on the last warmup step
         self.warmup_sigma: float | None = None
         self.family: str | None = None
         self.config: AdaClusterConfig | None = None
@@ -307,6 +308,7 @@ class AdaClusterRun:
                 self.plan_key = plan_key
                 self.phase = "calibration"
                 self.calib_sigma = sigma
+                self.calib_warm = True
                 return self.phase
             return "warmup"
         if self.phase == "warmup":
@@ -319,11 +321,13 @@ class AdaClusterRun:
             elif adaptive:
                 self.phase = "calibration"
                 self.calib_sigma = sigma
+                self.calib_warm = False
             else:
                 self.phase = "sparse"
         elif self.phase == "calibration" and self.calib_sigma is not None and abs(sigma - self.calib_sigma) > 1e-9:
             if not self.states:  # no attention call reached calibration (a step cache skipped that step)
                 self.calib_sigma = sigma
+                self.calib_warm = False
             else:
                 self.plan()
                 self.phase = "sparse"
