@@ -184,3 +184,49 @@ def test_last_warmup_step_calibrates_and_second_generation_uses_cache():
             assert s["dense_reasons"] == {"warmup": 6, "text-only (refiner)": 8}, s["dense_reasons"]
             assert s["plan_source"] == "cache"
         assert s["sparse_calls"] == 10, s["summary"]
+
+
+def test_probe_capture_and_tuner_on_h3(tmp_path):
+    """Probe, Capture and the offline tuner work on H3 as on Wan: the probe passes the dense result on
+    and measures the sparse one per layer; Capture writes the video self-attention calls with the
+    packed prefix as the text range; the tuner replays them into an h3 profile."""
+    C = load_nodes_module("capture")
+    from adacluster_core import tune
+
+    dm = _model()
+    video, audio, ctx = _inputs()
+    cfg = _cfg(top_k=2, q_clusters=4, k_clusters=12, max_density=0.3)
+    run = P.AdaClusterRun(cfg, None, "auto", probe=P.make_probe("on"))
+    run.override = P.make_override(run, None)
+    wrapper = P._diffusion_model_wrapper_factory(run)
+    _begin(run)
+    got = _forward(dm, (video, audio), ctx, {}, 0.5, run, wrapper)
+    run.end(None)
+    ref = _forward(dm, (video, audio), ctx, {}, 0.5)
+    for g, r in zip(got, ref):     # probed calls pass the dense result on: the forward is the dense one
+        torch.testing.assert_close(g, r, atol=2e-5, rtol=1e-4)
+    pr = run.last_run["probe"]
+    assert pr and run.last_run["sparse_calls"] == 2, run.last_run["summary"]
+    assert "probe" in P.format_stats(run.last_run).lower()
+
+    # Capture (unpatched model): the two layers' video self-attention inputs, prefix = the text range
+    cap = C.CaptureRun("*", "*", 4, 64.0, "h3cap", str(tmp_path))
+    ov = C.make_capture_override(cap, None)
+    to_extra = {"optimized_attention_override": ov}
+    begin = C._begin_forward
+
+    def cap_wrapper(executor, *args, **kwargs):
+        begin(cap, executor.class_obj, args, kwargs)
+        return executor(*args, **kwargs)
+
+    to = {"sigmas": torch.tensor([0.5]), "wrappers": {pe.WrappersMP.DIFFUSION_MODEL: {"cap": [cap_wrapper]}}, **to_extra}
+    with torch.inference_mode():
+        dm([video, audio], torch.tensor([500.0]), ctx, transformer_options=to, minimax_payload={})
+    cap.completed = True
+    path = cap.write(type(dm).__name__)
+    c = tune.load_capture(path)
+    assert c.meta["family"] == "h3" and len(c.calls) == 2
+    n_pre = TEXT + 2 * AUDIO_T
+    assert c.text_range == (0, n_pre) and c.calls[0].q.shape[2] == n_pre + N_VID
+    prof = tune.tune(c, 0.5, overrides=dict(q_clusters=4, k_clusters=12, min_tokens=0), backend="torch")
+    assert prof["family"] == "h3" and set(prof["layers"]) == {"0", "1"}, prof
