@@ -17,7 +17,7 @@ _REASON_ARGS = {"CallRecord": 4, "dense": 0, "MultiStageResult": 5}
 # functions returning (..., reason, ...) tuples: function -> tuple index of the reason
 _REASON_RETURNS = {"classify_call": 1, "detect_family": 1}
 # functions returning a reason (or None): every returned value counts
-_REASON_FUNCS = {"dense_reason"}
+_REASON_FUNCS = {"dense_reason", "_blocking_reason"}   # functions whose returns are Stats reasons
 _REASON_TARGETS = {"reason", "mreason", "dense_reason"}
 
 
