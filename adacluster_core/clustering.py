@@ -1,9 +1,10 @@
 """K-means on queries / keys, the multi-stage adaptive key clustering, and the per-run layer plan.
 
 Tensors: x is [G, N, D] or [B, H, N, D] (any strides, fp16/bf16/fp32); centroids float32
-[G, C, D]; labels int32 [G, N]; counts int32 [G, C]. `ignore` (bool [G, N]) marks tokens that
-take no part (masked keys): they get the label C, sort after every cluster and never touch a
-centroid.
+[G, C, D]; labels int [G, N] (int16 from the Triton kernel, `label_dtype`; int32 from the torch
+reference); counts int32 [G, C] (one call's dtypes: docs/DESIGN.md, "Tensor conventions").
+`ignore` (bool [G, N]) marks tokens that take no part (masked keys): they get the label C, sort
+after every cluster and never touch a centroid.
 
 `kmeans` has fixed shapes and no host synchronisation (reuse-step safe). The multi-stage
 procedure (`multi_stage_key_clustering`) and `plan_layers` synchronise freely: they run once,

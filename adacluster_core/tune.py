@@ -213,7 +213,7 @@ def tune_layer(calls: list[Call], base: AdaClusterConfig, target: float, text_ra
     if best is not None:
         cand, r = best
         cost = predicted_cost(r["density"], kernel_rate, overhead,
-                              pooled_overhead if getattr(cand, "pooled_tail", False) else 0.0)
+                              pooled_overhead if cand.pooled_tail else 0.0)
         if cost < 1.0:
             ent.update({"mode": "sparse", "selection": cand.selection, "q_clusters": cand.q_clusters,
                         "k_clusters": cand.k_clusters, "density": r["density"], "error": r["error"],
