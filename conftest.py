@@ -6,7 +6,9 @@ makes the root a `Package` collector (it holds __init__.py) and imports that fil
 test; for a clone named `adacluster-comfyui` (not a Python identifier) it becomes a top-level module
 and, once ComfyUI is importable in the test process, the relative import fails: every test errors
 (issue 11). The root Package's setup is therefore skipped, so pytest never imports the root
-__init__.py; tests that need the pack load it as ComfyUI does (tests/harness/pack_import.py).
+__init__.py; tests that need the pack load it as ComfyUI does: the server tests through ComfyUI's own
+custom_nodes/ loader (tests/harness/comfy_server.py, tests/comfy/test_clone_names.py), the in-process
+tests load nodes/ alone as a package (`load_nodes_module`, tests/comfy/_helpers.py).
 (A pytest_collect_directory hook cannot help: the root's collector is chosen by the parent folder's
 hooks.)
 """

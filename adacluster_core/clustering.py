@@ -1,9 +1,10 @@
 """K-means on queries / keys, the multi-stage adaptive key clustering, and the per-run layer plan.
 
 Tensors: x is [G, N, D] or [B, H, N, D] (any strides, fp16/bf16/fp32); centroids float32
-[G, C, D]; labels int32 [G, N]; counts int32 [G, C]. `ignore` (bool [G, N]) marks tokens that
-take no part (masked keys): they get the label C, sort after every cluster and never touch a
-centroid.
+[G, C, D]; labels int [G, N] (int16 from the Triton kernel, `label_dtype`; int32 from the torch
+reference); counts int32 [G, C] (one call's dtypes: docs/DESIGN.md, "Tensor conventions").
+`ignore` (bool [G, N]) marks tokens that take no part (masked keys): they get the label C, sort
+after every cluster and never touch a centroid.
 
 `kmeans` has fixed shapes and no host synchronisation (reuse-step safe). The multi-stage
 procedure (`multi_stage_key_clustering`) and `plan_layers` synchronise freely: they run once,
@@ -17,46 +18,9 @@ from typing import Callable, Dict, NamedTuple, Optional
 import torch
 
 from . import reference as ref
-
-
-_BOUNDARIES: dict = {}  # (G, C, dtype, device) -> arange(C + 1) per group (see _boundaries)
-
-
-def _boundaries(G: int, C: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Contiguous [G, C + 1] = arange(C + 1) per group (searchsorted copies a non-contiguous
-    input). Cached: the reuse call asks for the same few shapes every step."""
-    key = (G, C, dtype, device)
-    b = _BOUNDARIES.get(key)
-    if b is None:
-        if len(_BOUNDARIES) > 256:  # many layer shapes: start over rather than grow
-            _BOUNDARIES.clear()
-        b = torch.arange(C + 1, dtype=dtype, device=device).view(1, C + 1).expand(G, C + 1).contiguous()
-        _BOUNDARIES[key] = b
-    return b
-
-
-def label_dtype(num_clusters: int) -> torch.dtype:
-    """Narrowest sort key for labels in [0, num_clusters): the radix sort does one pass per key
-    byte (int16: 2 instead of 8). The assignment kernel writes its labels in this dtype."""
-    return torch.int16 if int(num_clusters) <= 32767 else torch.int32
-
-
-def sort_by_cluster(labels: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group tokens by cluster.
-
-    labels: int [G, N] cluster id per token, in [0, num_clusters).
-    Returns perm int64 [G, N] (perm[g, r] = original index of permuted row r; torch.sort's
-    indices, not copied) and offsets int32 [G, C+1] (cluster c occupies permuted rows
-    offsets[g, c]:offsets[g, c+1]; offsets[g, C] = N since every label is < C).
-    Two ops when labels already have `label_dtype(num_clusters)`.
-    """
-    G, N = labels.shape
-    C = int(num_clusters)
-    kdt = label_dtype(C)
-    vals, perm = torch.sort(labels.to(kdt), dim=1, stable=True)
-    # offsets[c] = first sorted position with label >= c (replaces a scatter_add + cumsum)
-    offsets = torch.searchsorted(vals, _boundaries(G, C, kdt, labels.device), out_int32=True)
-    return perm, offsets
+# the cluster order lives in its own module, which the centroid-update kernel imports too (no
+# clustering <-> kernels cycle); clustering.sort_by_cluster / label_dtype stay importable here
+from .cluster_sort import label_dtype, sort_by_cluster  # noqa: F401
 
 
 # ---- backend dispatch -----------------------------------------------------------------------

@@ -12,6 +12,9 @@ SELECTIONS = ("tensorquest", "top_p", "centroid")
 BACKENDS = ("auto", "triton", "torch")
 MODELS = ("wan", "hunyuan", "cogvideox", "h3")
 PRESETS = ("quality", "balanced", "fast")
+# the pack's model family (nodes/families.py detection, capture metadata) -> the core model whose
+# preset it runs: the one family map, read by the nodes (config_widgets.py) and the tuner (tune.py)
+FAMILY_MODEL = {"wan": "wan", "hunyuan": "hunyuan", "hunyuan15": "hunyuan", "cogvideox": "cogvideox", "h3": "h3"}
 
 # balanced == the spec's defaults table
 _MODEL_TOP_K = {"wan": 128, "hunyuan": 94, "cogvideox": 64, "h3": 64}

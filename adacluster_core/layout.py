@@ -57,13 +57,6 @@ def selected_key_ranges(
     return start.to(torch.int32).contiguous(), end.to(torch.int32).contiguous()
 
 
-def pairs_computed(q_offsets: torch.Tensor, range_start: torch.Tensor, range_end: torch.Tensor) -> torch.Tensor:
-    """Number of query-key pairs the sparse kernel computes, per group: int64 [G]."""
-    nq = (q_offsets[:, 1:] - q_offsets[:, :-1]).to(torch.int64)          # [G, Cq]
-    nk = (range_end - range_start).clamp(min=0).to(torch.int64).sum(-1)  # [G, Cq]
-    return (nq * nk).sum(-1)
-
-
 # ---- the whole layout of one call ------------------------------------------------------------
 
 # How the kernel gets the keys / values in cluster order (docs/KERNEL_NOTES.md, "Memory"):

@@ -1,9 +1,9 @@
 """Choosing the key clusters each query cluster attends to.
 
 All functions are small batched GEMMs / top-k in torch (fp32), no host synchronisation.
-Output convention (docs/DESIGN.md): `sel int32 [G, Cq, S]` key-cluster ids, -1 = unused slot
-(`select_clusters(..., index_dtype=torch.int64)` keeps top-k's int64 ids: the layout indexes
-with them, so the reuse call skips two casts).
+Output convention (docs/DESIGN.md): `sel [G, Cq, S]` key-cluster ids, -1 = unused slot; int32 by
+default, int64 in the sparse call (`select_clusters(..., index_dtype=torch.int64)`, as api._select
+asks: top-k's int64 ids, the layout indexes with them, so the reuse call skips two casts).
 """
 from __future__ import annotations
 

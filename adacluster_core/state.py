@@ -42,12 +42,6 @@ class ClusterState:
         self.dense_reason = ""
         self.calls = 0
 
-    def reset_centroids(self) -> None:
-        """Forget centroids only (keep the layer's count and dense flag)."""
-        self.q_centroids = None
-        self.k_centroids = None
-        self.calls = 0
-
     def nbytes(self) -> int:
         n = 0
         for t in (self.q_centroids, self.k_centroids):

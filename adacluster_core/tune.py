@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from .api import MASK_THRESHOLD, sparse_attention
-from .config import AdaClusterConfig
+from .config import FAMILY_MODEL, AdaClusterConfig
 from .guards import triton_usable
 from .state import ClusterState
 
@@ -65,7 +65,6 @@ POOLED_OVERHEAD = 0.2
 TOP_K_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 TOP_P_LADDER = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 DENSITY_LADDER = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9)
-_FAMILY_MODEL = {"wan": "wan", "hunyuan": "hunyuan", "hunyuan15": "hunyuan", "cogvideox": "cogvideox", "h3": "h3"}
 
 
 def predicted_cost(density: float, kernel_rate: float = KERNEL_RATE, overhead: float = OVERHEAD,
@@ -145,7 +144,7 @@ def base_config(cap: Capture, overrides: dict | None = None, backend: str = "aut
         known = {k: v for k, v in cfgd.items() if k in AdaClusterConfig.__dataclass_fields__}
         cfg = AdaClusterConfig(**known)
     else:
-        cfg = AdaClusterConfig.for_model(_FAMILY_MODEL.get(str(cap.meta.get("family")), "wan"), "balanced")
+        cfg = AdaClusterConfig.for_model(FAMILY_MODEL.get(str(cap.meta.get("family")), "wan"), "balanced")
     kw = dict(overrides or {})
     kw.setdefault("backend", backend)
     if kw["backend"] == "auto":   # offline: the torch reference where Triton cannot run (auto would run dense)
@@ -214,7 +213,7 @@ def tune_layer(calls: list[Call], base: AdaClusterConfig, target: float, text_ra
     if best is not None:
         cand, r = best
         cost = predicted_cost(r["density"], kernel_rate, overhead,
-                              pooled_overhead if getattr(cand, "pooled_tail", False) else 0.0)
+                              pooled_overhead if cand.pooled_tail else 0.0)
         if cost < 1.0:
             ent.update({"mode": "sparse", "selection": cand.selection, "q_clusters": cand.q_clusters,
                         "k_clusters": cand.k_clusters, "density": r["density"], "error": r["error"],

@@ -9,9 +9,8 @@ from typing import Any
 from .core import AdaClusterConfig, core_config
 from .layer_rules import LayerRules, parse_rules, profile_rules
 
-FAMILIES = ("wan", "hunyuan", "hunyuan15", "cogvideox", "h3")
-PRESETS = ("auto", "quality", "balanced", "fast")
-_CORE_MODEL = {"wan": "wan", "hunyuan": "hunyuan", "hunyuan15": "hunyuan", "cogvideox": "cogvideox", "h3": "h3"}
+FAMILIES = tuple(core_config.FAMILY_MODEL)
+PRESETS = ("auto",) + tuple(core_config.PRESETS)   # "auto": the detected family's balanced preset
 
 
 def config_fields() -> dict[str, Any]:
@@ -36,7 +35,7 @@ def make_config(**kw) -> AdaClusterConfig:
 
 
 def preset_config(family: str, preset: str) -> AdaClusterConfig:
-    return AdaClusterConfig.for_model(_CORE_MODEL.get(family, "wan"), preset)
+    return AdaClusterConfig.for_model(core_config.FAMILY_MODEL.get(family, "wan"), preset)
 
 
 def _layer_field_types() -> dict[str, tuple]:

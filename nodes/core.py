@@ -5,8 +5,6 @@ tests (and a pip-installed core) import it top-level. No ComfyUI imports here.
 """
 from __future__ import annotations
 
-import torch
-
 try:
     from ..adacluster_core import AdaClusterConfig, ClusterState, sparse_attention
     from ..adacluster_core import api as core_api
@@ -22,15 +20,14 @@ except ImportError:
     from adacluster_core.clustering import plan_layers
     from adacluster_core.compile_ahead import CompileAhead
 
-# what the sparse kernel handles (the core checks too; checking before the call gives short reasons);
-# the fallbacks serve an older installed core without these names
-SUPPORTED_DTYPES = tuple(getattr(core_api, "SPARSE_DTYPES", (torch.float16, torch.bfloat16, torch.float32)))
-SUPPORTED_HEAD_DIMS = tuple(getattr(core_api, "SPARSE_HEAD_DIMS", (64, 128)))
-NO_TRITON = getattr(core_api, "NO_TRITON", "dense: no triton")
-NON_FINITE = getattr(core_api, "NON_FINITE", "non-finite input")
+# what the sparse kernel handles (the core checks too; checking before the call gives short reasons)
+SUPPORTED_DTYPES = tuple(core_api.SPARSE_DTYPES)
+SUPPORTED_HEAD_DIMS = tuple(core_api.SPARSE_HEAD_DIMS)
+NO_TRITON = core_api.NO_TRITON
+NON_FINITE = core_api.NON_FINITE
 # core reasons whose call must give exactly dense's result: the patcher reruns it through ComfyUI's attention
-DENSE_RESULT_REASONS = tuple(getattr(core_api, "DENSE_RESULT_REASONS", (NON_FINITE,)))
-MASK_THRESHOLD = getattr(core_api, "MASK_THRESHOLD", -1e4)   # additive mask values <= this are "masked"
+DENSE_RESULT_REASONS = tuple(core_api.DENSE_RESULT_REASONS)
+MASK_THRESHOLD = core_api.MASK_THRESHOLD   # additive mask values <= this are "masked"
 
 __all__ = ["AdaClusterConfig", "ClusterState", "sparse_attention", "core_api", "core_config", "core_memory",
            "plan_layers",

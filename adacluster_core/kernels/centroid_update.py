@@ -1,7 +1,7 @@
 """K-means update: fp32 segment means of tokens by cluster (sort-based, deterministic).
 
 One program per (group, cluster) sums the rows of its cluster, read through the permutation
-from `layout.sort_by_cluster`; an empty cluster keeps its old centroid.
+from `cluster_sort.sort_by_cluster`; an empty cluster keeps its old centroid.
 Reference: `adacluster_core.reference.centroid_update_ref`.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..clustering import sort_by_cluster
+from ..cluster_sort import sort_by_cluster
 from ._common import as_bhnd, interpreting, next_pow2
 
 

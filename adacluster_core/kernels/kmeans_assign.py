@@ -93,7 +93,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, *, normalize: bool =
     x: [G, N, D] or [B, H, N, D] (any strides), fp16 / bf16 / fp32.
     centroids: float32 [G, C, D].
     normalize: L2-normalise each token first (query clustering by angle), in-kernel.
-    labels_dtype: int32 or int16 (C <= 32767; what `clustering.sort_by_cluster` sorts on).
+    labels_dtype: int32 or int16 (C <= 32767; what `cluster_sort.sort_by_cluster` sorts on).
     Returns labels [G, N] in labels_dtype; with return_dist also dist float32 [G, N] =
     ‖x − c_label‖ (x normalised if requested).
     """

@@ -23,6 +23,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import time
 
 import pytest
@@ -306,7 +307,10 @@ def test_queue_tiny_graph_shows_stats_readout(comfy_page, comfy_server, artifact
 
     text = page.evaluate("([id, w]) => app.graph.getNodeById(id).widgets.find(v => v.name === w).value",
                          [stats_id, STATS_WIDGET])
-    assert "AdaCluster" in text and "sparse" in text and "density" in text, text
+    assert "AdaCluster" in text and "density" in text, text
+    # the readout's count line ("calls: N  sparse: M  dense: K"): the tiny graph really went sparse
+    m = re.search(r"\bsparse: (\d+)", text)
+    assert m and int(m.group(1)) > 0, f"no sparse call in the readout:\n{text}"
     shown = page.evaluate("""([id, w]) => { const x = app.graph.getNodeById(id).widgets.find(v => v.name === w);
                                             const el = x.element || x.inputEl; return el ? el.value : null; }""",
                           [stats_id, STATS_WIDGET])

@@ -27,15 +27,9 @@ PKG = "adacluster_pack_nodes"
 # interpreter costs seconds per call; one test runs it explicitly).
 TINY = dict(q_clusters=8, k_clusters=0, k_clusters_init=16, tau_scale=1.5, max_stages=10, stage_iters=3,
             top_k=4, selection="tensorquest", top_p=0.9, kmeans_iters_first=10, kmeans_iters_reuse=2,
-            warmup=0.0, dense_layer_fraction=0.0, min_tokens=0, calibration_dense=True, backend="torch")
-try:  # a core with the density budget: no budget in the tests (top_k alone decides, as the tests assume)
-    from adacluster_core import AdaClusterConfig as _Cfg
-    if "max_density" in _Cfg.__dataclass_fields__:
-        TINY["max_density"] = 1.0
-    if "pooled_tail" in _Cfg.__dataclass_fields__:  # the presets' value (the tuner's base config)
-        TINY["pooled_tail"] = True
-except ImportError:  # pragma: no cover
-    pass
+            warmup=0.0, dense_layer_fraction=0.0, min_tokens=0, calibration_dense=True, backend="torch",
+            max_density=1.0,     # no density budget: top_k alone decides, as the tests assume
+            pooled_tail=True)    # the presets' value (the tuner's base config)
 
 
 def load_nodes_module(name: str):

@@ -243,6 +243,41 @@ class AdaClusterTestReplacingOverride:
         return (m,)
 
 
+class AdaClusterTestReversedKeys:
+    """MODEL -> MODEL whose attention sums over the keys in reversed token order: the same dense
+    attention (it is invariant under a permutation of the keys with their values and mask columns),
+    different fp32 rounding. A server test uses the latent it gives as the reference for "equal up to
+    summation order". Tensors only (a ComfyUI attention container is passed on unchanged)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",)}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "adacluster_test"
+
+    def patch(self, model):
+        m = model.clone()
+
+        def reversed_keys(func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
+                          skip_output_reshape=False, **kwargs):
+            if isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor) and k.shape[:-1] == v.shape[:-1]:
+                dim = 2 if skip_reshape else 1          # [B, H, L, D] or [B, L, H*D]
+                lk = k.shape[dim]
+                k, v = k.flip(dim), v.flip(dim)
+                if isinstance(mask, torch.Tensor) and mask.shape[-1] == lk:
+                    mask = mask.flip(-1)
+            return func(q, k, v, heads, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
+                        skip_output_reshape=skip_output_reshape, **kwargs)
+
+        m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = reversed_keys
+        return (m,)
+
+
+NODE_CLASS_MAPPINGS["AdaClusterTestReversedKeys"] = AdaClusterTestReversedKeys
+
+
 class AdaClusterTestCountBackend:
     """MODEL -> MODEL unchanged; wraps ComfyUI's registered "pytorch" attention function (what core's
     ModelAttentionBackend picks for "pytorch attention") with a counter, once per server, so a test

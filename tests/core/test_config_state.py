@@ -63,6 +63,16 @@ def test_presets():
         AdaClusterConfig.for_model("wan", "ultra")
 
 
+def test_one_family_map():
+    """config.FAMILY_MODEL is the one family -> model map: every family's model has presets, and
+    every core model is some family's (the nodes and the tuner read this map, not copies)."""
+    from adacluster_core import config as C
+    for fam, model in C.FAMILY_MODEL.items():
+        for p in C.PRESETS:
+            assert AdaClusterConfig.for_model(model, p) is not None, (fam, p)
+    assert set(C.FAMILY_MODEL.values()) == set(C.MODELS)
+
+
 def test_state_reset_nbytes_and_mismatch():
     s = ClusterState()
     assert s.nbytes() == 0

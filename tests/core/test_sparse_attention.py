@@ -192,6 +192,22 @@ def test_dense_fallbacks(case):
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
 
 
+def _same_density_baselines(q, k, v, density: float, seed: int = 0) -> tuple[float, float]:
+    """Reference errors (rel. L2 vs fp32 dense) of two selections of n = density x N real keys per
+    query, computed exactly: (random keys: a selection blind to q·k, the oracle: each query's n
+    highest-scoring keys, the best any key subset of that size does, up to the softmax's tail)."""
+    B, H, N, D = q.shape
+    n = max(1, int(round(density * N)))
+    s = (q.float() @ k.float().transpose(-1, -2)) * D ** -0.5
+    ref = dense_attention_ref(q, k, v)
+    errs = []
+    for idx in (torch.rand(B, H, N, N, generator=torch.Generator().manual_seed(seed)).argsort(-1)[..., :n],
+                s.topk(n, dim=-1).indices):
+        m = torch.full_like(s, float("-inf")).scatter_(-1, idx, 0.0)
+        errs.append(rel_l2(torch.softmax(s + m, -1) @ v.float(), ref))
+    return errs[0], errs[1]
+
+
 def test_default_config_on_structured_input():
     """Spec defaults (Cq 65, adaptive Ck, top_k 128) on clusterable data: sparse with bounded error."""
     B, H, N, D = 1, 2, 2048, 64
@@ -202,7 +218,12 @@ def test_default_config_on_structured_input():
     assert not st["dense"], st["reason"]
     d = float(st["density"])
     assert 0 < d < 0.9, d
-    assert rel_l2(out, dense_attention_ref(q, k, v)) < 0.15
+    # The margin comes from a reference error computed here: a score-blind (random) selection of the same
+    # number of keys per query. The cluster selection must remove at least 85 % of that error (was an
+    # absolute 0.15; random keys here give ~0.9, the selection ~0.08).
+    e_random, _ = _same_density_baselines(q, k, v, d)
+    err = rel_l2(out, dense_attention_ref(q, k, v))
+    assert err <= 0.15 * e_random, (err, e_random, d)
     # the balanced preset's density budget (read from the preset, not restated) caps the work;
     # the error stays bounded
     balanced = AdaClusterConfig.for_model("wan", backend="torch")
@@ -212,7 +233,13 @@ def test_default_config_on_structured_input():
     # the presets' pooled tail adds at most Ck virtual keys per query on top of the budget
     tail = st2["k_clusters"] / N if st2.get("pooled_tail") else 0.0
     assert 0 < d2 <= min(d, balanced.max_density + 0.05) + tail, (d2, d, tail)
-    assert rel_l2(out2, dense_attention_ref(q, k, v)) < 0.3
+    # Reference: the oracle, each query's own top d2 x N keys computed exactly. With the pooled tail (the
+    # unselected clusters as one virtual key each) the preset must do at least as well as the best pure
+    # selection of the same size (was an absolute 0.3; the oracle gives ~0.08, the preset ~0.03).
+    assert st2.get("pooled_tail")
+    _, e_oracle = _same_density_baselines(q, k, v, d2)
+    err2 = rel_l2(out2, dense_attention_ref(q, k, v))
+    assert err2 <= e_oracle, (err2, e_oracle, d2)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
