@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -296,7 +297,6 @@ def _h3_packed_layout(dm, payload: dict, text_len: int, grid_shape: tuple, audio
     sig = (text_len,) + tuple(grid_shape) + (audio_t,)
     if lay is not None and getattr(lay, "signature", None) == sig:
         return lay
-    import sys
     cls = getattr(sys.modules.get(type(dm).__module__), "PackedLayout", None)
     if cls is None:
         return None
