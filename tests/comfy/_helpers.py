@@ -58,6 +58,16 @@ def comfy_inprocess() -> str | None:
     return None
 
 
+def fill_text(unit, limit: int) -> str:
+    """unit(0) + unit(1) + ... while the text stays within `limit` characters (size-bound tests)."""
+    out, n, i = [], 0, 0
+    while n + len(unit(i)) <= limit:
+        out.append(unit(i))
+        n += len(unit(i))
+        i += 1
+    return "".join(out)
+
+
 def thresholds_node(**overrides) -> tuple:
     vals = dict(TINY)
     vals.update(overrides)

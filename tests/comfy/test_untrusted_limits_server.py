@@ -26,7 +26,7 @@ import uuid
 
 import pytest
 
-from tests.comfy._helpers import load_nodes_module
+from tests.comfy._helpers import fill_text as _fill, load_nodes_module
 from tests.harness import prompts
 
 pytestmark = pytest.mark.server
@@ -46,15 +46,6 @@ def _post(srv, prompt: dict):
     except urllib.error.HTTPError as e:
         status, resp = e.code, e.read()
     return status, json.loads(resp or b"{}"), len(resp), time.perf_counter() - t0
-
-
-def _fill(unit, limit):
-    out, n, i = [], 0, 0
-    while n + len(unit(i)) <= limit:
-        out.append(unit(i))
-        n += len(unit(i))
-        i += 1
-    return "".join(out)
 
 
 def _max_numbers(srv, node: str, base: dict) -> dict:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.comfy._helpers import comfy_inprocess, load_nodes_module
+from tests.comfy._helpers import comfy_inprocess, fill_text as _fill, load_nodes_module
 
 lr = load_nodes_module("layer_rules")
 cw = load_nodes_module("config_widgets")
@@ -23,15 +23,6 @@ if _why is None:
     CAP = load_nodes_module("capture")
     SA = load_nodes_module("sparse_attention")
     RUN = load_nodes_module("run")
-
-
-def _fill(unit, limit):
-    out, n, i = [], 0, 0
-    while n + len(unit(i)) <= limit:
-        out.append(unit(i))
-        n += len(unit(i))
-        i += 1
-    return "".join(out)
 
 
 # ------------------------------------------------------------------------------------- size bounds
