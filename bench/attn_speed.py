@@ -51,7 +51,7 @@ def variant_config(model: str, variant: str) -> AdaClusterConfig:
     return AdaClusterConfig.for_model(model, base, **kw)
 
 
-def reuse_layout(q, k, v, cfg, st, name):
+def reuse_layout(q, k, v, cfg, st, name, kv_rows=None):
     """The layout the reuse call builds (same steps as api._sparse, warm state)."""
     B, H, N, D = q.shape
     r0, r1 = dense_range(name) or (0, 0)
@@ -65,7 +65,7 @@ def reuse_layout(q, k, v, cfg, st, name):
     rq, rk, _ = api._cluster(q_clu, k_clu, Cq, Ck, None, cfg, st2, None, backend)
     sel = api._select(q_clu, rq, rk, cfg, D ** -0.5)
     return lay.build_layout(q, k, v, rq, rk, sel, scale=D ** -0.5, dense_range=(r0, r1), masked_dense=None,
-                            pooled=cfg.pooled_tail, backend=backend)
+                            pooled=cfg.pooled_tail, backend=backend, kv_rows=kv_rows)
 
 
 def run_variant(name, variant, q, k, v, t_dense, err_dense, rows, cold, log):

@@ -1,0 +1,274 @@
+"""8-bit variant of the variable-block sparse attention (Triton, GPUs with fp8 tensor cores).
+
+    out = varblock_attention_fp8(q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start,
+                                 range_end, scale, tail_keys=None, tail_values=None, tail_bias=None)
+
+Same layout and result as `varblock_attn.varblock_attention` (shapes in its docstring), with K and
+V given already quantised by the gather step (`adacluster_core.quant.quantize_kv`):
+
+* ``kq [G, Nk, D]`` e4m3 (or int8) keys in cluster order, shifted by their per-group mean (a
+  constant per query row in the logits, so the softmax is unchanged) and divided by
+  ``k_scale fp32 [G, Nk]`` (one scale per key row);
+* ``vq`` e4m3 values divided by ``v_scale fp32 [G]``, stored transposed ``[G, D, Nkp]`` (Nkp = Nk
+  rounded up to 16) so that P·V reads them K-major, as fp8 MMA requires; or bf16 ``[G, Nk, D]`` rows
+  (``v_scale`` ones) when P·V runs in bf16;
+* query rows are quantised in the kernel, one scale per row; P is cast with ``p_scale`` (P <= 1 maps
+  to <= 448, so small probabilities stay representable);
+* the pooled tail (virtual keys, a small block) stays in q's dtype: ``tail_keys`` shifted by the
+  same mean, ``tail_values`` divided by ``v_scale``.
+
+The torch emulation of this arithmetic is `reference.varblock_attention_fp8_ref`.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import interpreting, next_pow2
+from ._fp8 import to_e4m3
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _attend8(acc, m_i, l_i, q8, k8, v8, row_scale, ks, col_ok,
+             MASK: tl.constexpr, PV_FP8: tl.constexpr, QK_INT8: tl.constexpr, P_MUL: tl.constexpr,
+             ROUND_FIRST: tl.constexpr):
+    # logits in the log2 domain: int / fp8 dot, then one scale per query row and per key row
+    if QK_INT8:
+        s = tl.dot(q8, tl.trans(k8), out_dtype=tl.int32).to(tl.float32)
+    else:
+        s = tl.dot(q8, tl.trans(k8))
+    s = s * row_scale[:, None] * ks[None, :]
+    if MASK:
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+    m_ij = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.math.exp2(s - m_ij[:, None])
+    alpha = tl.math.exp2(m_i - m_ij)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if PV_FP8:
+        acc = tl.dot(to_e4m3(p * P_MUL, ROUND_FIRST), tl.trans(v8), acc)
+    else:
+        acc = tl.dot(p.to(v8.dtype), v8, acc)
+    return acc, m_ij, l_i
+
+
+@triton.jit
+def _attend_tail(acc, m_i, l_i, q, k, v, qk_scale, bias, col_ok, P_MUL: tl.constexpr):
+    # the pooled tail in q's dtype; bias may be -inf for a whole row of the block
+    s = tl.dot(q, tl.trans(k)) * qk_scale + bias[None, :]
+    s = tl.where(col_ok[None, :], s, float("-inf"))
+    m_ij = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_ij == float("-inf"), 0.0, m_ij)
+    p = tl.math.exp2(s - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot((p * P_MUL).to(v.dtype), v, acc)
+    return acc, m_ij, l_i
+
+
+@triton.jit
+def _quantise_rows(x, QK_INT8: tl.constexpr, ROUND_FIRST: tl.constexpr):
+    # one scale per row: (x / scale in the 8-bit type, scale)
+    amax = tl.max(tl.abs(x), 1)
+    if QK_INT8:
+        sc = tl.where(amax > 0, amax / 127.0, 1.0)
+        y = x / sc[:, None]
+        y = tl.where(y >= 0, y + 0.5, y - 0.5).to(tl.int8)
+    else:
+        sc = tl.where(amax > 0, amax / 448.0, 1.0)
+        y = to_e4m3(x / sc[:, None], ROUND_FIRST)
+    return y, sc
+
+
+@triton.jit(do_not_specialize=["N", "NK", "NKP", "CQ", "R", "CT", "CQT"])
+def _varblock_fp8_fwd(
+    Q, K, KS, V, VS, O, PERM, QOFF, RS, RE, TK, TV, TB, K_DESC, V_DESC,
+    qk_scale,
+    N, NK, NKP, CQ, R, CT, CQT, H,
+    sq_b, sq_h, sq_n, so_b, so_h, so_n,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CQ_P2: tl.constexpr,
+    R_P2: tl.constexpr, NUM_STAGES: tl.constexpr, HAS_TAIL: tl.constexpr, USE_DESC: tl.constexpr,
+    PV_FP8: tl.constexpr, QK_INT8: tl.constexpr, P_MUL: tl.constexpr, ROUND_FIRST: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    g = tl.program_id(1)
+    g64 = g.to(tl.int64)
+    b64 = g64 // H
+    h64 = g64 % H
+    # tile table from q_offsets, text cluster's tiles first (as in varblock_attn._varblock_fwd)
+    ci = tl.arange(0, CQ_P2)
+    cmask = ci < CQ
+    qoff = QOFF + g64 * (CQ + 1)
+    lo = tl.load(qoff + ci, mask=cmask, other=0)
+    hi = tl.load(qoff + ci + 1, mask=cmask, other=0)
+    nt = tl.where(cmask, (hi - lo + BLOCK_M - 1) // BLOCK_M, 0)
+    cum = tl.cumsum(nt, 0)
+    total_tiles = tl.sum(nt, 0)
+    if tile < total_tiles:
+        n_last = tl.sum(tl.where(ci == CQ - 1, nt, 0), 0)
+        t = tile - n_last
+        t = tl.where(t < 0, t + total_tiles, t)
+        c = tl.sum((cum <= t).to(tl.int32), 0)
+        sel = ci == c
+        t0 = tl.sum(tl.where(sel, cum - nt, 0), 0)
+        q_lo = tl.sum(tl.where(sel, lo, 0), 0)
+        q_hi = tl.sum(tl.where(sel, hi, 0), 0)
+        row0 = q_lo + (t - t0) * BLOCK_M
+
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, D)
+        offs_n = tl.arange(0, BLOCK_N)
+        prow = row0 + offs_m
+        mrow = prow < q_hi
+        orig64 = tl.load(PERM + g64 * N + prow, mask=mrow, other=0).to(tl.int64)
+        q_ptrs = Q + b64 * sq_b + h64 * sq_h + orig64[:, None] * sq_n + offs_d[None, :]
+        q8, q_sc = _quantise_rows(tl.load(q_ptrs, mask=mrow[:, None], other=0.0).to(tl.float32), QK_INT8, ROUND_FIRST)
+        row_scale = q_sc * qk_scale
+
+        k_base = K + g64 * NK * D
+        ks_base = KS + g64 * NK
+        if PV_FP8:
+            v_base = V + g64 * D * NKP  # transposed [D, Nkp]
+        else:
+            v_base = V + g64 * NK * D
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+
+        rbase = (g64 * CQ + c) * R
+        ri = tl.arange(0, R_P2)
+        rmask = ri < R
+        rs_v = tl.load(RS + rbase + ri, mask=rmask, other=0)
+        re_v = tl.load(RE + rbase + ri, mask=rmask, other=0)
+        n_r = tl.max(tl.where(rmask & (re_v > rs_v), ri + 1, 0), 0)
+        g_row = (g * NK).to(tl.int32)
+        g_vrow = (g * D).to(tl.int32)
+        for r in range(0, n_r):
+            s0 = tl.load(RS + rbase + r)
+            e0 = tl.load(RE + rbase + r)
+            ln = tl.maximum(e0 - s0, 0)
+            n_full = ln // BLOCK_N
+            for j in tl.range(0, n_full, num_stages=NUM_STAGES):
+                rows = s0 + j * BLOCK_N + offs_n
+                if USE_DESC:
+                    k = K_DESC.load([g_row + s0 + j * BLOCK_N, 0])
+                    if PV_FP8:
+                        v = V_DESC.load([g_vrow, s0 + j * BLOCK_N])
+                    else:
+                        v = V_DESC.load([g_row + s0 + j * BLOCK_N, 0])
+                else:
+                    k = tl.load(k_base + rows[:, None] * D + offs_d[None, :])
+                    if PV_FP8:
+                        v = tl.load(v_base + offs_d[:, None] * NKP + rows[None, :])
+                    else:
+                        v = tl.load(v_base + rows[:, None] * D + offs_d[None, :])
+                ks = tl.load(ks_base + rows)
+                acc, m_i, l_i = _attend8(acc, m_i, l_i, q8, k, v, row_scale, ks, offs_n,
+                                         False, PV_FP8, QK_INT8, P_MUL, ROUND_FIRST)
+            if n_full * BLOCK_N < ln:
+                rows = s0 + n_full * BLOCK_N + offs_n
+                ok = rows < e0
+                k = tl.load(k_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
+                if PV_FP8:
+                    v = tl.load(v_base + offs_d[:, None] * NKP + rows[None, :], mask=ok[None, :], other=0.0)
+                else:
+                    v = tl.load(v_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
+                ks = tl.load(ks_base + rows, mask=ok, other=0.0)
+                acc, m_i, l_i = _attend8(acc, m_i, l_i, q8, k, v, row_scale, ks, ok,
+                                         True, PV_FP8, QK_INT8, P_MUL, ROUND_FIRST)
+
+        if HAS_TAIL:
+            if c < CQT:
+                q = tl.load(q_ptrs, mask=mrow[:, None], other=0.0)  # q's dtype (reloaded: not kept live)
+                tk_base = TK + g64 * CT * D
+                tv_base = TV + g64 * CT * D
+                tb_base = TB + (g64 * CQT + c) * CT
+                for j0 in range(0, CT, BLOCK_N):
+                    rows = j0 + offs_n
+                    ok = rows < CT
+                    k = tl.load(tk_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
+                    v = tl.load(tv_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
+                    kb = tl.load(tb_base + rows, mask=ok, other=float("-inf"))
+                    acc, m_i, l_i = _attend_tail(acc, m_i, l_i, q, k, v, qk_scale, kb, ok, P_MUL)
+
+        vs = tl.load(VS + g64)
+        l_safe = tl.where(l_i > 0, l_i, 1.0)
+        out = acc * (vs / P_MUL) / l_safe[:, None]
+        out = tl.where((l_i > 0)[:, None], out, 0.0)
+        tl.store(O + b64 * so_b + h64 * so_h + orig64[:, None] * so_n + offs_d[None, :],
+                 out.to(O.dtype.element_ty), mask=mrow[:, None])
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per head dim; measured on H100 (docs/KERNEL_NOTES.md)
+FP8_LAUNCH_CONFIGS = {64: (128, 64, 4, 3), 128: (128, 64, 8, 3)}
+
+
+def fp8_supported(device: torch.device) -> bool:
+    """fp8 tensor cores: compute capability 8.9 (Ada) and newer; never in the interpreter
+    (numpy has no 8-bit floats)."""
+    if device.type != "cuda" or interpreting():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def _descriptor(x2: torch.Tensor, block: list[int]):
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except Exception:  # pragma: no cover - older triton
+        return None
+    return TensorDescriptor(x2, list(x2.shape), [x2.stride(0), 1], block)
+
+
+def varblock_attention_fp8(q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, scale,
+                           tail_keys=None, tail_values=None, tail_bias=None, out=None, *, p_scale: float,
+                           config: tuple | None = None, descriptors: bool | None = None) -> torch.Tensor:
+    """Launch the 8-bit kernel. q ``[G, N, D]`` or ``[B, H, N, D]`` (any strides, unit stride along D);
+    kq / k_scale / vq / v_scale as made by `quant.quantize_kv` (PV in fp8 when ``vq`` is an 8-bit
+    ``[G, D, Nkp]`` tensor, in q's dtype when it is ``[G, Nk, D]`` rows of q's dtype); ``p_scale``: P is
+    cast as P x p_scale (`quant.P_SCALE`); the rest as `varblock_attention`. Returns ``out`` (q's shape
+    and dtype)."""
+    H = q.shape[1] if q.dim() == 4 else 1
+    q4 = q if q.dim() == 4 else q.unsqueeze(1)
+    B, _, N, D = q4.shape
+    G = B * H
+    Nk = kq.shape[1]
+    pv_fp8 = vq.dtype == torch.float8_e4m3fn
+    qk_int8 = kq.dtype == torch.int8
+    Nkp = vq.shape[2] if pv_fp8 else Nk
+    Cq, R = q_offsets.shape[1] - 1, range_start.shape[2]
+    if out is None:
+        out = torch.empty_like(q)
+    o4 = out if out.dim() == 4 else out.unsqueeze(1)
+    if G == 0 or N == 0:
+        return out
+    has_tail = tail_keys is not None and tail_bias is not None and tail_keys.shape[1] > 0
+    if has_tail:
+        tk, tv = tail_keys.to(q.dtype).contiguous(), tail_values.to(q.dtype).contiguous()
+        tb = (tail_bias.to(torch.float32) * LOG2E).contiguous()
+        ct, cqt = tk.shape[1], tb.shape[1]
+    else:
+        tk, tv, tb, ct, cqt = q4, q4, range_start, 0, 0
+    BM, BN, warps, stages = tuple(config) if config is not None else FP8_LAUNCH_CONFIGS[D]
+    use_desc = descriptors if descriptors is not None else torch.cuda.get_device_capability(q.device)[0] >= 9
+    k_desc = v_desc = kq
+    if use_desc:
+        k_desc = _descriptor(kq.view(G * Nk, D), [BN, D])
+        v_desc = _descriptor(vq.view(G * D, Nkp), [D, BN]) if pv_fp8 else _descriptor(vq.view(G * Nk, D), [BN, D])
+        use_desc = k_desc is not None
+        if not use_desc:
+            k_desc = v_desc = kq
+    grid = (triton.cdiv(N, BM) + Cq, G)
+    _varblock_fp8_fwd[grid](
+        q4, kq, k_scale, vq, v_scale, o4, perm_q, q_offsets, range_start, range_end, tk, tv, tb,
+        k_desc, v_desc, float(scale) * LOG2E,
+        N, Nk, Nkp, Cq, R, ct, cqt, H,
+        q4.stride(0), q4.stride(1), q4.stride(2), o4.stride(0), o4.stride(1), o4.stride(2),
+        D=D, BLOCK_M=BM, BLOCK_N=BN, CQ_P2=max(next_pow2(Cq), 2), R_P2=max(next_pow2(R), 2),
+        NUM_STAGES=stages, HAS_TAIL=has_tail, USE_DESC=use_desc, PV_FP8=pv_fp8, QK_INT8=qk_int8,
+        P_MUL=float(p_scale) if pv_fp8 else 1.0, ROUND_FIRST=interpreting(), num_warps=warps, num_stages=stages,
+    )
+    return out
