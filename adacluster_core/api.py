@@ -114,6 +114,32 @@ def _stats(cfg: AdaClusterConfig, device, **kw) -> dict:
     return {"density": st.pop("density"), **st}
 
 
+def _dense_reason(q: torch.Tensor, k: torch.Tensor, cfg: AdaClusterConfig, state: Optional[ClusterState],
+                  qdep: bool) -> str:
+    """Why a well-formed call runs dense before any sparse work ("" when it may go sparse): the
+    first of empty input, cross-attention, dtype, head_dim, min_tokens, a query-dependent mask, a
+    layer marked dense, no Triton."""
+    B, H, N, D = q.shape
+    reason = ""   # assigned, not returned: tests/harness/dense_reasons.py reads `reason = ...` as Stats reasons
+    if B == 0 or H == 0 or N == 0:
+        reason = "empty input (B, H or N is 0)"
+    elif k.shape[2] != N:
+        reason = f"cross-attention ({k.shape[2]} keys for {N} queries)"
+    elif q.dtype not in SPARSE_DTYPES:
+        reason = f"dtype {q.dtype} unsupported"
+    elif D not in SPARSE_HEAD_DIMS:
+        reason = f"head_dim {D} unsupported (sparse needs {SPARSE_HEAD_DIMS})"
+    elif N < cfg.min_tokens:
+        reason = f"N={N} < min_tokens={cfg.min_tokens}"
+    elif qdep:
+        reason = "key_mask is query-dependent or has an unsupported shape"
+    elif state is not None and state.dense:
+        reason = state.dense_reason or "layer marked dense"
+    elif resolve_backend(cfg.backend, q.device) == "dense":
+        reason = NO_TRITON
+    return reason
+
+
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      config: Optional[AdaClusterConfig] = None, state: Optional[ClusterState] = None,
                      *, scale: Optional[float] = None, always_dense_range=None,
@@ -177,25 +203,9 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             res = out.copy_(res)
         return res, _stats(cfg, q.device, reason=reason, **kw)
 
-    reason = ""
-    if B == 0 or H == 0 or N == 0:
-        reason = "empty input (B, H or N is 0)"
-    elif k.shape[2] != N:
-        reason = f"cross-attention ({k.shape[2]} keys for {N} queries)"
-    elif q.dtype not in SPARSE_DTYPES:
-        reason = f"dtype {q.dtype} unsupported"
-    elif D not in SPARSE_HEAD_DIMS:
-        reason = f"head_dim {D} unsupported (sparse needs {SPARSE_HEAD_DIMS})"
-    elif N < cfg.min_tokens:
-        reason = f"N={N} < min_tokens={cfg.min_tokens}"
-    elif qdep:
-        reason = "key_mask is query-dependent or has an unsupported shape"
-    elif state is not None and state.dense:
-        reason = state.dense_reason or "layer marked dense"
-    elif resolve_backend(cfg.backend, q.device) == "dense":
-        reason = NO_TRITON
-    if reason:
-        return dense(reason)
+    early_reason = _dense_reason(q, k, cfg, state, qdep)
+    if early_reason:
+        return dense(early_reason)
     r0, r1 = normalise_range(N, always_dense_range, always_dense_prefix)
     Nt = r1 - r0
     Nv = N - Nt

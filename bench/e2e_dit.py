@@ -176,30 +176,10 @@ def timed(fn, reps=1):
     return ts[len(ts) // 2], out
 
 
-@torch.inference_mode()
-def bench_model(comfy, patch_mod, name, spec, args, device):
-    print(f"\n=== {name}: building ({spec}) ===", flush=True)
-    t0 = time.time()
-    base = build_model(comfy, spec, device)
-    mem = torch.cuda.memory_allocated() / 2**30 if device.type == "cuda" else 0.0
-    print(f"built in {time.time() - t0:.1f} s; weights {mem:.1f} GiB", flush=True)
-    x, ctx, extra = make_inputs(spec, device)
-    ms = base.model.model_sampling
-    steps = 50
-    # 50-step schedule: sigma at evenly spaced percents (what "simple" gives for flow models)
-    sig = [float(ms.percent_to_sigma(i / steps)) for i in range(steps)] + [0.0]
-    schedule = torch.tensor(sig, device=device)
-    n_tok = spec["latent"][1] * (spec["latent"][2] // 2) * (spec["latent"][3] // 2)
-
-    dense_run = forward_fn(base, x, ctx, extra, schedule)
-    reps = 1 if args.quick else 2
-    # warm-up (cuDNN / triton autotune / allocator)
-    dense_run(sig[20])
-    t_dense, ref = timed(lambda: dense_run(sig[20]), reps)
-    print(f"dense forward: {t_dense:.1f} ms ({n_tok} video tokens)", flush=True)
-
-    # dense attention share: time with attention skipped is not meaningful; instead time attention
-    # alone at this shape with the same backend ComfyUI chose (one layer's call x layers)
+def _attention_share(spec: dict, n_tok: int, t_dense: float, device) -> float:
+    """The dense attention share of a forward: time with attention skipped is not meaningful;
+    instead time attention alone at this shape with the same backend ComfyUI chose (one layer's
+    call x layers). The q it times is freed on return."""
     import comfy.ldm.modules.attention as ca
     H = spec["heads"]; D = spec["dim"] // H
     L = n_tok + (spec["txt"] if spec["family"] == "hunyuan" else 0)
@@ -209,10 +189,13 @@ def bench_model(comfy, patch_mod, name, spec, args, device):
     t_attn1, _ = timed(lambda: f(q, q, q, H, skip_reshape=True), 3)
     n_self = spec["layers"] + spec.get("single", 0)
     share = n_self * t_attn1 / t_dense
-    del q
     print(f"one self-attention call ({ca.optimized_attention.__name__ if hasattr(ca.optimized_attention, '__name__') else 'attn'}): "
           f"{t_attn1:.1f} ms; x{n_self} layers = {share * 100:.0f}% of the dense forward", flush=True)
+    return share
 
+
+def _patch(patch_mod, base, spec: dict, args):
+    """The patched clone and its run, with --preset / --cfg / --top-k; (patched, run, warmup fraction)."""
     cfg_kw = json.loads(args.cfg) if args.cfg else {}
     if args.top_k:
         cfg_kw["top_k"] = args.top_k
@@ -221,10 +204,14 @@ def bench_model(comfy, patch_mod, name, spec, args, device):
         config = patch_mod.preset_config(spec["family"], args.preset).replace(**cfg_kw)
     patched = patch_mod.patch_model(base, config=config, preset=args.preset)
     run = patch_mod.get_run(patched)
-    run.begin(patched)
-    prun = forward_fn(patched, x, ctx, extra, schedule)
     warm_frac = (config or patch_mod.preset_config(spec["family"], args.preset)).warmup
-    w = max(2, int(round(warm_frac * steps)))
+    return patched, run, warm_frac
+
+
+def _time_generations(prun, dense_run, run, patched, sig: list, w: int):
+    """Step times of a first generation (warmup, calibration, first sparse, reuse; the reuse step's
+    output vs dense at the same sigma) and the first sparse step of a second one (plan cache):
+    (rows, background compile s, relative error, summary, 2nd summary)."""
     rows = {}
     t_warm, _ = timed(lambda: prun(sig[w - 2]))
     rows["warmup step (dense)"] = t_warm
@@ -254,26 +241,66 @@ def bench_model(comfy, patch_mod, name, spec, args, device):
     rows["first sparse step, 2nd generation"] = t_first2
     summ2 = run.summarize()
     run.end(patched)
-    proj2 = w * t_warm + t_first2 + (steps - w - 1) * rows["reuse step"]
+    return rows, compile_s, rel, summ, summ2
+
+
+def _projections(rows: dict, t_dense: float, steps: int, w: int, warm_frac: float) -> dict:
+    """Projected 50-step (first and second generation) and 6-step times and speedups from the step times."""
+    t_warm, t_first2, t_reuse = rows["warmup step (dense)"], rows["first sparse step, 2nd generation"], rows["reuse step"]
+    proj2 = w * t_warm + t_first2 + (steps - w - 1) * t_reuse
     # a 6-step schedule (distilled LoRA) at the same warmup fraction, second generation
     w6 = max(1, int(round(warm_frac * 6)))
     proj6_dense = 6 * t_dense
-    proj6 = w6 * t_warm + t_first2 + (6 - w6 - 1) * rows["reuse step"]
+    proj6 = w6 * t_warm + t_first2 + (6 - w6 - 1) * t_reuse
+    n_warm = w
+    proj_dense = steps * t_dense
+    proj_sparse = n_warm * t_warm + rows["calibration step"] + rows["first sparse step"] + (steps - n_warm - 2) * t_reuse
+    return dict(reuse_speedup=t_dense / t_reuse, proj_dense_s=proj_dense / 1e3, proj_sparse_s=proj_sparse / 1e3,
+                proj_speedup=proj_dense / proj_sparse, proj2_sparse_s=proj2 / 1e3, proj2_speedup=proj_dense / proj2,
+                proj6_speedup=proj6_dense / proj6)
+
+
+@torch.inference_mode()
+def bench_model(comfy, patch_mod, name, spec, args, device):
+    print(f"\n=== {name}: building ({spec}) ===", flush=True)
+    t0 = time.time()
+    base = build_model(comfy, spec, device)
+    mem = torch.cuda.memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+    print(f"built in {time.time() - t0:.1f} s; weights {mem:.1f} GiB", flush=True)
+    x, ctx, extra = make_inputs(spec, device)
+    ms = base.model.model_sampling
+    steps = 50
+    # 50-step schedule: sigma at evenly spaced percents (what "simple" gives for flow models)
+    sig = [float(ms.percent_to_sigma(i / steps)) for i in range(steps)] + [0.0]
+    schedule = torch.tensor(sig, device=device)
+    n_tok = spec["latent"][1] * (spec["latent"][2] // 2) * (spec["latent"][3] // 2)
+
+    dense_run = forward_fn(base, x, ctx, extra, schedule)
+    reps = 1 if args.quick else 2
+    # warm-up (cuDNN / triton autotune / allocator)
+    dense_run(sig[20])
+    t_dense, ref = timed(lambda: dense_run(sig[20]), reps)
+    print(f"dense forward: {t_dense:.1f} ms ({n_tok} video tokens)", flush=True)
+    share = _attention_share(spec, n_tok, t_dense, device)
+
+    patched, run, warm_frac = _patch(patch_mod, base, spec, args)
+    run.begin(patched)
+    prun = forward_fn(patched, x, ctx, extra, schedule)
+    w = max(2, int(round(warm_frac * steps)))
+    rows, compile_s, rel, summ, summ2 = _time_generations(prun, dense_run, run, patched, sig, w)
+    proj = _projections(rows, t_dense, steps, w, warm_frac)
     dens = summ.get("mean_density") if isinstance(summ, dict) else None
     n_dense_layers = len(summ.get("planned_dense_layers") or []) if isinstance(summ, dict) else None
     kc = list((summ.get("adaptive_counts") or {}).values()) if isinstance(summ, dict) else []
-    n_warm = w
-    proj_dense = steps * t_dense
-    proj_sparse = n_warm * t_warm + t_cal + t_first + (steps - n_warm - 2) * rows["reuse step"]
     res = dict(model=f"{name} ({args.preset})", tokens=n_tok, dense_ms=t_dense, attn_share=share, **{k: v for k, v in rows.items()},
-               reuse_speedup=t_dense / rows["reuse step"], proj_dense_s=proj_dense / 1e3, proj_sparse_s=proj_sparse / 1e3,
-               proj_speedup=proj_dense / proj_sparse, rel_err_reuse=rel, density=dens,
+               reuse_speedup=proj["reuse_speedup"], proj_dense_s=proj["proj_dense_s"], proj_sparse_s=proj["proj_sparse_s"],
+               proj_speedup=proj["proj_speedup"], rel_err_reuse=rel, density=dens,
                planned_dense_layers=n_dense_layers, k_clusters_min_max=(min(kc), max(kc)) if kc else None,
-               proj2_sparse_s=proj2 / 1e3, proj2_speedup=proj_dense / proj2, proj6_speedup=proj6_dense / proj6,
+               proj2_sparse_s=proj["proj2_sparse_s"], proj2_speedup=proj["proj2_speedup"], proj6_speedup=proj["proj6_speedup"],
                plan_source_2nd=summ2.get("plan_source"), background_compile_s=compile_s,
                summary=summ.get("summary") if isinstance(summ, dict) else None)
     print(json.dumps(res, indent=1, default=str), flush=True)
-    del base, patched, run, x, ctx, out, ref, ref2
+    del base, patched, run, x, ctx, ref
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return res

@@ -372,7 +372,7 @@ def write_md(path, body):
         f.write(new)
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="fewer sizes and sweep points")
@@ -383,59 +383,104 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=None, help="structured-input seeds (default 2, quick 1)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--no-md", action="store_true", help="do not touch FIDELITY.md")
-    args = ap.parse_args(argv)
-    dev = torch.device(args.device)
-    backend = args.backend or ("torch" if dev.type == "cpu" else "auto")
-    methods = [m for m in args.methods.split(",") if m]
-    gpu = dev.type == "cuda"
-    seeds = args.seeds or (1 if args.quick else 2)
-    os.makedirs(args.out, exist_ok=True)
-    n_recall = 256 if args.quick else 512
-    torch.manual_seed(0)
+    return ap.parse_args(argv)
 
-    # ---- structured inputs
-    if gpu:
-        grids = [(6, 16, 16), (13, 30, 52)] if args.quick else [(6, 16, 16), (13, 30, 52), (21, 30, 52)]
+
+class _Run:
+    """The options of a run and what its inputs measured (sweep rows, peakedness, key-cluster counts)."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.dev = torch.device(args.device)
+        self.backend = args.backend or ("torch" if self.dev.type == "cpu" else "auto")
+        self.methods = [m for m in args.methods.split(",") if m]
+        self.gpu = self.dev.type == "cuda"
+        self.n_recall = 256 if args.quick else 512
+        self.rows, self.peaks, self.kcs = [], [], {}
+
+    def measure(self, name: str, q, k, v, sink_idx=None) -> None:
+        """Peakedness and the sweep of every method on one input."""
+        pk = attention_peakedness(q, k, sink_idx=sink_idx)
+        self.peaks.append(dict(input=name, **pk))
+        print(f"[fidelity] {name}: N={q.shape[2]} peakedness {json.dumps({a: round(b, 3) for a, b in pk.items()})}")
+        r, kc = sweep(q, k, v, name, self.methods, self.args.quick, self.args.k_clusters, self.backend, self.n_recall)
+        self.rows += r
+        self.kcs[name] = kc
+
+
+def structured_inputs(run: _Run, H: int) -> tuple:
+    """Default structured inputs per grid and seed, then REGIMES (not --quick): (default, regime) names."""
+    a = run.args
+    seeds = a.seeds or (1 if a.quick else 2)
+    if run.gpu:
+        grids = [(6, 16, 16), (13, 30, 52)] if a.quick else [(6, 16, 16), (13, 30, 52), (21, 30, 52)]
     else:
         grids = [(6, 16, 16)]  # 2 CPU cores: AdaCluster's torch backend takes seconds a call
-    H = 2
-    rows, peaks, kcs = [], [], {}
     s_inputs, r_inputs = [], []
     jobs = [(grid, seed, "", {}) for i, grid in enumerate(grids) for seed in range(seeds if i == 0 else 1)]
-    if not args.quick:
+    if not a.quick:
         jobs += [(grids[0], 0, label, kw) for label, kw in REGIMES]
     for grid, seed, label, gkw in jobs:
         name = f"struct {grid[0]}x{grid[1]}x{grid[2]} s{seed}" + (f" {label}" if label else "")
-        q, k, v, info = make_structured_qkv(B=1, H=H, grid=grid, device=dev, seed=seed, **gkw)
-        pk = attention_peakedness(q, k, sink_idx=info["sink_idx"])
-        peaks.append(dict(input=name, **pk))
-        print(f"[fidelity] {name}: N={q.shape[2]} peakedness {json.dumps({a: round(b, 3) for a, b in pk.items()})}")
-        r, kc = sweep(q, k, v, name, methods, args.quick, args.k_clusters, backend, n_recall)
-        rows += r
-        kcs[name] = kc
+        q, k, v, info = make_structured_qkv(B=1, H=H, grid=grid, device=run.dev, seed=seed, **gkw)
+        run.measure(name, q, k, v, sink_idx=info["sink_idx"])
         (r_inputs if label else s_inputs).append(name)
+    return s_inputs, r_inputs
 
-    # ---- real video
-    clip, clip_desc = load_clip(args.video)
+
+def video_inputs(run: _Run, H: int) -> tuple:
+    """Q/K/V made from the real clip at one (CPU, --quick) or two sizes: (input names, clip description)."""
+    clip, clip_desc = load_clip(run.args.video)
     print(f"[fidelity] clip: {clip_desc}")
     v_inputs = []
-    vshapes = [((32, 256, 256), (4, 16, 16))] if not gpu else [((32, 256, 256), (4, 16, 16)), ((72, 336, 336), (4, 8, 8))]
-    if args.quick:
+    vshapes = [((32, 256, 256), (4, 16, 16))] if not run.gpu else [((32, 256, 256), (4, 16, 16)), ((72, 336, 336), (4, 8, 8))]
+    if run.args.quick:
         vshapes = vshapes[:1]
     for (T, Hh, Ww), patch in vshapes:
-        frames = resize_clip(clip, T, Hh, Ww).to(dev)
+        frames = resize_clip(clip, T, Hh, Ww).to(run.dev)
         q, k, v, info = make_video_qkv(frames, patch=patch, D=128, heads=H, seed=0)
         g = info["grid"]
         name = f"video {g[0]}x{g[1]}x{g[2]}"
-        pk = attention_peakedness(q, k)
-        peaks.append(dict(input=name, **pk))
-        print(f"[fidelity] {name}: N={q.shape[2]} peakedness {json.dumps({a: round(b, 3) for a, b in pk.items()})}")
-        r, kc = sweep(q, k, v, name, methods, args.quick, args.k_clusters, backend, n_recall)
-        rows += r
-        kcs[name] = kc
+        run.measure(name, q, k, v)
         v_inputs.append(name)
+    return v_inputs, clip_desc
 
-    # ---- outputs
+
+def fidelity_md_body(run: _Run, clip_desc: str, tab: str, ratios: list) -> str:
+    """The generated section of FIDELITY.md: command, environment, peakedness table, error table, goal."""
+    a, dev, gpu = run.args, run.dev, run.gpu
+    env = (f"torch {torch.__version__}, device {torch.cuda.get_device_name(dev) if gpu else platform.processor() or 'cpu'}, "
+           f"AdaCluster backend {run.backend}, k_clusters {'adaptive' if a.k_clusters is None else a.k_clusters}, "
+           f"{datetime.date.today().isoformat()}")
+    ptab = ["| input | N | entropy / log N | top-15 % mass | keys for 90 % | sink mass |", "|---|---|---|---|---|---|"]
+    for p in run.peaks:
+        sm = p.get("sink_mass")
+        ptab.append(f"| {p['input']} | {p['n']} | {p['entropy_ratio']:.3f} | {p['top_mass']:.3f} | "
+                    f"{p['keys_for_90']:.3f} | {'-' if sm is None else f'{sm:.3f}'} |")
+    kct = ", ".join(f"{x}: {y}" for x, y in run.kcs.items())
+    return "\n".join([
+        f"Command: `python bench/fidelity.py --device {a.device}{' --quick' if a.quick else ''}` ({env}).",
+        f"Video clip: {clip_desc}.", "",
+        "Attention peakedness of the inputs (256 sampled queries, both heads):", "", *ptab, "",
+        f"Key-cluster counts seen by the top_k grid probe: {kct}.", "",
+        "Error at 15 % density (log-error interpolated between sweep points; n/a = 15 % outside the swept range; "
+        "oracle_topk = exact top-15 % keys per query, the floor for any selection):", "",
+        tab, "",
+        (f"Goal (default structured inputs, tensorquest / block top-k ≤ 0.5): ratios {', '.join(f'{x:.2f}' for x in ratios)} -> "
+         f"{'MET' if ratios and max(ratios) <= 0.5 else 'NOT MET'}.") if ratios else "Goal: not measured (AdaCluster unavailable).",
+        "", "![structured](fidelity_structured.png)", "", "![video](fidelity_video.png)",
+    ])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run = _Run(args)
+    os.makedirs(args.out, exist_ok=True)
+    torch.manual_seed(0)
+    H = 2
+    s_inputs, r_inputs = structured_inputs(run, H)
+    v_inputs, clip_desc = video_inputs(run, H)
+    rows = run.rows  # ---- outputs
     summ = summary(rows, s_inputs + r_inputs + v_inputs)
     tab = table_md(summ, rows)
     print("\n" + tab + "\n")
@@ -444,34 +489,12 @@ def main(argv=None):
     plot(rows, v_inputs, os.path.join(args.out, "fidelity_video.png"),
          f"AdaCluster vs block top-k on video Q/K/V\n{clip_desc}")
     with open(os.path.join(args.out, "fidelity_results.json"), "w") as f:
-        json.dump(dict(rows=rows, summary=summ, peakedness=peaks, k_clusters=kcs), f, indent=1)
+        json.dump(dict(rows=rows, summary=summ, peakedness=run.peaks, k_clusters=run.kcs), f, indent=1)
     ratios = [s["ratio"] for s in summ if s["method"] == "tensorquest" and s["input"] in s_inputs]
     ratios = [x for x in ratios if x == x]
     if not args.no_md:
-        env = (f"torch {torch.__version__}, device {torch.cuda.get_device_name(dev) if gpu else platform.processor() or 'cpu'}, "
-               f"AdaCluster backend {backend}, k_clusters {'adaptive' if args.k_clusters is None else args.k_clusters}, "
-               f"{datetime.date.today().isoformat()}")
-        ptab = ["| input | N | entropy / log N | top-15 % mass | keys for 90 % | sink mass |", "|---|---|---|---|---|---|"]
-        for p in peaks:
-            sm = p.get("sink_mass")
-            ptab.append(f"| {p['input']} | {p['n']} | {p['entropy_ratio']:.3f} | {p['top_mass']:.3f} | "
-                        f"{p['keys_for_90']:.3f} | {'-' if sm is None else f'{sm:.3f}'} |")
-        kct = ", ".join(f"{a}: {b}" for a, b in kcs.items())
-        body = "\n".join([
-            f"Command: `python bench/fidelity.py --device {args.device}{' --quick' if args.quick else ''}` ({env}).",
-            f"Video clip: {clip_desc}.", "",
-            "Attention peakedness of the inputs (256 sampled queries, both heads):", "", *ptab, "",
-            f"Key-cluster counts seen by the top_k grid probe: {kct}.", "",
-            "Error at 15 % density (log-error interpolated between sweep points; n/a = 15 % outside the swept range; "
-            "oracle_topk = exact top-15 % keys per query, the floor for any selection):", "",
-            tab, "",
-            (f"Goal (default structured inputs, tensorquest / block top-k ≤ 0.5): ratios {', '.join(f'{x:.2f}' for x in ratios)} -> "
-             f"{'MET' if ratios and max(ratios) <= 0.5 else 'NOT MET'}.") if ratios else "Goal: not measured (AdaCluster unavailable).",
-            "", "![structured](fidelity_structured.png)", "", "![video](fidelity_video.png)",
-        ])
-        write_md(os.path.join(args.out, "FIDELITY.md"), body)
+        write_md(os.path.join(args.out, "FIDELITY.md"), fidelity_md_body(run, clip_desc, tab, ratios))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

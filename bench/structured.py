@@ -235,6 +235,61 @@ def _project_heads(
 
 # ----------------------------------------------------------------------------- structured
 
+def _pan_geometry(grid: tuple[int, int, int], pan: tuple[float, float], smooth: float, smooth_t: float,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grid positions [n, 3], their camera-panned copy (content moves across the grid over time),
+    and the correlation lengths (t, h, w) of the content field and of the segment warp."""
+    t, h, w = grid
+    pos = grid_positions(grid, device)
+    panned = pos.clone()
+    panned[:, 1] -= pan[0] * pos[:, 0]
+    panned[:, 2] -= pan[1] * pos[:, 0]
+    ext = float(max(h, w))
+    length = torch.tensor([smooth_t, smooth * ext, smooth * ext])
+    length_g = torch.tensor([smooth_t * 1.5, smooth * ext * 1.5, smooth * ext * 1.5])
+    return pos, panned, length, length_g
+
+
+def _video_content(pos: torch.Tensor, panned: torch.Tensor, hw: tuple[int, int], D: int, n_groups: int,
+                   group_strength: float, lengths: tuple[torch.Tensor, torch.Tensor], pan: tuple[float, float],
+                   gen: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1-2 of the model: (content [n, D] with unit std per channel, segment id [n])."""
+    length, length_g = lengths
+    # 1. smooth content field
+    feat = _rff(panned, 96, length, gen)                          # [n, 96]
+    A = (torch.randn(96, D, generator=gen)).to(device)
+    smooth_c = feat @ A                                           # ~unit variance
+    # 2. segments: warped Voronoi cells of n_groups drifting centres
+    gid = _segments(pos, hw, n_groups, length_g, gen, pan)        # [n]
+    E = torch.randn(n_groups, D, generator=gen).to(device)
+    content = smooth_c + group_strength * E[gid]
+    content = content / content.std(dim=0, keepdim=True).clamp_min(1e-6)
+    return content, gid
+
+
+def _with_text(content: torch.Tensor, pos: torch.Tensor, text_tokens: int, D: int, gen: torch.Generator,
+               ngen: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 6: text tokens appended after the video tokens, a few "words", random content, position 0
+    (identity RoPE). Returns (content, positions) of all tokens."""
+    if not text_tokens:
+        return content, pos
+    words = torch.randn(max(1, text_tokens // 8), D, generator=gen).to(device)
+    wid = torch.randint(0, words.shape[0], (text_tokens,), generator=gen).to(device)
+    tcontent = words[wid] + 0.5 * torch.randn(text_tokens, D, generator=ngen, device=device)
+    return torch.cat([content, tcontent], 0), torch.cat([pos, torch.zeros(text_tokens, 3, device=device)], 0)
+
+
+def _add_sinks(k: torch.Tensor, mu: torch.Tensor, n_video: int, sink_keys: int, sink_strength: float, D: int,
+               gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Step 5: a large key component along the (RoPE-invariant) query bias direction `mu` for
+    min(sink_keys, n_video) random video keys, in place on k [H, N, D]. Returns their indices."""
+    ns = min(sink_keys, n_video)
+    sidx = torch.randperm(n_video, generator=gen)[:ns].to(device)
+    if ns:
+        k[:, sidx] = k[:, sidx] + sink_strength * math.sqrt(D) * mu.unsqueeze(1)
+    return sidx
+
+
 def make_structured_qkv(
     B: int = 1,
     H: int = 2,
@@ -282,50 +337,22 @@ def make_structured_qkv(
     device = torch.device(device)
     t, h, w = grid
     n_video = t * h * w
-    N = n_video + text_tokens
-    Dc = D
-    pos = grid_positions(grid, device)
-    # camera pan: content moves across the grid over time
-    panned = pos.clone()
-    panned[:, 1] -= pan[0] * pos[:, 0]
-    panned[:, 2] -= pan[1] * pos[:, 0]
-    ext = float(max(h, w))
-    length = torch.tensor([smooth_t, smooth * ext, smooth * ext])
-    length_g = torch.tensor([smooth_t * 1.5, smooth * ext * 1.5, smooth * ext * 1.5])
+    pos, panned, length, length_g = _pan_geometry(grid, pan, smooth, smooth_t, device)
 
     qs, ks, vs, groups, sinks = [], [], [], [], []
     for b in range(B):
         gen = torch.Generator().manual_seed(seed * 1000003 + b)
         ngen = _device_gen(device, seed * 1000003 + b + 7919)
-        # 1. smooth content field
-        feat = _rff(panned, 96, length, gen)                          # [n, 96]
-        A = (torch.randn(96, Dc, generator=gen)).to(device)
-        smooth_c = feat @ A                                           # ~unit variance
-        # 2. segments: warped Voronoi cells of n_groups drifting centres
-        gid = _segments(pos, (h, w), n_groups, length_g, gen, pan)    # [n]
-        E = torch.randn(n_groups, Dc, generator=gen).to(device)
-        content = smooth_c + group_strength * E[gid]
-        content = content / content.std(dim=0, keepdim=True).clamp_min(1e-6)
-        # 6. text tokens: a few "words", random content, position 0 (identity RoPE)
-        if text_tokens:
-            words = torch.randn(max(1, text_tokens // 8), Dc, generator=gen).to(device)
-            wid = torch.randint(0, words.shape[0], (text_tokens,), generator=gen).to(device)
-            tcontent = words[wid] + 0.5 * torch.randn(text_tokens, Dc, generator=ngen, device=device)
-            content = torch.cat([content, tcontent], 0)
-            allpos = torch.cat([pos, torch.zeros(text_tokens, 3, device=device)], 0)
-        else:
-            allpos = pos
+        content, gid = _video_content(pos, panned, (h, w), D, n_groups, group_strength, (length, length_g), pan,
+                                      gen, device)
+        content, allpos = _with_text(content, pos, text_tokens, D, gen, ngen, device)
         q, k, v, mu = _project_heads(
             content, allpos, H, D, gen, ngen,
             qk_corr=qk_corr, locality=locality, qnorm_sigma=qnorm_sigma,
             temperature=temperature, query_bias=query_bias, noise=noise,
             channel_gain_sigma=channel_gain_sigma,
         )
-        # 5. sinks: large key component along the (RoPE-invariant) query bias direction
-        ns = min(sink_keys, n_video)
-        sidx = torch.randperm(n_video, generator=gen)[:ns].to(device)
-        if ns:
-            k[:, sidx] = k[:, sidx] + sink_strength * math.sqrt(D) * mu.unsqueeze(1)
+        sidx = _add_sinks(k, mu, n_video, sink_keys, sink_strength, D, gen, device)
         qs.append(q), ks.append(k), vs.append(v), groups.append(gid), sinks.append(sidx)
 
     q = torch.stack(qs).to(dtype)
