@@ -14,10 +14,10 @@ from .quant import P_SCALE, dequantize_v, quantize_rows
 
 
 def varblock_attention_fp8_ref(q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, scale,
-                               tail_keys=None, tail_values=None, tail_bias=None, *, p_scale: float = P_SCALE,
+                               tail_keys=None, tail_values=None, tail_bias=None, *, p_scale: float | None = P_SCALE,
                                chunk: int = 4096) -> torch.Tensor:
     """Arguments as `kernels.varblock_attn_fp8.varblock_attention_fp8` (q [G, N, D] or [B, H, N, D]);
-    returns q's shape and dtype."""
+    returns q's shape and dtype. p_scale None: P is not rounded (tests measure what rounding P adds)."""
     shape = q.shape
     q3 = q.reshape(-1, shape[-2], shape[-1])
     G, N, D = q3.shape
@@ -55,7 +55,7 @@ def varblock_attention_fp8_ref(q, kq, k_scale, vq, v_scale, perm_q, q_offsets, r
             p = torch.exp(full - m)
             l = p.sum(1, keepdim=True)
             pk = p[:, :Nk]
-            if pv_fp8:
+            if pv_fp8 and p_scale is not None:
                 pk = (pk * p_scale).to(torch.float8_e4m3fn).float() / p_scale
             o = pk @ vf[g]
             if has_tail:

@@ -117,11 +117,58 @@ def run_shape(name, preset, steps, log):
     return res
 
 
+def check(log) -> bool:
+    """The compiled 8-bit kernels vs the torch emulation (`reference_fp8`), on the GPU: the tests'
+    random layouts (tests/core/test_fp8.py) at D 64 / 128, P·V in bf16 and fp8, with and without a
+    pooled tail, plus the fused gather + quantise vs its torch form, bit for bit."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    from core.test_fp8 import _case, _fp8_args  # noqa: E402
+    from adacluster_core.reference_fp8 import varblock_attention_fp8_ref
+
+    ok = True
+    for D in (64, 128):
+        for pv in ("bf16", "fp8"):
+            for tail in (False, True):
+                c = {k: (x.cuda() if torch.is_tensor(x) else x) for k, x in _case(D=D, N=3000, Nk=2500, tail=tail).items()}
+                qb = c["q"].to(torch.bfloat16)
+                c["q"] = qb
+                k_mean, v_scale = kv_stats(c["k"].unsqueeze(0), c["v"].unsqueeze(0))
+                kq, ks, vq, vs = quantize_kv(c["k"], c["v"].to(torch.bfloat16), k_mean, v_scale, pv=pv)
+                args = _fp8_args(c, k_mean, vs, kq, ks, vq)
+                if tail:
+                    args = args[:10] + tuple(x.to(torch.bfloat16) for x in args[10:12]) + args[12:]
+                out = varblock_attention_fp8(*args, p_scale=P_SCALE)
+                emu = varblock_attention_fp8_ref(*args)
+                emu_p = varblock_attention_fp8_ref(*args, p_scale=None)
+                e = ((out.float() - emu.float()).norm() / emu.float().norm()).item()
+                # bf16 output rounding (2^-9 relative) + one more rounding of P where P is 8-bit
+                bound = 4e-3 + (2 * ((emu.float() - emu_p.float()).norm() / emu.float().norm()).item()
+                                if pv == "fp8" else 0.0)
+                good = e <= bound and bool(torch.isfinite(out).all())
+                ok &= good
+                log(f"check fp8 kernel D={D} pv={pv} tail={tail}: rel diff vs emulation {e:.2e} (bound {bound:.2e}) "
+                    f"{'ok' if good else 'FAIL'}")
+    c = {k: (x.cuda() if torch.is_tensor(x) else x) for k, x in _case(D=128, N=100, Nk=4000).items()}
+    G, Nk, D = c["k"].shape
+    k4, v4 = c["k"].to(torch.bfloat16).view(1, G, Nk, D), c["v"].to(torch.bfloat16).view(1, G, Nk, D)
+    idx = torch.stack([torch.randperm(Nk, device="cuda")[:3999] for _ in range(G)])
+    k_mean, v_scale = kv_stats(k4, v4)
+    kq, ks, vq = gather_quant_kv(k4, v4, idx, k_mean, v_scale)
+    rows = lambda x: torch.gather(x.view(G, Nk, D), 1, idx[..., None].expand(G, 3999, D))  # noqa: E731
+    kq2, ks2, vq2, _ = quantize_kv(rows(k4), rows(v4), k_mean, v_scale)
+    same = (torch.equal(ks, ks2) and torch.equal(kq.view(torch.uint8), kq2.view(torch.uint8))
+            and torch.equal(vq.view(torch.uint8), vq2.view(torch.uint8)))
+    ok &= same
+    log(f"check fused gather + quantise == torch quantize_kv (bit for bit): {'ok' if same else 'FAIL'}")
+    return ok
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="wan14b,h3_15s")
     ap.add_argument("--preset", default="balanced")
     ap.add_argument("--steps", default="all")
+    ap.add_argument("--check", action="store_true", help="first the kernels vs the torch emulation")
     a = ap.parse_args(argv)
     steps = list(STEPS) if a.steps == "all" else a.steps.split(",")
 
@@ -129,6 +176,8 @@ def main(argv=None):
         print(s, flush=True)
 
     log(env_header())
+    if a.check:
+        log(f"CHECK {'PASSED' if check(log) else 'FAILED'}")
     rows = []
     for name in a.shapes.split(","):
         rows += run_shape(name, a.preset, steps, log)

@@ -56,6 +56,22 @@ def _attend8(acc, m_i, l_i, q8, k8, v8, row_scale, ks, col_ok,
 
 
 @triton.jit
+def _masked_chunk(acc, m_i, l_i, q8, row_scale, k_base, v_base, ks_base, c0, lo, hi, offs_n, offs_d, NKP,
+                  D: tl.constexpr, PV_FP8: tl.constexpr, QK_INT8: tl.constexpr, P_MUL: tl.constexpr,
+                  ROUND_FIRST: tl.constexpr):
+    # the chunk of key rows c0 + [0, BLOCK_N), of which only lo <= row < hi are attended
+    rows = c0 + offs_n
+    ok = (rows >= lo) & (rows < hi)
+    k = tl.load(k_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
+    if PV_FP8:
+        v = tl.load(v_base + offs_d[:, None] * NKP + rows[None, :], mask=ok[None, :], other=0.0)
+    else:
+        v = tl.load(v_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
+    ks = tl.load(ks_base + rows, mask=ok, other=0.0)
+    return _attend8(acc, m_i, l_i, q8, k, v, row_scale, ks, ok, True, PV_FP8, QK_INT8, P_MUL, ROUND_FIRST)
+
+
+@triton.jit
 def _attend_tail(acc, m_i, l_i, q, k, v, qk_scale, bias, col_ok, P_MUL: tl.constexpr):
     # the pooled tail in q's dtype; bias may be -inf for a whole row of the block
     s = tl.dot(q, tl.trans(k)) * qk_scale + bias[None, :]
@@ -150,16 +166,25 @@ def _varblock_fp8_fwd(
         for r in range(0, n_r):
             s0 = tl.load(RS + rbase + r)
             e0 = tl.load(RE + rbase + r)
-            ln = tl.maximum(e0 - s0, 0)
-            n_full = ln // BLOCK_N
+            # chunks start at multiples of 16 rows: the transposed 8-bit V is read along the key rows,
+            # and TMA / vector loads need 16-byte aligned starts; the rows before s0 are masked
+            a0 = tl.multiple_of((s0 // 16) * 16, 16)
+            start = a0
+            if a0 < s0:
+                acc, m_i, l_i = _masked_chunk(acc, m_i, l_i, q8, row_scale, k_base, v_base, ks_base, a0, s0, e0,
+                                              offs_n, offs_d, NKP, D, PV_FP8, QK_INT8, P_MUL, ROUND_FIRST)
+                start = a0 + BLOCK_N
+            start = tl.multiple_of(start, 16)
+            n_full = tl.maximum(e0 - start, 0) // BLOCK_N
             for j in tl.range(0, n_full, num_stages=NUM_STAGES):
-                rows = s0 + j * BLOCK_N + offs_n
+                c0 = tl.multiple_of(start + j * BLOCK_N, 16)
+                rows = c0 + offs_n
                 if USE_DESC:
-                    k = K_DESC.load([g_row + s0 + j * BLOCK_N, 0])
+                    k = K_DESC.load([g_row + c0, 0])
                     if PV_FP8:
-                        v = V_DESC.load([g_vrow, s0 + j * BLOCK_N])
+                        v = V_DESC.load([g_vrow, c0])
                     else:
-                        v = V_DESC.load([g_row + s0 + j * BLOCK_N, 0])
+                        v = V_DESC.load([g_row + c0, 0])
                 else:
                     k = tl.load(k_base + rows[:, None] * D + offs_d[None, :])
                     if PV_FP8:
@@ -169,17 +194,10 @@ def _varblock_fp8_fwd(
                 ks = tl.load(ks_base + rows)
                 acc, m_i, l_i = _attend8(acc, m_i, l_i, q8, k, v, row_scale, ks, offs_n,
                                          False, PV_FP8, QK_INT8, P_MUL, ROUND_FIRST)
-            if n_full * BLOCK_N < ln:
-                rows = s0 + n_full * BLOCK_N + offs_n
-                ok = rows < e0
-                k = tl.load(k_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
-                if PV_FP8:
-                    v = tl.load(v_base + offs_d[:, None] * NKP + rows[None, :], mask=ok[None, :], other=0.0)
-                else:
-                    v = tl.load(v_base + rows[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
-                ks = tl.load(ks_base + rows, mask=ok, other=0.0)
-                acc, m_i, l_i = _attend8(acc, m_i, l_i, q8, k, v, row_scale, ks, ok,
-                                         True, PV_FP8, QK_INT8, P_MUL, ROUND_FIRST)
+            c0 = tl.multiple_of(start + n_full * BLOCK_N, 16)
+            if c0 < e0:
+                acc, m_i, l_i = _masked_chunk(acc, m_i, l_i, q8, row_scale, k_base, v_base, ks_base, c0, c0, e0,
+                                              offs_n, offs_d, NKP, D, PV_FP8, QK_INT8, P_MUL, ROUND_FIRST)
 
         if HAS_TAIL:
             if c < CQT:
@@ -253,7 +271,9 @@ def varblock_attention_fp8(q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range
     else:
         tk, tv, tb, ct, cqt = q4, q4, range_start, 0, 0
     BM, BN, warps, stages = tuple(config) if config is not None else FP8_LAUNCH_CONFIGS[D]
-    use_desc = descriptors if descriptors is not None else torch.cuda.get_device_capability(q.device)[0] >= 9
+    if descriptors is None:  # TMA on Hopper and newer; the interpreter runs the same path
+        descriptors = interpreting() or (q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 9)
+    use_desc = descriptors
     k_desc = v_desc = kq
     if use_desc:
         k_desc = _descriptor(kq.view(G * Nk, D), [BN, D])
