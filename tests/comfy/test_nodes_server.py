@@ -150,6 +150,23 @@ def test_triton_backend_runs_in_server(comfy_server, test_out_dir):
     assert s["sparse_calls"] > 0 and s["mean_density"] < 1.0, text_of(entry)
 
 
+def test_precision_fp8_widget_and_layer_override(comfy_server, test_out_dir):
+    """precision = fp8 on the Thresholds node runs the 8-bit kernel (the Triton interpreter on CPU) and
+    Stats names it; a per-layer override sends one layer back to bf16; auto on the CPU runs bf16."""
+    rules = "0: precision=bf16\n"
+    entry = _run(comfy_server, build(prompts.wan21_prompt, save_name="fp8_wan", steps=2, cfg=1.0, rules=rules,
+                                     config=dict(TINY, backend="auto", precision="fp8")), timeout=600)
+    s = stats_of(entry)
+    assert s["sparse_calls"] > 0 and s["kernels"].get("triton-fp8", 0) > 0, text_of(entry)
+    assert s["kernels"].get("triton", 0) == s["per_layer"]["0"]["sparse"] > 0, s["kernels"]   # layer 0: bf16
+    assert "kernel: Triton fp8" in text_of(entry) or "Triton fp8 " in text_of(entry), text_of(entry)
+    assert torch.isfinite(_latent(test_out_dir, "fp8_wan")).all()
+    entry = _run(comfy_server, build(prompts.wan21_prompt, save_name="auto_wan", steps=2, cfg=1.0,
+                                     config=dict(TINY, backend="auto", precision="auto")), timeout=600)
+    s = stats_of(entry)
+    assert s["sparse_calls"] > 0 and set(s["kernels"]) == {"triton"}, s["kernels"]   # no fp8 tensor cores here
+
+
 # ------------------------------------------------------------------------------------------ Hunyuan text slice
 @pytest.mark.per_version
 @pytest.mark.parametrize("family,n_txt", [("hunyuan", 16), ("hunyuan15", 16)])
