@@ -142,6 +142,8 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, *, normalize: bool =
     Returns labels [G, N] in labels_dtype; with return_dist also dist float32 [G, N] =
     ‖x − c_label‖ (x normalised if requested).
     """
-    bits = {torch.int16: 16, torch.int32: 32}[labels_dtype]
+    bits = {torch.int16: 16, torch.int32: 32}.get(labels_dtype)
+    if bits is None:
+        raise ValueError(f"kmeans_assign: labels_dtype must be torch.int16 or torch.int32, got {labels_dtype}")
     lab, dist = _kmeans_assign_op(x, centroids, bool(normalize), bool(return_dist), bits)
     return (lab, dist) if return_dist else lab
