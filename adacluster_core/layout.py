@@ -11,6 +11,8 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
+from . import reference as ref
+
 
 def selected_key_ranges(
     sel: torch.Tensor,
@@ -124,13 +126,6 @@ def split_rows(x: torch.Tensor, r0: int, r1: int) -> tuple[torch.Tensor, torch.T
     return torch.cat([x[:, :, :r0], x[:, :, r1:]], 2), x[:, :, r0:r1]
 
 
-def _gather_rows(x4: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x4 [B,H,n,D] (any strides), idx int [G, m] -> [G, m, D] contiguous."""
-    B, H, _, D = x4.shape
-    m = idx.shape[1]
-    return torch.gather(x4, 2, idx.long().view(B, H, m, 1).expand(B, H, m, D)).reshape(B * H, m, D)
-
-
 def pooled_tail(v_clustered: torch.Tensor, rk, sel: torch.Tensor, dtype: torch.dtype, backend: str):
     """Pooled-tail virtual keys (config `pooled_tail`): per key cluster j its centroid as key and
     the mean of its values as value; per query cluster the logit bias log|j| for every
@@ -218,11 +213,11 @@ def build_layout(q, k, v, rq, rk, sel, *, scale: float, dense_range: tuple[int, 
         return _fp8_layout(q, k, v, kidx, rk, sel, (r0, r1), pooled, backend, perm_q, q_off, rs, re, scale)
     if mode == "indexed":
         k_rows, v_rows, k_index = k, v, kidx.contiguous()
-    elif backend == "triton":
+    elif backend == "triton":  # the custom op: Triton on CUDA, the interpreter or the reference on the CPU
         from .kernels.gather_rows import gather_kv
         k_rows, v_rows = gather_kv(k, v, kidx)
-    else:
-        k_rows, v_rows = _gather_rows(k, kidx), _gather_rows(v, kidx)
+    else:  # the torch backend: the reference on any device
+        k_rows, v_rows = ref.gather_kv_ref(k, v, kidx)
     tail = (None, None, None)
     if pooled:
         tail = pooled_tail(split_rows(v, r0, r1)[0], rk, sel, q.dtype, backend)
@@ -253,17 +248,16 @@ def _fp8_layout(q, k, v, kidx, rk, sel, dense_range, pooled, backend, perm_q, q_
 def run_layout(layout: Layout, backend: str, out: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, str]:
     """The attention over a layout: (out, kernel name "triton" | "reference"). The result has
     layout.q's shape ([B, H, N, D]) and memory order, or is written into `out` (q's shape, any
-    strides) and returned."""
+    strides) and returned. backend "triton": the custom op, whose device dispatch picks the
+    implementation (Triton on CUDA; on the CPU the interpreter under TRITON_INTERPRET=1, else the
+    fp32 reference: kernels/_common.register_cpu); "torch": the torch reference on any device.
+    An 8-bit layout (precision "fp8") runs `kernels.varblock_attn_fp8` / its torch emulation."""
     if layout.precision == "fp8":
         return _run_fp8(layout, backend, out)
     if backend == "triton":
-        try:
-            from .kernels.varblock_attn import varblock_attention
-            return varblock_attention(*layout[:12], out=out), "triton"
-        except ImportError:  # pragma: no cover - triton missing
-            pass
-    from .reference import varblock_attention_ref
-    res = varblock_attention_ref(*layout[:12])
+        from .kernels.varblock_attn import varblock_attention  # needs Triton: api.resolve_backend checked
+        return varblock_attention(*layout[:12], out=out), "triton"
+    res = ref.varblock_attention_ref(*layout[:12])
     if out is None:
         return res, "reference"
     out.copy_(res)

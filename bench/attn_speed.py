@@ -15,6 +15,7 @@ Variants: balanced / quality / fast = the presets; notail = balanced without the
 memory orders (Wan [B, N, H*D] views, non-dense qkv views, a text prefix) with K / V rows gathered in
 the kernel and from permuted copies, written into a [B, N, H*D] buffer; and every-cluster-selected ==
 dense within 2x cuDNN's error in both K / V modes, identical on Wan-ordered inputs with out=, on the GPU.
+Every kernel case of the CPU tests, at every dtype / shape / config: bench/kernel_check.py.
 Peak memory per call: bench/memory.py.
 """
 from __future__ import annotations
@@ -115,7 +116,7 @@ def check(log) -> bool:
     from adacluster_core.reference import varblock_attention_ref
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-    from core.test_varblock_attn import make_case  # noqa: E402
+    from core.kernel_cases import make_case  # noqa: E402
 
     ok = True
     for D in (64, 128):
@@ -137,7 +138,7 @@ def check(log) -> bool:
                 log(f"check kernel D={D} {dt} tail={tail}: rel err vs reference {e:.2e} {'ok' if good else 'FAIL'}")
     # ComfyUI memory orders (issue 26): q read / out written through strides, K / V rows gathered in the kernel
     # ("indexed") or from permuted copies ("copied", TMA on sm90), a text prefix, out= a [B, L, H*D] buffer
-    from core.test_memory_order import _reference, kernel_case  # noqa: E402
+    from core.kernel_cases import kernel_case, memory_order_reference as _reference  # noqa: E402
     for order in ("wan", "qkv"):
         for dt in (torch.bfloat16, torch.float16):
             q4, k4, v4, perm_q, q_off, rs, re, kidx = kernel_case(B=2, H=4, N=3000, D=128, Cq=12, Ck=40, S=10,

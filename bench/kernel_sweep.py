@@ -7,6 +7,11 @@ the production kernel at its table config (and with pointer loads), then each (B
 warps, stages) config: ms (do_bench median), TFLOP/s on the computed pairs
 (4·D FLOPs per pair), and the max abs difference to the production kernel's output (a variant
 that differs by more than bf16 noise is marked BAD). cuDNN SDPA timed in the same process.
+
+Configs are passed with `adacluster_core.kernels._common.launch_overrides` (a context manager; the
+library itself reads no environment variable and takes no config argument at launch):
+    with launch_overrides(varblock_attn=(64, 64, 4, 3), varblock_descriptors=False): ...
+    with launch_overrides(kmeans_assign=(128, 64, 4, 2)): ...
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ os.environ.setdefault("ADACLUSTER_STRICT", "1")
 import torch  # noqa: E402
 
 from adacluster_core import ClusterState, sparse_attention  # noqa: E402
-from adacluster_core.kernels.varblock_attn import launch_config, varblock_attention_triton  # noqa: E402
+from adacluster_core.kernels._common import capability, launch_config, launch_overrides  # noqa: E402
+from adacluster_core.kernels.varblock_attn import varblock_attention_triton  # noqa: E402
 from bench.attn_speed import reuse_layout, variant_config  # noqa: E402
 from bench.inputs import dense_range, SHAPES, bench_ms, dense_cudnn, env_header, make_inputs  # noqa: E402
 
@@ -47,7 +53,13 @@ def main(argv=None):
         L = reuse_layout(q, k, v, cfg, st, name)
         pairs = float(L.pairs())
         ref = varblock_attention_triton(*L)
-        base_cfg = launch_config(D, q.dtype, q.device, N)
+        base_cfg = launch_config("varblock_attn", D, q.dtype, capability(q.device), n_tokens=N)
+
+        def with_overrides(fn, **ov):
+            def run():
+                with launch_overrides(**ov):
+                    return fn()
+            return run
 
         def row(label, fn):
             try:
@@ -66,10 +78,11 @@ def main(argv=None):
         print(f"[{name}] cuDNN {t_dense:.2f} ms ({4 * D * N * N * H / (t_dense * 1e-3) / 1e12:.0f} TFLOP/s); "
               f"density {pairs / (H * N * N):.3f}", flush=True)
         row(f"prod {base_cfg}", lambda: varblock_attention_triton(*L))
-        row(f"prod {base_cfg} pointer loads", lambda: varblock_attention_triton(*L, descriptors=False))
+        row(f"prod {base_cfg} pointer loads",
+            with_overrides(lambda: varblock_attention_triton(*L), varblock_descriptors=False))
         for c in CONFIGS:
             if c != tuple(base_cfg):
-                row(f"cfg {c}", lambda c=c: varblock_attention_triton(*L, config=c))
+                row(f"cfg {c}", with_overrides(lambda: varblock_attention_triton(*L), varblock_attn=c))
         # k-means assignment (two per k-means iteration): keys vs Ck centroids, normalised queries vs Cq
         from adacluster_core.kernels import kmeans_assign as ka
         kc = st.k_centroids.reshape(H, -1, D).float()
@@ -77,16 +90,15 @@ def main(argv=None):
         kv = k[:, :, :N - text] if text else k
         qv = q[:, :, :N - text] if text else q
         for ac in ([] if a.no_assign else [None, (128, 64, 4, 2), (256, 64, 8, 2), (64, 128, 4, 2)]):
-            if ac is not None:
-                os.environ["ADACLUSTER_ASSIGN_CONFIG"] = ",".join(map(str, ac))
             try:
-                tk_ = bench_ms(lambda: ka.kmeans_assign(kv, kc))
-                tq_ = bench_ms(lambda: ka.kmeans_assign(qv, qc, normalize=True))
-                print(f"[{name}] assign {ac or ka._gpu_config(128)}: K vs {kc.shape[1]} {tk_:.3f} ms, "
+                with launch_overrides(kmeans_assign=ac):  # None: the table's row
+                    tk_ = bench_ms(lambda: ka.kmeans_assign(kv, kc))
+                    tq_ = bench_ms(lambda: ka.kmeans_assign(qv, qc, normalize=True))
+                shown = ac or launch_config("kmeans_assign", 128, q.dtype, capability(q.device))
+                print(f"[{name}] assign {shown}: K vs {kc.shape[1]} {tk_:.3f} ms, "
                       f"Q vs {qc.shape[1]} {tq_:.3f} ms", flush=True)
             except Exception as e:  # noqa: BLE001
                 print(f"[{name}] assign {ac}: FAILED {type(e).__name__}: {str(e)[:160]}", flush=True)
-            os.environ.pop("ADACLUSTER_ASSIGN_CONFIG", None)
         del q, k, v, L, ref
         torch.cuda.empty_cache()
     print("\n| shape | kernel | ms | TFLOP/s on pairs | % cuDNN rate | max diff |\n|---|---|---|---|---|---|")

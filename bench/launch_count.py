@@ -134,9 +134,10 @@ def instrument(prof: StageProfiler, gpu_path: bool) -> None:
             finally:
                 prof.pop()
         cls.run = counted
-    if gpu_path:  # the wrappers' GPU branches (block sizes, GEMM operand dtype)
+    if gpu_path:  # the wrappers' GPU branches (Hopper's launch-table rows, GEMM operand dtype)
         for mod in (kmeans_assign, centroid_update, gather_rows):
             mod.interpreting = lambda: False
+            mod.capability = lambda device: (9, 0)
     prof.wrap(guards.FiniteCheck, "__init__", "finite check")
     prof.wrap(guards.FiniteCheck, "ok", "finite check")
     prof.wrap(api, "_cluster", "cluster (state)")

@@ -3,6 +3,8 @@ adacluster_core/ and nodes/ — module level and inside functions alike, since a
 still a dependency — is resolved to a module of this repository.
 
 * adacluster_core/ (kernels/ included) has no import cycle;
+* kernels/ is the core's bottom layer: its modules import, of this repository, only kernels/ itself
+  and `cluster_sort` (nothing from the modules that call them: clustering, layout, reference, api);
 * adacluster_core never imports nodes/ or ComfyUI (`comfy`, `comfy_api`, `comfy_extras`, ComfyUI's
   top-level `nodes`, `folder_paths`, `server`, ...).
 
@@ -149,3 +151,16 @@ def test_core_never_imports_the_node_side_or_comfyui():
         assert not any(t == "nodes" or t.startswith("nodes.") for t in graph[m]), (m, graph[m])
         bad = tops[m] & COMFY_MODULES
         assert not bad, f"{m} imports {sorted(bad)}"
+
+
+# what adacluster_core/kernels/ may import from this repository (besides kernels/ itself)
+KERNEL_DEPENDENCIES = {"adacluster_core.cluster_sort"}
+
+
+def test_kernels_take_nothing_from_their_callers():
+    graph, _ = import_graph()
+    kernel_mods = [m for m in graph if m.startswith("adacluster_core.kernels")]
+    assert "adacluster_core.kernels.varblock_attn" in kernel_mods
+    for m in kernel_mods:
+        bad = {t for t in graph[m] if not t.startswith("adacluster_core.kernels")} - KERNEL_DEPENDENCIES
+        assert not bad, f"{m} imports {sorted(bad)}: kernels/ may import only kernels/ and {sorted(KERNEL_DEPENDENCIES)}"

@@ -5,7 +5,8 @@
 
 Replaces two `torch.gather` calls with an element-wise index (the index is a [G, M, D] expand,
 ~1.2 TB/s on H200) by row copies (one index load per row, 16-byte vector loads/stores).
-Reference: `api._gather_rows` (torch.gather).
+The custom op `adacluster::gather_kv`: Triton on CUDA; on the CPU the interpreter under
+TRITON_INTERPRET=1, else the reference `torch_ref.gather_kv_ref` (torch.gather).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import as_bhnd, interpreting
+from ._common import as_bhnd, capability, launch_config, next_pow2, register_cpu
+from .torch_ref import gather_kv_ref
 
 
 @triton.jit
@@ -42,9 +44,8 @@ def _gather_kv_kernel(
     tl.store(VO + o, v, mask=m2)
 
 
-def gather_kv(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """k, v: [G, N, D] or [B, H, N, D] (same shape, any strides); idx int32 / int64 [G, M] row ids.
-    Returns contiguous (k_perm, v_perm) [G, M, D] in k's / v's dtype."""
+def _launch(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton launch (CUDA, or the interpreter on CPU)."""
     k4, G, H = as_bhnd(k)
     v4, _, _ = as_bhnd(v)
     D = k4.shape[3]
@@ -55,13 +56,33 @@ def gather_kv(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> tuple[torc
     vo = torch.empty(G, M, D, dtype=v4.dtype, device=v4.device)
     if G == 0 or M == 0:
         return ko, vo
-    BLOCK_D = max(16, 1 << max(0, D - 1).bit_length())
-    BLOCK_R = 16 if interpreting() else 32
+    BLOCK_R, nw = launch_config("gather_kv", D, k4.dtype, capability(k.device))
     grid = (triton.cdiv(M, BLOCK_R), G)
     _gather_kv_kernel[grid](
         k4, v4, idx, ko, vo, H, M, D,
         k4.stride(0), k4.stride(1), k4.stride(2), k4.stride(3),
         v4.stride(0), v4.stride(1), v4.stride(2), v4.stride(3),
-        BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D, num_warps=4,
+        BLOCK_R=BLOCK_R, BLOCK_D=max(16, next_pow2(D)), num_warps=nw,
     )
     return ko, vo
+
+
+@torch.library.custom_op("adacluster::gather_kv", mutates_args=(), device_types="cuda")
+def _gather_kv_op(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _launch(k, v, idx)
+
+
+@_gather_kv_op.register_fake
+def _(k, v, idx):
+    G, M, D = k.shape[0] * (k.shape[1] if k.dim() == 4 else 1), idx.shape[1], k.shape[-1]
+    return k.new_empty(G, M, D), v.new_empty(G, M, D)
+
+
+register_cpu(_gather_kv_op, _launch, gather_kv_ref)
+
+
+def gather_kv(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k, v: [G, N, D] or [B, H, N, D] (same shape, any strides); idx int32 / int64 [G, M] row ids.
+    Returns contiguous (k_perm, v_perm) [G, M, D] in k's / v's dtype (the custom op
+    `adacluster::gather_kv`)."""
+    return _gather_kv_op(k, v, idx)

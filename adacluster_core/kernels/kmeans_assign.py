@@ -1,16 +1,16 @@
 """K-means assignment: label = argmin_c (‖c‖² − 2 x·c), tiled over tokens and centroids.
 
-Reference: `adacluster_core.reference.kmeans_assign_ref`.
+The custom op `adacluster::kmeans_assign`: Triton on CUDA; on the CPU the interpreter under
+TRITON_INTERPRET=1, else the reference `torch_ref.kmeans_assign_ref`.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import as_bhnd, interpreting, next_pow2
+from ._common import as_bhnd, capability, interpreting, launch_config, next_pow2, register_cpu
+from .torch_ref import kmeans_assign_ref
 
 
 # cluster count and token count vary per layer: no specialisation on them (no recompiles)
@@ -72,23 +72,68 @@ def _kmeans_assign_kernel(
         tl.store(DIST + g * sdg + rn, d, mask=mn)
 
 
-# (BLOCK_N, BLOCK_C, num_warps, num_stages) per BLOCK_D on the GPU; ADACLUSTER_ASSIGN_CONFIG
-# "bn,bc,w,s" overrides (benchmarking). Measured: docs/KERNEL_NOTES.md.
-# H200, wan14b (40x75600x128): K vs 400 centroids / normalised Q vs 65: (64,64,4,1) 1.17/0.60 ms,
-# (128,64,8,2) 1.30/1.02, (128,128,4,2) 1.04/0.56 (best of 11 configs).
-_GPU_CONFIG = {64: (128, 128, 4, 2), 128: (128, 128, 4, 2)}
+_LABEL_DTYPES = {16: torch.int16, 32: torch.int32}
 
 
-def _gpu_config(block_d: int) -> tuple:
-    env = os.environ.get("ADACLUSTER_ASSIGN_CONFIG")
-    if env:
-        return tuple(int(t) for t in env.split(","))
-    return _GPU_CONFIG.get(block_d, (64, 64, 4, 1))
+def _launch(x: torch.Tensor, centroids: torch.Tensor, normalize: bool, return_dist: bool,
+            label_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton launch (CUDA, or the interpreter on CPU). Returns (labels, dist or an empty
+    tensor): the op's outputs never alias each other."""
+    x4, G, H = as_bhnd(x)
+    N, D = x4.shape[2], x4.shape[3]
+    NC = centroids.shape[1]
+    c = centroids.to(device=x.device, dtype=torch.float32).contiguous()
+    lab = torch.empty(G, N, dtype=_LABEL_DTYPES[label_bits], device=x.device)
+    dist = torch.empty((G, N) if return_dist else (0,), dtype=torch.float32, device=x.device)
+    if G == 0 or N == 0:
+        return lab, dist
+    if x4.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        x4 = x4.float()
+    BLOCK_D = max(16, next_pow2(D))
+    # fp32 inputs use an fp32 (tf32 on GPU) GEMM; the interpreter mishandles bf16 casts
+    dot_fp32 = (x4.dtype == torch.float32) or interpreting()
+    cd = c if dot_fp32 else c.to(x4.dtype)
+    cc = (c * c).sum(-1).contiguous()  # [G, NC] fp32
+    BLOCK_N, BLOCK_C, nw, ns = launch_config("kmeans_assign", BLOCK_D, x4.dtype, capability(x.device))
+    BLOCK_C = min(BLOCK_C, max(16, next_pow2(NC)))
+    grid = (G, triton.cdiv(N, BLOCK_N))
+    _kmeans_assign_kernel[grid](
+        x4, c, cd, cc, lab, dist if return_dist else lab,
+        H, N, NC, D,
+        x4.stride(0), x4.stride(1), x4.stride(2), x4.stride(3),
+        c.stride(0), c.stride(1),
+        lab.stride(0), dist.stride(0) if return_dist else 0,
+        NORMALIZE=bool(normalize), RETURN_DIST=bool(return_dist), DOT_FP32=dot_fp32,
+        BLOCK_N=BLOCK_N, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, NUM_STAGES=ns, num_warps=nw,
+    )
+    return lab, dist
+
+
+def _reference(x, centroids, normalize, return_dist, label_bits):
+    lab, dist = kmeans_assign_ref(x, centroids, normalize=normalize, return_dist=True)
+    return lab.to(_LABEL_DTYPES[label_bits]), (dist if return_dist else dist.new_empty(0))
+
+
+@torch.library.custom_op("adacluster::kmeans_assign", mutates_args=(), device_types="cuda")
+def _kmeans_assign_op(x: torch.Tensor, centroids: torch.Tensor, normalize: bool, return_dist: bool,
+                      label_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _launch(x, centroids, normalize, return_dist, label_bits)
+
+
+@_kmeans_assign_op.register_fake
+def _(x, centroids, normalize, return_dist, label_bits):
+    G = x.shape[0] * (x.shape[1] if x.dim() == 4 else 1)
+    N = x.shape[-2]
+    lab = x.new_empty(G, N, dtype=_LABEL_DTYPES[label_bits])
+    return lab, x.new_empty((G, N) if return_dist else (0,), dtype=torch.float32)
+
+
+register_cpu(_kmeans_assign_op, _launch, _reference)
 
 
 def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, *, normalize: bool = False,
                   return_dist: bool = False, labels_dtype: torch.dtype = torch.int32):
-    """Nearest centroid of every token.
+    """Nearest centroid of every token (the custom op `adacluster::kmeans_assign`).
 
     x: [G, N, D] or [B, H, N, D] (any strides), fp16 / bf16 / fp32.
     centroids: float32 [G, C, D].
@@ -97,34 +142,8 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, *, normalize: bool =
     Returns labels [G, N] in labels_dtype; with return_dist also dist float32 [G, N] =
     ‖x − c_label‖ (x normalised if requested).
     """
-    x4, G, H = as_bhnd(x)
-    N, D = x4.shape[2], x4.shape[3]
-    NC = centroids.shape[1]
-    c = centroids.to(device=x.device, dtype=torch.float32).contiguous()
-    lab = torch.empty(G, N, dtype=labels_dtype, device=x.device)
-    dist = torch.empty(G, N, dtype=torch.float32, device=x.device) if return_dist else lab
-    if G == 0 or N == 0:
-        return (lab, dist) if return_dist else lab
-    if x4.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        x4 = x4.float()
-    BLOCK_D = max(16, next_pow2(D))
-    # fp32 inputs use an fp32 (tf32 on GPU) GEMM; the interpreter mishandles bf16 casts
-    dot_fp32 = (x4.dtype == torch.float32) or interpreting()
-    cd = c if dot_fp32 else c.to(x4.dtype)
-    cc = (c * c).sum(-1).contiguous()  # [G, NC] fp32
-    if interpreting():
-        BLOCK_N, BLOCK_C, nw, ns = 64, 64, 4, 1
-    else:
-        BLOCK_N, BLOCK_C, nw, ns = _gpu_config(BLOCK_D)
-    BLOCK_C = min(BLOCK_C, max(16, next_pow2(NC)))
-    grid = (G, triton.cdiv(N, BLOCK_N))
-    _kmeans_assign_kernel[grid](
-        x4, c, cd, cc, lab, dist,
-        H, N, NC, D,
-        x4.stride(0), x4.stride(1), x4.stride(2), x4.stride(3),
-        c.stride(0), c.stride(1),
-        lab.stride(0), dist.stride(0),
-        NORMALIZE=bool(normalize), RETURN_DIST=bool(return_dist), DOT_FP32=dot_fp32,
-        BLOCK_N=BLOCK_N, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, NUM_STAGES=ns, num_warps=nw,
-    )
+    bits = {torch.int16: 16, torch.int32: 32}.get(labels_dtype)
+    if bits is None:
+        raise ValueError(f"kmeans_assign: labels_dtype must be torch.int16 or torch.int32, got {labels_dtype}")
+    lab, dist = _kmeans_assign_op(x, centroids, bool(normalize), bool(return_dist), bits)
     return (lab, dist) if return_dist else lab

@@ -24,17 +24,19 @@ group, spare programs exit: no host sync, no padding). Query rows are gathered t
 ``BLOCK_N`` chunks unmasked and pipelined, one masked chunk per ragged range end), then the
 tail block; online softmax in fp32 with exp2 (log2(e) folded into the scale).
 
-The public entry point is the torch custom op ``adacluster::varblock_attention`` (opaque to
-torch.compile).
+The public entry point `varblock_attention` calls the torch custom ops
+``adacluster::varblock_attention`` / ``adacluster::varblock_attention_into`` (``out=``; opaque to
+torch.compile, with fake implementations): Triton on CUDA; on the CPU the interpreter under
+TRITON_INTERPRET=1, else the reference `torch_ref.varblock_attention_ref`. Launch configs:
+`_common.launch_config("varblock_attn", ...)`.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 
-try:  # triton is optional at import time (CPU-only installs fall back to the reference)
+try:  # triton is optional at import time (callers import this module only where Triton runs)
     import triton
     import triton.language as tl
 
@@ -44,11 +46,11 @@ except Exception:  # pragma: no cover
     tl = None
     HAS_TRITON = False
 
+from ._common import capability, interpreting, launch_config, launch_override, next_pow2, register_cpu
+from .torch_ref import varblock_attention_ref
+
 LOG2E = 1.4426950408889634
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+HEAD_DIMS = (16, 32, 64, 128, 256)  # the head dims the launch table has rows for
 
 
 if HAS_TRITON:
@@ -204,31 +206,8 @@ if HAS_TRITON:
 
 
 # ------------------------------------------------------------------------------------------
-# launch configuration: one table, (BLOCK_M, BLOCK_N, num_warps, num_stages) per head dim,
-# chosen by measurement on an H200 (docs/KERNEL_NOTES.md); below SMALL_N tokens, D = 128 uses
-# half-height query tiles (more, shorter programs: better balance when heads are short)
+# the launcher (the ops' CUDA kernel, and their CPU kernel under the interpreter)
 # ------------------------------------------------------------------------------------------
-LAUNCH_CONFIGS = {
-    16: (128, 64, 4, 3),
-    32: (128, 64, 4, 3),
-    64: (128, 64, 4, 3),
-    128: (128, 64, 8, 3),
-    256: (64, 32, 8, 2),
-}
-SMALL_N = 150_000
-SMALL_N_CONFIGS = {128: (64, 64, 4, 3)}
-# The interpreter runs every op in numpy: small tiles keep the CPU tests fast.
-_INTERP_CONFIG = (16, 16, 4, 1)
-
-
-def launch_config(D: int, dtype: torch.dtype, device: torch.device, n_tokens: int = 0) -> tuple:
-    if device.type != "cuda" or _interpret():
-        return _INTERP_CONFIG
-    bm, bn, w, s = SMALL_N_CONFIGS.get(D, LAUNCH_CONFIGS[D]) if 0 < n_tokens < SMALL_N else LAUNCH_CONFIGS[D]
-    if dtype == torch.float32 and D >= 128:
-        bm = min(bm, 64)  # fp32 tiles are twice as large
-    return bm, bn, w, s
-
 
 def _tensor_descriptor_class():
     """Triton's host-side tensor descriptor (TMA block loads), or None where this Triton lacks it."""
@@ -241,16 +220,15 @@ def _tensor_descriptor_class():
 
 def use_descriptors(device: torch.device) -> bool:
     """K / V chunks through tensor descriptors: on Hopper and newer (TMA), and in the
-    interpreter (so the CPU tests run the same code path); plain pointer loads elsewhere."""
+    interpreter (so the CPU tests run the same code path); plain pointer loads elsewhere.
+    `launch_overrides(varblock_descriptors=...)` (bench/, tests) forces either path."""
+    forced = launch_override("varblock_descriptors")
+    if forced is not None:
+        return bool(forced) and _tensor_descriptor_class() is not None
     if _tensor_descriptor_class() is None:
         return False
-    if _interpret():
-        return True
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
-
-
-def _next_p2(x: int) -> int:
-    return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
+    cap = capability(device)
+    return cap is None or cap[0] >= 9  # None: the interpreter (the launcher runs only there off CUDA)
 
 
 def _as4(x: torch.Tensor, H: int) -> torch.Tensor:
@@ -275,17 +253,45 @@ def _rows_ok(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x
 
 
-def _desc_ok(x: torch.Tensor) -> bool:
-    """TMA descriptors view K / V as one [G * Nk, D] matrix: needs the contiguous layout."""
-    return x.is_contiguous()
+def _check_args(q: torch.Tensor, out: Optional[torch.Tensor]) -> None:
+    D = q.shape[-1]
+    if D not in HEAD_DIMS:
+        raise ValueError(f"varblock_attention: unsupported head dim {D}")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"varblock_attention: unsupported dtype {q.dtype}")
+    if out is not None and (tuple(out.shape) != tuple(q.shape) or out.dtype != q.dtype):
+        raise ValueError(f"varblock_attention: out {tuple(out.shape)} {out.dtype} does not match q "
+                         f"{tuple(q.shape)} {q.dtype}")
+
+
+def _tail_args(tail_keys, tail_values, tail_bias, work_dtype, k4, v4, range_start):
+    """(has_tail, keys, values, bias in the kernel's log2 domain, Ct, Cqt); without a tail any
+    pointers (never read)."""
+    if tail_keys is None or tail_bias is None or tail_keys.shape[1] == 0:
+        return False, k4, v4, range_start, 0, 0
+    tk = tail_keys.to(work_dtype).contiguous()
+    tv = tail_values.to(work_dtype).contiguous()
+    tb = (tail_bias.to(torch.float32) * LOG2E).contiguous()
+    return True, tk, tv, tb, tk.shape[1], tb.shape[1]
+
+
+def _kv_descriptors(k4, v4, G: int, Nk: int, D: int, BN: int, device, indexed: bool):
+    """(use them, K descriptor, V descriptor): TMA descriptors over the permuted copies viewed as
+    one [G * Nk, D] matrix (contiguous copies only); otherwise any tensors (never read)."""
+    desc = use_descriptors(device) and not indexed and Nk > 0 and k4.is_contiguous() and v4.is_contiguous()
+    if not desc:
+        return False, k4, v4
+    TD = _tensor_descriptor_class()
+    return (True, TD(k4.view(G * Nk, D), [G * Nk, D], [D, 1], [BN, D]),
+            TD(v4.view(G * Nk, D), [G * Nk, D], [D, 1], [BN, D]))
 
 
 def varblock_attention_triton(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale,
-                              tail_keys=None, tail_values=None, tail_bias=None, k_index=None, out=None,
-                              config: tuple | None = None, descriptors: bool | None = None) -> torch.Tensor:
-    """Launch the Triton kernel directly (no custom-op wrapper). ``config`` overrides the
-    table: (BLOCK_M, BLOCK_N, num_warps, num_stages); ``descriptors`` overrides
-    `use_descriptors` (tests run both load paths).
+                              tail_keys=None, tail_values=None, tail_bias=None, k_index=None,
+                              out=None) -> torch.Tensor:
+    """Launch the Triton kernel directly (the ops' implementation; no dispatch). The launch
+    config comes from `_common.launch_config` (bench/ and the tests override it, and the K / V
+    load path, with `_common.launch_overrides`).
 
     Memory order (docs/KERNEL_NOTES.md, "Memory"): q is ``[G, N, D]`` or ``[B, H, N, D]`` with any
     strides (unit stride along D), read where it lies. Without ``k_index``, ``k_rows / v_rows
@@ -295,36 +301,20 @@ def varblock_attention_triton(q, k_rows, v_rows, perm_q, q_offsets, range_start,
     ``k_index[g, r]``: rows are gathered inside the kernel, no permuted copy exists. ``out``
     (q's shape, any strides) receives the result, written through the inverse query
     permutation; without it a tensor like q (same memory order) is returned."""
+    _check_args(q, out)
     H = q.shape[1] if q.dim() == 4 else 1
-    q4 = _as4(q, H)
-    B, _, N, D = q4.shape
+    B, _, N, D = _as4(q, H).shape
     G = B * H
     indexed = k_index is not None
-    k4, v4 = _as4(k_rows, H), _as4(v_rows, H)
-    Nk = k_index.shape[1] if indexed else k4.shape[2]
-    Cq = q_offsets.shape[1] - 1
-    R = range_start.shape[2]
-    if D not in LAUNCH_CONFIGS:
-        raise ValueError(f"varblock_attention: unsupported head dim {D}")
-    out_dtype = q.dtype
-    if out_dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"varblock_attention: unsupported dtype {q.dtype}")
-    if out is not None and (tuple(out.shape) != tuple(q.shape) or out.dtype != out_dtype):
-        raise ValueError(f"varblock_attention: out {tuple(out.shape)} {out.dtype} does not match q "
-                         f"{tuple(q.shape)} {out_dtype}")
     # The interpreter's low-precision tl.dot and fp32->bf16 cast are wrong (triton 3.8 / 3.9):
     # run it in fp32 and round once, here, with torch's round-to-nearest-even.
-    work_dtype = torch.float32 if _interpret() else out_dtype
-    q4 = _rows_ok(q4, work_dtype)
-    k4 = _rows_ok(k4, work_dtype)
-    v4 = _rows_ok(v4, work_dtype)
-    perm_q = perm_q.to(torch.int32).contiguous()
-    q_offsets = q_offsets.to(torch.int32).contiguous()
-    range_start = range_start.to(torch.int32).contiguous()
-    range_end = range_end.to(torch.int32).contiguous()
-    if indexed:
-        if k_index.dtype not in (torch.int32, torch.int64) or not k_index.is_contiguous():
-            k_index = k_index.to(torch.int32).contiguous()   # int64 (torch.sort's) is read as is
+    work_dtype = torch.float32 if interpreting() else q.dtype
+    q4, k4, v4 = (_rows_ok(_as4(x, H), work_dtype) for x in (q, k_rows, v_rows))
+    Nk = k_index.shape[1] if indexed else k4.shape[2]
+    perm_q, q_offsets, range_start, range_end = (x.to(torch.int32).contiguous()
+                                                 for x in (perm_q, q_offsets, range_start, range_end))
+    if indexed and (k_index.dtype not in (torch.int32, torch.int64) or not k_index.is_contiguous()):
+        k_index = k_index.to(torch.int32).contiguous()   # int64 (torch.sort's) is read as is
     # the output: the caller's buffer, or one like q (same memory order: ComfyUI's reshape of it is a view)
     if out is None:
         out = torch.empty_like(q)
@@ -333,26 +323,11 @@ def varblock_attention_triton(q, k_rows, v_rows, perm_q, q_offsets, range_start,
     ko = o4 if direct else torch.empty(B, H, N, D, dtype=work_dtype, device=q.device)
     if G == 0 or N == 0:
         return out
-    has_tail = tail_keys is not None and tail_bias is not None and tail_keys.shape[1] > 0
-    if has_tail:
-        tk = tail_keys.to(work_dtype).contiguous()
-        tv = tail_values.to(work_dtype).contiguous()
-        tb = (tail_bias.to(torch.float32) * LOG2E).contiguous()  # the kernel's log2 domain
-        ct, cqt = tk.shape[1], tb.shape[1]
-    else:  # any pointers: never read
-        tk, tv, tb, ct, cqt = k4, v4, range_start, 0, 0
-    BM, BN, warps, stages = tuple(config) if config is not None else launch_config(D, work_dtype, q.device, N)
-    desc = use_descriptors(q.device) if descriptors is None else bool(descriptors)
-    desc = desc and not indexed and Nk > 0 and _desc_ok(k4) and _desc_ok(v4)
-    if desc:
-        TD = _tensor_descriptor_class()
-        k2, v2 = k4.view(G * Nk, D), v4.view(G * Nk, D)
-        k_desc = TD(k2, [G * Nk, D], [D, 1], [BN, D])
-        v_desc = TD(v2, [G * Nk, D], [D, 1], [BN, D])
-    else:  # any tensors: never read
-        k_desc, v_desc = k4, v4
-    grid = (triton.cdiv(N, BM) + Cq, G)
-    _varblock_fwd[grid](
+    has_tail, tk, tv, tb, ct, cqt = _tail_args(tail_keys, tail_values, tail_bias, work_dtype, k4, v4, range_start)
+    BM, BN, warps, stages = launch_config("varblock_attn", D, work_dtype, capability(q.device), n_tokens=N)
+    desc, k_desc, v_desc = _kv_descriptors(k4, v4, G, Nk, D, BN, q.device, indexed)
+    Cq, R = q_offsets.shape[1] - 1, range_start.shape[2]
+    _varblock_fwd[(triton.cdiv(N, BM) + Cq, G)](
         q4, k4, v4, ko, perm_q, q_offsets, range_start, range_end, tk, tv, tb, k_desc, v_desc,
         k_index if indexed else perm_q,
         float(scale) * LOG2E,
@@ -360,7 +335,7 @@ def varblock_attention_triton(q, k_rows, v_rows, perm_q, q_offsets, range_start,
         q4.stride(0), q4.stride(1), q4.stride(2), k4.stride(0), k4.stride(1), k4.stride(2),
         v4.stride(0), v4.stride(1), v4.stride(2), ko.stride(0), ko.stride(1), ko.stride(2),
         D=D, BLOCK_M=BM, BLOCK_N=BN,
-        CQ_P2=max(_next_p2(Cq), 2), R_P2=max(_next_p2(R), 2),
+        CQ_P2=max(next_pow2(Cq), 2), R_P2=max(next_pow2(R), 2),
         NUM_STAGES=stages, HAS_TAIL=has_tail, USE_DESC=desc, KV_INDEXED=indexed,
         num_warps=warps, num_stages=stages,
     )
@@ -369,31 +344,13 @@ def varblock_attention_triton(q, k_rows, v_rows, perm_q, q_offsets, range_start,
     return out
 
 
-def _can_launch(t: torch.Tensor) -> bool:
-    return HAS_TRITON and (t.is_cuda or _interpret())
-
-
-def _run(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale, tail_keys, tail_values, tail_bias,
-         k_index, out):
-    if _can_launch(q):
-        return varblock_attention_triton(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale,
-                                         tail_keys, tail_values, tail_bias, k_index=k_index, out=out)
-    from ..reference import varblock_attention_ref
-
-    ref = varblock_attention_ref(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale,
-                                 tail_keys, tail_values, tail_bias, k_index=k_index)
-    if out is None:
-        return ref
-    out.copy_(ref)
-    return out
-
-
 # ------------------------------------------------------------------------------------------
 # torch custom ops (opaque to torch.compile): one returns a new tensor (like q), one writes
-# into the caller's buffer
+# into the caller's buffer. CUDA: the launcher; CPU: `_common.register_cpu` (the launcher under
+# the interpreter, else the fp32 reference).
 # ------------------------------------------------------------------------------------------
 
-@torch.library.custom_op("adacluster::varblock_attention", mutates_args=())
+@torch.library.custom_op("adacluster::varblock_attention", mutates_args=(), device_types="cuda")
 def _varblock_attention_op(
     q: torch.Tensor,
     k_rows: torch.Tensor,
@@ -408,8 +365,8 @@ def _varblock_attention_op(
     tail_bias: Optional[torch.Tensor] = None,
     k_index: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    return _run(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale, tail_keys, tail_values,
-                tail_bias, k_index, None)
+    return varblock_attention_triton(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale,
+                                     tail_keys, tail_values, tail_bias, k_index)
 
 
 @_varblock_attention_op.register_fake
@@ -418,7 +375,15 @@ def _(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale,
     return torch.empty_like(q)
 
 
-@torch.library.custom_op("adacluster::varblock_attention_into", mutates_args=("out",))
+def _reference_new(q, *args):
+    """The reference's result in q's memory order (like the kernel's and the fake's)."""
+    return torch.empty_like(q).copy_(varblock_attention_ref(q, *args))
+
+
+register_cpu(_varblock_attention_op, varblock_attention_triton, _reference_new)
+
+
+@torch.library.custom_op("adacluster::varblock_attention_into", mutates_args=("out",), device_types="cuda")
 def _varblock_attention_into_op(
     out: torch.Tensor,
     q: torch.Tensor,
@@ -434,14 +399,25 @@ def _varblock_attention_into_op(
     tail_bias: Optional[torch.Tensor] = None,
     k_index: Optional[torch.Tensor] = None,
 ) -> None:
-    _run(q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale, tail_keys, tail_values, tail_bias,
-         k_index, out)
+    _triton_into(out, q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale, tail_keys,
+                 tail_values, tail_bias, k_index)
 
 
 @_varblock_attention_into_op.register_fake
 def _(out, q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end, scale,
       tail_keys=None, tail_values=None, tail_bias=None, k_index=None):
     return None
+
+
+def _triton_into(out, *args) -> None:
+    varblock_attention_triton(*args, out=out)
+
+
+def _reference_into(out, *args) -> None:
+    out.copy_(varblock_attention_ref(*args))
+
+
+register_cpu(_varblock_attention_into_op, _triton_into, _reference_into)
 
 
 def varblock_attention(
@@ -463,8 +439,9 @@ def varblock_attention(
     (q / out may also be [B, H, N, D] views with any strides; with ``k_index`` the K / V rows are
     gathered from the caller's k / v inside the kernel: see `varblock_attention_triton`).
 
-    Runs the Triton kernel on CUDA (and on CPU under TRITON_INTERPRET=1); elsewhere
-    ``reference.varblock_attention_ref``. No host synchronisation. Returns ``out`` when given."""
+    The custom ops dispatch on the device: Triton on CUDA; on the CPU the Triton kernel through the
+    interpreter under TRITON_INTERPRET=1, else ``torch_ref.varblock_attention_ref``. No host
+    synchronisation. Returns ``out`` when given."""
     if out is not None:
         _varblock_attention_into_op(out, q, k_rows, v_rows, perm_q, q_offsets, range_start, range_end,
                                     float(scale), tail_keys, tail_values, tail_bias, k_index)

@@ -1,97 +1,79 @@
-"""Triton clustering kernels == their torch references (run with TRITON_INTERPRET=1 on CPU)."""
+"""Triton clustering kernels and the K / V gather == their torch references (TRITON_INTERPRET=1 on
+CPU), their custom ops (schema, fake tensors) and the ops' CPU dispatch.
+
+The parametrised cases are a subset (`kernel_cases.INTERP`); bench/kernel_check.py runs all of them
+(`kernel_cases.CHECKS`) compiled on the GPU."""
 import pytest
 import torch
 
 from adacluster_core import reference as ref
-from adacluster_core.clustering import sort_by_cluster
 
-from .conftest import clustered, device, needs_triton
+from . import kernel_cases as kc
+from .conftest import device, needs_triton
 
 pytestmark = needs_triton
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def _objective(x, c, lab, normalize):
-    """‖x − c_lab‖² per token in fp64, the quantity both implementations minimise."""
-    xf = x.reshape(-1, x.shape[-2], x.shape[-1]).double()
-    if normalize:
-        xf = xf / xf.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-    cl = torch.gather(c.double(), 1, lab.long().unsqueeze(-1).expand(-1, -1, c.shape[-1]))
-    return ((xf - cl) ** 2).sum(-1)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("normalize", [False, True])
-@pytest.mark.parametrize("N,C,D", [(1, 1, 64), (77, 20, 64), (20, 70, 128), (50, 8, 80)])
+@pytest.mark.parametrize("dtype,normalize,N,C,D", kc.INTERP["kmeans_assign"])
 def test_kmeans_assign_matches_ref(dtype, normalize, N, C, D):
-    from adacluster_core.kernels.kmeans_assign import kmeans_assign
-    dev = device()
-    x = clustered(1, 3, N, D, n_centers=5, seed=N + C, dtype=dtype, dev=dev)
-    c = clustered(1, 3, C, D, n_centers=5, seed=N + C, dev=dev).reshape(3, C, D)
-    lab, dist = kmeans_assign(x, c, normalize=normalize, return_dist=True)
-    lab_r, dist_r = ref.kmeans_assign_ref(x, c, normalize=normalize, return_dist=True)
-    assert lab.dtype == torch.int32 and lab.shape == (3, N) and dist.shape == (3, N)
-    assert int(lab.min()) >= 0 and int(lab.max()) < C
-    if dtype == torch.float32:  # half GEMM operands turn near ties either way
-        assert (lab == lab_r).float().mean() > 0.9
-    # where labels differ it must be a (near) tie of the objective
-    o, o_r = _objective(x, c, lab, normalize), _objective(x, c, lab_r, normalize)
-    tol = 2e-2 if dtype != torch.float32 else 1e-4
-    assert torch.all(o <= o_r + tol * (1 + o_r))
-    torch.testing.assert_close(dist, dist_r, rtol=5e-2 if dtype != torch.float32 else 1e-4, atol=5e-2)
-    assert torch.equal(kmeans_assign(x, c, normalize=normalize), lab)
+    kc.check_kmeans_assign(dtype, normalize, N, C, D)
 
 
 def test_kmeans_assign_strided_input_and_ties():
-    from adacluster_core.kernels.kmeans_assign import kmeans_assign
-    dev = device()
-    x = torch.randn(2, 40, 3, 64, device=dev).transpose(1, 2)  # [B, H, N, D] non-contiguous
-    c = torch.randn(6, 9, 64, device=dev)
-    c[:, 5] = c[:, 2]  # duplicated centroid: ties must go to the lowest id
-    lab = kmeans_assign(x, c)
-    lab_r = ref.kmeans_assign_ref(x, c)
-    assert not bool((lab == 5).any())
-    assert (lab == lab_r).float().mean() > 0.95
+    kc.check_kmeans_assign_strided_and_ties()
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("dtype,normalize", kc.INTERP["centroid_update"])
 def test_centroid_update_matches_ref(dtype, normalize):
-    from adacluster_core.kernels.centroid_update import centroid_update
-    G, N, C, D = 4, 150, 12, 64
-    dev = device()
-    x = torch.randn(G, N, D, device=dev).to(dtype)
-    lab = torch.randint(0, C, (G, N), dtype=torch.int32, device=dev)
-    lab[:, :10] = C  # ignored tokens
-    lab[lab == 3] = 4  # cluster 3 empty -> keeps its old centroid
-    old = torch.randn(G, C, D, device=dev)
-    new, cnt = centroid_update(x, lab, old, normalize=normalize)
-    new_r, cnt_r = ref.centroid_update_ref(x, lab, old, normalize=normalize)
-    assert torch.equal(cnt, cnt_r) and cnt.dtype == torch.int32
-    assert int(cnt[:, 3].sum()) == 0 and torch.equal(new[:, 3], old[:, 3])
-    torch.testing.assert_close(new, new_r, rtol=1e-4, atol=1e-5)
-    # explicit perm/offsets give the same result
-    perm, offs = sort_by_cluster(lab, C + 1)
-    new2, cnt2 = centroid_update(x, lab, old, normalize=normalize, perm=perm, offsets=offs)
-    torch.testing.assert_close(new2, new)
+    kc.check_centroid_update(dtype, normalize)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", [p[0] for p in kc.INTERP["fused_bounds"]])
 def test_fused_bounds_match_ref(dtype):
-    """The TensorQuest bounds fused into the last centroid update (bounds=True)."""
-    from adacluster_core.kernels.centroid_update import centroid_update
-    B, H, N, C, D = 1, 2, 97, 10, 128
+    kc.check_fused_bounds(dtype)
+
+
+@pytest.mark.parametrize("dtype,layout", kc.INTERP["gather_kv"])
+def test_gather_kv_matches_ref(dtype, layout):
+    kc.check_gather_kv(dtype, layout)
+
+
+def _op_cases():
+    from adacluster_core.kernels import centroid_update as cu, gather_rows as gr, kmeans_assign as ka
     dev = device()
-    x = torch.randn(B, N, H, D, device=dev).to(dtype).transpose(1, 2)  # strided
-    lab = torch.randint(0, C, (B * H, N), dtype=torch.int32, device=dev)
-    lab[lab == 7] = C  # cluster 7 empty, those tokens ignored
-    old = torch.randn(B * H, C, D, device=dev)
-    _, _, kmax, kmin = centroid_update(x, lab, old, bounds=True)
-    kmax_r, kmin_r = ref.cluster_bounds_ref(x, lab, C)
-    assert torch.equal(kmax, kmax_r) and torch.equal(kmin, kmin_r)
-    assert bool(torch.isneginf(kmax[:, 7]).all()) and bool(torch.isposinf(kmin[:, 7]).all())
-    xf = x.reshape(B * H, N, D).float()
-    g, j = 1, 2
-    members = xf[g][lab[g] == j]
-    torch.testing.assert_close(kmax[g, j], members.max(0).values)
-    torch.testing.assert_close(kmin[g, j], members.min(0).values)
+    x = torch.randn(2, 3, 33, 64, device=dev)
+    c = torch.randn(6, 5, 64, device=dev)
+    lab = torch.randint(0, 6, (6, 33), dtype=torch.int32, device=dev)  # label 5 = ignored
+    idx = torch.randint(0, 33, (6, 20), device=dev)
+    return [
+        (ka._kmeans_assign_op, (x, c, True, True, 16)),
+        (ka._kmeans_assign_op, (x, c, False, False, 32)),
+        (cu._centroid_update_op, (x, lab, c, False, None, None, True, 5, "float32")),
+        (cu._centroid_update_op, (x, lab, None, True, None, None, False, 5, "bfloat16")),
+        (gr._gather_kv_op, (x, x, idx)),
+    ]
+
+
+def test_custom_ops_schema_and_fake():
+    """Each kernel is a torch custom op with a fake implementation (torch.compile safe)."""
+    for op, args in _op_cases():
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_cpu_dispatch_without_the_interpreter(monkeypatch):
+    """Off CUDA the ops' CPU kernel runs the interpreter only under TRITON_INTERPRET=1; otherwise the
+    fp32 reference (checked per call, so no second fallback anywhere above the op)."""
+    from adacluster_core.kernels.centroid_update import centroid_update
+    from adacluster_core.kernels.gather_rows import gather_kv
+    from adacluster_core.kernels.kmeans_assign import kmeans_assign
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = torch.randn(2, 40, 64)
+    c = torch.randn(2, 5, 64)
+    lab, dist = kmeans_assign(x, c, return_dist=True, labels_dtype=torch.int16)
+    lab_r, dist_r = ref.kmeans_assign_ref(x, c, return_dist=True)
+    assert lab.dtype == torch.int16 and torch.equal(lab.int(), lab_r) and torch.equal(dist, dist_r)
+    new, cnt, kmax, kmin = centroid_update(x, lab, c, bounds=True)
+    assert torch.equal(new, ref.centroid_update_ref(x, lab, c)[0])
+    assert torch.equal(kmax, ref.cluster_bounds_ref(x, lab, 5)[0])
+    idx = torch.randint(0, 40, (2, 9))
+    assert all(torch.equal(a, b) for a, b in zip(gather_kv(x, x, idx), ref.gather_kv_ref(x, x, idx)))

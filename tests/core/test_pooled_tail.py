@@ -12,6 +12,7 @@ from adacluster_core import AdaClusterConfig, ClusterState, sparse_attention
 from adacluster_core.reference import dense_attention_ref, varblock_attention_ref
 from bench.structured import make_structured_qkv
 
+from . import kernel_cases as kc
 from .conftest import BACKENDS, TRITON_OK, forbid_host_sync, needs_triton, qkv_clustered, rel_l2
 
 NEG = -3.4e38
@@ -60,17 +61,9 @@ def test_pooled_tail_bias():
         assert torch.allclose(tk[g, j], k[g][lab[g] == j].mean(0), atol=1e-5)
 
 
-def _tail_case(dtype, D, seed=0, G=2, N=70, Cq=5, Ck=7, S=3, Ct=11):
-    from .test_varblock_attn import make_case  # noqa: WPS433
-    case = make_case(G=G, N=N, D=D, Cq=Cq, Ck=Ck, S=S, dtype=dtype, seed=seed, device="cpu")
-    gen = torch.Generator().manual_seed(seed + 1)
-    case["tail_keys"] = torch.randn(G, Ct, D, generator=gen).to(dtype)
-    case["tail_values"] = torch.randn(G, Ct, D, generator=gen).to(dtype)
-    bias = torch.randn(G, Cq - 1, Ct, generator=gen) * 2  # the last query cluster sees no tail
-    bias[:, :, ::4] = float("-inf")  # selected / empty clusters
-    bias[:, 3] = float("-inf")  # cluster 3 attends to nothing at all (no ranges either)
-    case["tail_bias"] = bias
-    return case
+def _tail_case(dtype, D, seed=0, **kw):
+    from .kernel_cases import tail_case  # noqa: WPS433
+    return tail_case(dtype, D, seed=seed, device="cpu", **kw)
 
 
 def test_reference_tail_matches_dense_with_bias():
@@ -92,35 +85,17 @@ def test_reference_tail_matches_dense_with_bias():
     assert rel_l2(out[0, rows], ref) < 1e-5
 
 
+# kernel cases: a subset here (kernel_cases.INTERP), all of them in bench/kernel_check.py (GPU)
 @needs_triton
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("dtype,D", kc.INTERP["tail_reference"])
 def test_kernel_tail_matches_reference(dtype, D):
-    from adacluster_core.kernels.varblock_attn import varblock_attention
-    case = _tail_case(dtype, D, seed=D)
-    out = varblock_attention(**case)
-    ref = varblock_attention_ref(**case)
-    assert torch.isfinite(out.float()).all()
-    tol = {torch.float16: 3e-3, torch.bfloat16: 2e-2, torch.float32: 1e-4}[dtype]
-    assert rel_l2(out, ref) < tol
-    rows = case["perm_q"][0, case["q_offsets"][0, 3]:case["q_offsets"][0, 4]].long()
-    assert (out[0, rows] == 0).all()  # no range, tail all -inf -> exact zeros, no NaN
+    kc.check_tail_reference(dtype, D)
 
 
 @needs_triton
-@pytest.mark.parametrize("bm,bn", [(16, 16), (32, 16), (16, 32)])
+@pytest.mark.parametrize("bm,bn", kc.INTERP["tail_tiles_and_all_inf"])
 def test_kernel_tail_tiles_and_all_inf(bm, bn):
-    from adacluster_core.kernels.varblock_attn import varblock_attention_triton
-    case = _tail_case(torch.float16, 64, seed=3 + bm + bn, N=90, Ct=37)  # ragged tail block
-    out = varblock_attention_triton(**case, config=(bm, bn, 4, 1))
-    assert torch.isfinite(out.float()).all()
-    assert rel_l2(out, varblock_attention_ref(**case)) < 3e-3
-    # an all -inf tail changes nothing: same as no tail
-    case2 = dict(case, tail_bias=torch.full_like(case["tail_bias"], float("-inf")))
-    out2 = varblock_attention_triton(**case2, config=(bm, bn, 4, 1))
-    plain = {k: v for k, v in case.items() if not k.startswith("tail_")}
-    out3 = varblock_attention_triton(**plain, config=(bm, bn, 4, 1))
-    assert torch.isfinite(out2.float()).all() and torch.equal(out2, out3)
+    kc.check_tail_tiles_and_all_inf(bm, bn)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

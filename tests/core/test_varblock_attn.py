@@ -2,6 +2,8 @@
 
 Run: TRITON_INTERPRET=1 python -m pytest -q tests/core/test_varblock_attn.py
 (The interpreter must be enabled before triton is imported; this module sets it when unset.)
+The parametrised cases are a subset (`kernel_cases.INTERP`); bench/kernel_check.py runs all of them
+(`kernel_cases.CHECKS`) compiled on the GPU, where the bf16 / fp16 arithmetic is exercised.
 """
 from __future__ import annotations
 
@@ -19,73 +21,23 @@ from adacluster_core.clustering import sort_by_cluster  # noqa: E402
 from adacluster_core.layout import selected_key_ranges  # noqa: E402
 from adacluster_core.reference import dense_attention_ref, varblock_attention_ref  # noqa: E402
 
+from . import kernel_cases as kc  # noqa: E402
+from .kernel_cases import make_case, rel as _rel  # noqa: E402
+
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 DEV = "cuda" if (torch.cuda.is_available() and not INTERP) else "cpu"
 if DEV == "cpu" and not INTERP:  # pragma: no cover
     pytest.skip("needs TRITON_INTERPRET=1 on CPU", allow_module_level=True)
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
-
-
-def make_case(G=2, N=70, Nv=None, D=64, Cq=5, Ck=7, S=3, extra=0, dtype=torch.float16, seed=0,
-              empty_cluster=True, device=DEV):
-    """Random clusters (incl. an empty query cluster), random selections incl. -1 slots and
-    query clusters with no selection at all, optional `extra` always-attended rows."""
-    gen = torch.Generator().manual_seed(seed)
-    Nv = N if Nv is None else Nv
-    q = torch.randn(G, N, D, generator=gen).to(dtype)
-    kv_rows = Nv + extra
-    k = torch.randn(G, kv_rows, D, generator=gen).to(dtype)
-    v = torch.randn(G, kv_rows, D, generator=gen).to(dtype)
-    lab_q = torch.randint(0, Cq, (G, N), generator=gen)
-    if empty_cluster and Cq > 2:
-        lab_q[lab_q == 1] = 0  # cluster 1 is empty
-    lab_k = torch.randint(0, Ck, (G, Nv), generator=gen)
-    perm_q, q_off = sort_by_cluster(lab_q, Cq)
-    perm_k, k_off = sort_by_cluster(lab_k, Ck)
-    k_perm = torch.cat([torch.gather(k[:, :Nv], 1, perm_k.long().unsqueeze(-1).expand(G, Nv, D)), k[:, Nv:]], 1)
-    v_perm = torch.cat([torch.gather(v[:, :Nv], 1, perm_k.long().unsqueeze(-1).expand(G, Nv, D)), v[:, Nv:]], 1)
-    sel = torch.stack([torch.stack([torch.randperm(Ck, generator=gen)[:S] for _ in range(Cq)]) for _ in range(G)])
-    drop = torch.rand(G, Cq, S, generator=gen) < 0.25
-    sel = torch.where(drop, torch.full_like(sel, -1), sel).to(torch.int32)
-    if Cq > 3:
-        sel[:, 3] = -1  # a query cluster that attends to nothing (unless extra rows)
-    rs, re = selected_key_ranges(sel, k_off, extra=(Nv, Nv + extra) if extra else None)
-    t = lambda x: x.to(device)  # noqa: E731
-    return dict(q=t(q), k_rows=t(k_perm), v_rows=t(v_perm), perm_q=t(perm_q), q_offsets=t(q_off),
-                range_start=t(rs), range_end=t(re), scale=D ** -0.5)
-
-
-def _tol(dtype):
-    return {torch.float16: 3e-3, torch.bfloat16: 2e-2, torch.float32: 1e-4}[dtype]
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("dtype,D", kc.INTERP["varblock_reference"])
 def test_matches_reference(dtype, D):
-    case = make_case(D=D, dtype=dtype, seed=D + len(str(dtype)))
-    out = varblock_attention(**case)
-    ref = varblock_attention_ref(**case)
-    assert out.shape == ref.shape and out.dtype == dtype
-    assert torch.isfinite(out.float()).all()
-    assert _rel(out, ref) < _tol(dtype), _rel(out, ref)
-    # rows of the query cluster with no keys are exact zeros
-    q_off = case["q_offsets"]
-    rows = case["perm_q"][0, q_off[0, 3]:q_off[0, 4]].long()
-    assert (out[0, rows] == 0).all()
+    kc.check_varblock_reference(dtype, D)
 
 
-@pytest.mark.parametrize("descriptors", [True, False])
-@pytest.mark.parametrize("bm,bn", [(16, 16), (32, 16), (16, 32)])
+@pytest.mark.parametrize("bm,bn,descriptors", kc.INTERP["varblock_configs"])
 def test_configs_ragged_and_extra(bm, bn, descriptors):
-    # both K / V load paths (tensor descriptors on Hopper, pointer loads elsewhere)
-    case = make_case(G=2, N=83, D=32, Cq=6, Ck=9, S=4, extra=5, dtype=torch.float16, seed=bm * 7 + bn)
-    case["q"] = case["q"] * 4  # peaked rows: the running max must move mid-loop
-    out = varblock_attention_triton(**case, config=(bm, bn, 4, 1), descriptors=descriptors)
-    ref = varblock_attention_ref(**case)
-    assert _rel(out, ref) < 3e-3
+    kc.check_varblock_configs(bm, bn, descriptors)
 
 
 def test_output_fully_written():
@@ -151,3 +103,13 @@ def test_opcheck():
             case["range_start"], case["range_end"], case["scale"])
     torch.library.opcheck(torch.ops.adacluster.varblock_attention.default, args,
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_cpu_dispatch_without_the_interpreter(monkeypatch):
+    """Off CUDA without TRITON_INTERPRET=1 the ops' CPU kernel is the fp32 reference (both ops)."""
+    case = make_case(G=2, N=50, D=64, seed=4)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    out = varblock_attention(**case)
+    assert torch.equal(out, varblock_attention_ref(**case))
+    buf = torch.empty_like(case["q"])
+    assert varblock_attention(**case, out=buf) is buf and torch.equal(buf, out)
