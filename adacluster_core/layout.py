@@ -228,14 +228,14 @@ def build_layout(q, k, v, rq, rk, sel, *, scale: float, dense_range: tuple[int, 
 def _fp8_layout(q, k, v, kidx, rk, sel, dense_range, pooled, backend, perm_q, q_off, rs, re, scale) -> Layout:
     """build_layout's 8-bit K / V: one fused gather + quantise on the triton backend, its torch form
     (`quant.quantize_kv` of the gathered rows) on the reference one."""
-    from .quant import kv_stats, quantize_kv
+    from .quant import kv_stats
 
     k_mean, v_scale = kv_stats(k, v)
     if backend == "triton":
         from .kernels.gather_quant import gather_quant_kv
         kq, k_scale, vq = gather_quant_kv(k, v, kidx, k_mean, v_scale)
     else:
-        kq, k_scale, vq, _ = quantize_kv(_gather_rows(k, kidx), _gather_rows(v, kidx), k_mean, v_scale)
+        kq, k_scale, vq = ref.gather_quant_kv_ref(k, v, kidx, k_mean, v_scale)
     tail = (None, None, None)
     if pooled:
         tk, tv, tb = pooled_tail(split_rows(v, dense_range[0], dense_range[1])[0], rk, sel, torch.float32, backend)
@@ -273,8 +273,7 @@ def _run_fp8(layout: Layout, backend: str, out: Optional[torch.Tensor]) -> tuple
     if backend == "triton":
         from .kernels.varblock_attn_fp8 import varblock_attention_fp8
         return varblock_attention_fp8(*args, out=out, p_scale=P_SCALE), "triton-fp8"
-    from .reference_fp8 import varblock_attention_fp8_ref
-    res = varblock_attention_fp8_ref(*args, p_scale=P_SCALE)
+    res = ref.varblock_attention_fp8_ref(*args, p_scale=P_SCALE)
     if out is None:
         return res, "reference-fp8"
     out.copy_(res)

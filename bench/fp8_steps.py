@@ -23,6 +23,7 @@ import torch  # noqa: E402
 from adacluster_core import ClusterState, api, sparse_attention  # noqa: E402
 from adacluster_core import layout as lay  # noqa: E402
 from adacluster_core.kernels.varblock_attn_fp8 import varblock_attention_fp8  # noqa: E402
+from adacluster_core.kernels._common import launch_overrides  # noqa: E402
 from adacluster_core.kernels.gather_quant import gather_quant_kv  # noqa: E402
 from adacluster_core.quant import P_SCALE, kv_stats, quantize_kv  # noqa: E402
 from bench.attn_speed import reuse_layout, variant_config  # noqa: E402
@@ -67,9 +68,9 @@ def run_step(L, qkv, kw, config, desc):
         tv = (L.tail_values.float() / vs[:, None, None]).to(L.q.dtype)
 
     def call():
-        return varblock_attention_fp8(L.q, kq, ks, vq, vs, L.perm_q, L.q_offsets, L.range_start, L.range_end,
-                                      L.scale, tk, tv, L.tail_bias, config=config, descriptors=desc,
-                                      p_scale=P_SCALE)
+        with launch_overrides(varblock_attn_fp8=config, varblock_fp8_descriptors=desc):
+            return varblock_attention_fp8(L.q, kq, ks, vq, vs, L.perm_q, L.q_offsets, L.range_start, L.range_end,
+                                          L.scale, tk, tv, L.tail_bias, p_scale=P_SCALE)
     t_quant = bench_ms(lambda: quantise(L, qkv, kw), warmup=3, rep=10)
     return call(), bench_ms(call), t_quant
 
@@ -123,7 +124,7 @@ def check(log) -> bool:
     pooled tail, plus the fused gather + quantise vs its torch form, bit for bit."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
     from core.test_fp8 import _case, _fp8_args  # noqa: E402
-    from adacluster_core.reference_fp8 import varblock_attention_fp8_ref
+    from adacluster_core.reference import varblock_attention_fp8_ref
 
     ok = True
     for D in (64, 128):

@@ -18,8 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import as_bhnd, interpreting
+from ._common import as_bhnd, capability, interpreting, launch_config, register_cpu
 from ._fp8 import to_e4m3
+from .torch_ref_fp8 import gather_quant_kv_ref
 
 
 @triton.jit
@@ -54,9 +55,8 @@ def _gather_quant_kernel(
              mask=mp[None, :])
 
 
-def gather_quant_kv(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, k_mean: torch.Tensor,
-                    v_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Shapes in the module docstring. No host sync."""
+def _launch(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, k_mean: torch.Tensor,
+            v_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     k4, G, H = as_bhnd(k)
     v4, _, _ = as_bhnd(v)
     D = k4.shape[3]
@@ -76,11 +76,34 @@ def gather_quant_kv(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, k_mean:
         k4 = k4.contiguous()
     if v4.stride(3) != 1:
         v4 = v4.contiguous()
-    BLOCK_R = 16 if interpreting() else 64
+    BLOCK_R, warps = launch_config("gather_quant", D, k4.dtype, capability(k4.device))
     grid = (triton.cdiv(Mp, BLOCK_R), G)
     _gather_quant_kernel[grid](
         k4, v4, idx, k_mean.float().contiguous(), v_scale.float().contiguous(), kq, ks, vq,
         H, M, Mp, k4.stride(0), k4.stride(1), k4.stride(2), v4.stride(0), v4.stride(1), v4.stride(2),
-        D=D, BLOCK_R=BLOCK_R, ROUND_FIRST=interpreting(), num_warps=4,
+        D=D, BLOCK_R=BLOCK_R, ROUND_FIRST=interpreting(), num_warps=warps,
     )
     return kq, ks, vq
+
+
+@torch.library.custom_op("adacluster::gather_quant_kv", mutates_args=(), device_types="cuda")
+def _gather_quant_op(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, k_mean: torch.Tensor,
+                     v_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _launch(k, v, idx, k_mean, v_scale)
+
+
+@_gather_quant_op.register_fake
+def _(k, v, idx, k_mean, v_scale):
+    G, M, D = idx.shape[0], idx.shape[1], k.shape[-1]
+    Mp = (M + 15) // 16 * 16
+    return (k.new_empty(G, M, D, dtype=torch.float8_e4m3fn), k.new_empty(G, M, dtype=torch.float32),
+            k.new_empty(G, D, Mp, dtype=torch.float8_e4m3fn))
+
+
+register_cpu(_gather_quant_op, _launch, gather_quant_kv_ref)
+
+
+def gather_quant_kv(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, k_mean: torch.Tensor,
+                    v_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shapes in the module docstring (the op ``adacluster::gather_quant_kv``). No host sync."""
+    return _gather_quant_op(k, v, idx, k_mean.float().contiguous(), v_scale.float().contiguous())

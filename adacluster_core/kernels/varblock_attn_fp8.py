@@ -17,16 +17,20 @@ V given already quantised by the gather step (`adacluster_core.quant.quantize_kv
 * the pooled tail (virtual keys, a small block) stays in q's dtype: ``tail_keys`` shifted by the
   same mean, ``tail_values`` divided by ``v_scale``.
 
-The torch emulation of this arithmetic is `reference.varblock_attention_fp8_ref`.
+The torch emulation of this arithmetic is `torch_ref_fp8.varblock_attention_fp8_ref` (the op's CPU
+kernel without the interpreter).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import interpreting, next_pow2
+from ._common import capability, interpreting, launch_config, launch_override, next_pow2, register_cpu
 from ._fp8 import to_e4m3
+from .torch_ref_fp8 import varblock_attention_fp8_ref
 
 LOG2E = 1.4426950408889634
 
@@ -221,18 +225,6 @@ def _varblock_fp8_fwd(
                  out.to(O.dtype.element_ty), mask=mrow[:, None])
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per head dim; measured on H100 (docs/KERNEL_NOTES.md)
-FP8_LAUNCH_CONFIGS = {64: (128, 64, 4, 3), 128: (128, 64, 8, 3)}
-
-
-def fp8_supported(device: torch.device) -> bool:
-    """fp8 tensor cores: compute capability 8.9 (Ada) and newer; never in the interpreter
-    (numpy has no 8-bit floats)."""
-    if device.type != "cuda" or interpreting():
-        return False
-    return torch.cuda.get_device_capability(device) >= (8, 9)
-
-
 def _descriptor(x2: torch.Tensor, block: list[int]):
     try:
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -241,54 +233,100 @@ def _descriptor(x2: torch.Tensor, block: list[int]):
     return TensorDescriptor(x2, list(x2.shape), [x2.stride(0), 1], block)
 
 
-def varblock_attention_fp8(q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, scale,
-                           tail_keys=None, tail_values=None, tail_bias=None, out=None, *, p_scale: float,
-                           config: tuple | None = None, descriptors: bool | None = None) -> torch.Tensor:
-    """Launch the 8-bit kernel. q ``[G, N, D]`` or ``[B, H, N, D]`` (any strides, unit stride along D);
-    kq / k_scale / vq / v_scale as made by `quant.quantize_kv` (PV in fp8 when ``vq`` is an 8-bit
-    ``[G, D, Nkp]`` tensor, in q's dtype when it is ``[G, Nk, D]`` rows of q's dtype); ``p_scale``: P is
-    cast as P x p_scale (`quant.P_SCALE`); the rest as `varblock_attention`. Returns ``out`` (q's shape
-    and dtype)."""
+def _use_descriptors(device: torch.device) -> bool:
+    """TMA loads on Hopper and newer; the interpreter runs the same path. bench/ forces either with
+    `launch_overrides(varblock_fp8_descriptors=...)`."""
+    forced = launch_override("varblock_fp8_descriptors")
+    if forced is not None:
+        return bool(forced)
+    return interpreting() or (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
+def _kv_descriptors(kq, vq, G, Nk, Nkp, D, BN, pv_fp8, device):
+    if not _use_descriptors(device):
+        return False, kq, kq
+    k_desc = _descriptor(kq.view(G * Nk, D), [BN, D])
+    v_desc = _descriptor(vq.view(G * D, Nkp), [D, BN]) if pv_fp8 else _descriptor(vq.view(G * Nk, D), [BN, D])
+    if k_desc is None or v_desc is None:
+        return False, kq, kq
+    return True, k_desc, v_desc
+
+
+def _tail_args(q4, tail_keys, tail_values, tail_bias, dtype, range_start):
+    if tail_keys is None or tail_bias is None or tail_keys.shape[1] == 0:
+        return False, q4, q4, range_start, 0, 0  # any pointers: never read
+    tk, tv = tail_keys.to(dtype).contiguous(), tail_values.to(dtype).contiguous()
+    tb = (tail_bias.to(torch.float32) * LOG2E).contiguous()
+    return True, tk, tv, tb, tk.shape[1], tb.shape[1]
+
+
+def _launch(out, q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, scale, p_scale,
+            tail_keys=None, tail_values=None, tail_bias=None) -> None:
+    """Launch the 8-bit kernel into ``out`` (q's shape and dtype, any strides with unit stride along D)."""
     H = q.shape[1] if q.dim() == 4 else 1
     q4 = q if q.dim() == 4 else q.unsqueeze(1)
+    o4 = out if out.dim() == 4 else out.unsqueeze(1)
     B, _, N, D = q4.shape
-    G = B * H
-    Nk = kq.shape[1]
+    G, Nk = B * H, kq.shape[1]
+    if G == 0 or N == 0:
+        return
     pv_fp8 = vq.dtype == torch.float8_e4m3fn
-    qk_int8 = kq.dtype == torch.int8
     Nkp = vq.shape[2] if pv_fp8 else Nk
     Cq, R = q_offsets.shape[1] - 1, range_start.shape[2]
-    if out is None:
-        out = torch.empty_like(q)
-    o4 = out if out.dim() == 4 else out.unsqueeze(1)
-    if G == 0 or N == 0:
-        return out
-    has_tail = tail_keys is not None and tail_bias is not None and tail_keys.shape[1] > 0
-    if has_tail:
-        tk, tv = tail_keys.to(q.dtype).contiguous(), tail_values.to(q.dtype).contiguous()
-        tb = (tail_bias.to(torch.float32) * LOG2E).contiguous()
-        ct, cqt = tk.shape[1], tb.shape[1]
-    else:
-        tk, tv, tb, ct, cqt = q4, q4, range_start, 0, 0
-    BM, BN, warps, stages = tuple(config) if config is not None else FP8_LAUNCH_CONFIGS[D]
-    if descriptors is None:  # TMA on Hopper and newer; the interpreter runs the same path
-        descriptors = interpreting() or (q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 9)
-    use_desc = descriptors
-    k_desc = v_desc = kq
-    if use_desc:
-        k_desc = _descriptor(kq.view(G * Nk, D), [BN, D])
-        v_desc = _descriptor(vq.view(G * D, Nkp), [D, BN]) if pv_fp8 else _descriptor(vq.view(G * Nk, D), [BN, D])
-        use_desc = k_desc is not None
-        if not use_desc:
-            k_desc = v_desc = kq
-    grid = (triton.cdiv(N, BM) + Cq, G)
-    _varblock_fp8_fwd[grid](
-        q4, kq, k_scale, vq, v_scale, o4, perm_q, q_offsets, range_start, range_end, tk, tv, tb,
-        k_desc, v_desc, float(scale) * LOG2E,
+    i32 = lambda x: x.to(torch.int32).contiguous()  # noqa: E731
+    has_tail, tk, tv, tb, ct, cqt = _tail_args(q4, tail_keys, tail_values, tail_bias, q.dtype, range_start)
+    BM, BN, warps, stages = launch_config("varblock_attn_fp8", D, q.dtype, capability(q.device))
+    use_desc, k_desc, v_desc = _kv_descriptors(kq, vq, G, Nk, Nkp, D, BN, pv_fp8, q.device)
+    _varblock_fp8_fwd[(triton.cdiv(N, BM) + Cq, G)](
+        q4, kq, k_scale, vq, v_scale, o4, i32(perm_q), i32(q_offsets), i32(range_start), i32(range_end),
+        tk, tv, tb, k_desc, v_desc, float(scale) * LOG2E,
         N, Nk, Nkp, Cq, R, ct, cqt, H,
         q4.stride(0), q4.stride(1), q4.stride(2), o4.stride(0), o4.stride(1), o4.stride(2),
         D=D, BLOCK_M=BM, BLOCK_N=BN, CQ_P2=max(next_pow2(Cq), 2), R_P2=max(next_pow2(R), 2),
-        NUM_STAGES=stages, HAS_TAIL=has_tail, USE_DESC=use_desc, PV_FP8=pv_fp8, QK_INT8=qk_int8,
-        P_MUL=float(p_scale) if pv_fp8 else 1.0, ROUND_FIRST=interpreting(), num_warps=warps, num_stages=stages,
+        NUM_STAGES=stages, HAS_TAIL=has_tail, USE_DESC=use_desc, PV_FP8=pv_fp8,
+        QK_INT8=kq.dtype == torch.int8, P_MUL=float(p_scale) if pv_fp8 else 1.0, ROUND_FIRST=interpreting(),
+        num_warps=warps, num_stages=stages,
     )
+
+
+# ---- the torch custom op (opaque to torch.compile): writes into the caller's buffer. CUDA: the
+# launcher; CPU: `_common.register_cpu` (the launcher under the interpreter, else the emulation)
+
+@torch.library.custom_op("adacluster::varblock_attention_fp8_into", mutates_args=("out",), device_types="cuda")
+def _fp8_into_op(out: torch.Tensor, q: torch.Tensor, kq: torch.Tensor, k_scale: torch.Tensor, vq: torch.Tensor,
+                 v_scale: torch.Tensor, perm_q: torch.Tensor, q_offsets: torch.Tensor, range_start: torch.Tensor,
+                 range_end: torch.Tensor, scale: float, p_scale: float, tail_keys: Optional[torch.Tensor] = None,
+                 tail_values: Optional[torch.Tensor] = None, tail_bias: Optional[torch.Tensor] = None) -> None:
+    _launch(out, q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, scale, p_scale,
+            tail_keys, tail_values, tail_bias)
+
+
+@_fp8_into_op.register_fake
+def _(out, q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, scale, p_scale,
+      tail_keys=None, tail_values=None, tail_bias=None):
+    return None
+
+
+def _emulated_into(out, q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, scale, p_scale,
+                   tail_keys=None, tail_values=None, tail_bias=None) -> None:
+    out.copy_(varblock_attention_fp8_ref(q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end,
+                                         scale, tail_keys, tail_values, tail_bias, p_scale=p_scale))
+
+
+register_cpu(_fp8_into_op, _launch, _emulated_into)
+
+
+def varblock_attention_fp8(q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, scale,
+                           tail_keys=None, tail_values=None, tail_bias=None, out=None, *,
+                           p_scale: float) -> torch.Tensor:
+    """Sparse attention over the permuted cluster layout with 8-bit Q·K and P·V (shapes in the module
+    docstring; q / out may be [B, H, N, D] views with any strides, unit stride along D). kq / k_scale /
+    vq / v_scale as made by `gather_quant.gather_quant_kv` / `quant.quantize_kv` (P·V in fp8 when vq
+    is e4m3 ``[G, D, Nkp]``, in q's dtype when it is ``[G, Nk, D]`` rows of q's dtype; Q·K in int8 when
+    kq is int8: bench/ only); P is cast as P x p_scale (`_common.P_SCALE`). Returns ``out`` (a tensor
+    like q when not given). No host sync."""
+    if out is None:
+        out = torch.empty_like(q)
+    _fp8_into_op(out, q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, float(scale),
+                 float(p_scale), tail_keys, tail_values, tail_bias)
     return out

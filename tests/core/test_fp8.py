@@ -18,7 +18,7 @@ from adacluster_core import AdaClusterConfig, sparse_attention
 from adacluster_core.api import resolve_precision
 from adacluster_core.quant import P_SCALE, kv_stats, quantize_kv, quantize_rows
 from adacluster_core.reference import dense_attention_ref
-from adacluster_core.reference_fp8 import varblock_attention_fp8_ref
+from adacluster_core.reference import varblock_attention_fp8_ref
 
 from .conftest import TRITON_OK, qkv_clustered, rel_l2
 
@@ -100,7 +100,7 @@ def test_kernel_matches_emulation(pv, tail):
     k_mean, v_scale = kv_stats(c["k"].unsqueeze(0), c["v"].unsqueeze(0))
     kq, ks, vq, vs = quantize_kv(c["k"], c["v"], k_mean, v_scale, pv=pv)
     args = _fp8_args(c, k_mean, vs, kq, ks, vq)
-    out = varblock_attention_fp8(*args, p_scale=P_SCALE, config=(16, 16, 4, 1), descriptors=False)
+    out = varblock_attention_fp8(*args, p_scale=P_SCALE)
     emu = varblock_attention_fp8_ref(*args)
     if pv == "bf16":   # only Q and K are rounded: the same operands, so the same result up to fp32 order
         assert rel_l2(out, emu) < 1e-5
