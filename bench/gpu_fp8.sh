@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One GPU call for issue 27 (docs/KERNEL_NOTES.md "fp8", docs/BENCHMARKS.md): the 8-bit kernels vs their
+# torch emulation, the fp8 steps one by one on the same layouts, then the peers' speed / error plane.
+#   bash bench/gpu_fp8.sh [steps] [peers]      (default: both; logs and peers.json under $OUT or ./gpu_out)
+# Needs, beside the repo (not committed), for the peers: .gpu/peer/ = the comfy_kitchen wheel for the
+# device's Python repacked without its HIP backend, and PyPI's sageattention 1.0.6 wheel.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
+if [ -d .gpu/peer ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/peer/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+what=${*:-steps peers}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+for w in $what; do
+  case $w in
+    steps)
+      python3 bench/fp8_steps.py --check --shapes ${FP8_SHAPES:-wan14b,h3_15s} --steps ${FP8_STEPS:-all} \
+        2>&1 | tee "$OUT/fp8_steps.log" ;;
+    peers)
+      python3 bench/peer_attn.py --shapes ${PEER_SHAPES:-wan14b,h3_15s} --precisions ${PEER_PRECISIONS:-bf16,fp8} \
+        --json "$OUT/peers.json" 2>&1 | tee "$OUT/peers.log" ;;
+  esac
+done
