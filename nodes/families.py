@@ -8,14 +8,11 @@ import dataclasses
 import math
 import sys
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 
 from .core import MASK_THRESHOLD
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .run import AdaClusterRun
 
 
 # ------------------------------------------------------------------------------------------------
@@ -23,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class ForwardContext:
-    run: AdaClusterRun
+    run: Any                         # whose forward: the patcher's RunState (lane) or a Capture run
     family: str | None
     reason: str = ""                 # why this forward stays dense entirely ("" = may go sparse)
     grid: tuple[int, ...] = ()
@@ -77,7 +74,6 @@ class AttentionCall:
     kwargs: dict = dataclasses.field(default_factory=dict)
     containers: tuple | None = None  # (q, k, v) AttentionTensorContainers not yet consumed
     caller: Any = None               # interop.Caller, resolved on the first dense call
-    kv_rows: str | None = None       # K / V mode the memory guard chose for a sparse call (core layout.KV_MODES)
 
     def take(self) -> None:
         """Consume the containers (the sparse path owns q, k, v from here on)."""
@@ -199,8 +195,9 @@ def _context_latent_tokens(latents, patch) -> int:
     return n
 
 
-def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> ForwardContext:
-    """What the attention override needs to place tokens, computed once per forward."""
+def build_forward_context(run, dm, args, kwargs, to: dict, clock=None) -> ForwardContext:
+    """What the attention override needs to place tokens, computed once per forward (`run`: whose
+    forward it is, kept as fc.run; `clock`: a StepClock that notes the sampler's schedule)."""
     family, why = detect_family(dm)
     fc = ForwardContext(run=run, family=family, reason=why)
     x = args[0] if args else kwargs.get("x")
@@ -264,13 +261,13 @@ def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> For
         fc.n_layers = len(getattr(dm, "blocks", []))
     elif family == "h3":
         _h3_layout(fc, dm, x, args, kwargs)
-    run.n_layers = max(run.n_layers, fc.n_layers)
     cou = to.get("cond_or_uncond")
     fc.cond_or_uncond = tuple(int(c) for c in cou) if cou else ()
     ss = to.get("sample_sigmas")
     if isinstance(ss, torch.Tensor) and ss.ndim == 1 and ss.numel() > 1:
         fc.n_steps = int(ss.numel()) - 1
-        run.note_schedule(ss)
+        if clock is not None:
+            clock.note_schedule(ss)
     sig = to.get("sigmas")
     if isinstance(sig, torch.Tensor) and sig.numel():
         fc.sigma = float(sig.detach().float().max())
@@ -368,7 +365,7 @@ def mask_to_keys(mask: torch.Tensor, B: int, L: int):
     return m
 
 
-def check_mask(run: AdaClusterRun, fc: ForwardContext, mask, B: int, L: int, txt_range, vid_start: int):
+def check_mask(run, fc: ForwardContext, mask, B: int, L: int, txt_range, vid_start: int):
     """(key mask [B or 1, 1, L] for the core or None, reason): the reason is "" unless the mask cannot
     be honoured (only padding masks on text keys can). Cached per forward; notes the masked keys in
     the run's layout entry."""
