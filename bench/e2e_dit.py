@@ -218,12 +218,12 @@ def bench_model(comfy, patch_mod, name, spec, args, device):
         cfg_kw["top_k"] = args.top_k
     config = None
     if cfg_kw:
-        config = patch_mod.preset_config(spec["family"], args.preset).replace(**cfg_kw)
+        config = sys.modules[patch_mod.__package__ + ".config_widgets"].preset_config(spec["family"], args.preset).replace(**cfg_kw)
     patched = patch_mod.patch_model(base, config=config, preset=args.preset)
     run = patch_mod.get_run(patched)
     run.begin(patched)
     prun = forward_fn(patched, x, ctx, extra, schedule)
-    warm_frac = (config or patch_mod.preset_config(spec["family"], args.preset)).warmup
+    warm_frac = (config or sys.modules[patch_mod.__package__ + ".config_widgets"].preset_config(spec["family"], args.preset)).warmup
     w = max(2, int(round(warm_frac * steps)))
     rows = {}
     t_warm, _ = timed(lambda: prun(sig[w - 2]))

@@ -213,47 +213,9 @@ def build_forward_context(run, dm, args, kwargs, to: dict, clock=None) -> Forwar
     fc.grid = tuple(int(math.ceil(s / p)) for s, p in zip(spatial, patch))
     fc.n_vid = int(math.prod(fc.grid))
     if family == "wan":
-        context = _arg(args, kwargs, 2, "context")
-        clip_fea = _arg(args, kwargs, 3, "clip_fea")
-        tdc = _arg(args, kwargs, 4, "time_dim_concat")
-        n_ctx = _seq_len(context)
-        lens = [n_ctx]
-        if clip_fea is not None and getattr(dm, "img_emb", None) is not None:
-            lens += [n_ctx + _seq_len(clip_fea), _seq_len(clip_fea)]
-        fc.ctx_lens = tuple(lens)
-        fc.n_txt = n_ctx
-        blocks = getattr(dm, "blocks", [])
-        fc.n_layers = len(blocks)
-        try:
-            ca = type(blocks[0].cross_attn).__name__ if len(blocks) else ""
-        except Exception:
-            ca = ""
-        fc.calls_per_block = 3 if ("I2V" in ca and clip_fea is not None) else 2
-        if _shares_grid(tdc, x):
-            # Phantom-style subject frames concatenated in time: Wan appends them to the latent
-            # before patchifying, so they are more frames of the same (t, h, w) raster grid
-            fc.grid = (fc.grid[0] + int(math.ceil(tdc.shape[2] / patch[0])),) + fc.grid[1:]
-            fc.n_vid = int(math.prod(fc.grid))
-        elif tdc is not None or "reference_latent" in kwargs:
-            fc.reason = "extra-tokens (reference / concatenated latents)"
-        fc.n_extra = _context_latent_tokens(kwargs.get("context_latents"), patch)
+        _wan_layout(fc, dm, x, patch, args, kwargs)
     elif family in ("hunyuan", "hunyuan15"):
-        context = _arg(args, kwargs, 2, "context")
-        txt_byt5 = _arg(args, kwargs, 4, "txt_byt5")
-        clip_fea = _arg(args, kwargs, 5, "clip_fea")
-        ref_latent = _arg(args, kwargs, 9, "ref_latent")
-        n_txt = _seq_len(context)
-        if txt_byt5 is not None and getattr(dm, "byt5_in", None) is not None:
-            n_txt += _seq_len(txt_byt5)
-        if clip_fea is not None and getattr(dm, "vision_in", None) is not None:
-            n_txt += _seq_len(clip_fea)
-        fc.n_txt = n_txt
-        fc.n_single = len(dm.single_blocks)
-        fc.n_layers = len(dm.double_blocks) + fc.n_single
-        # ComfyUI < 0.14 concatenates [img, txt] (DoubleStreamBlock(flipped_img_txt=True)); >= 0.14 [txt, img]
-        fc.txt_first = not bool(getattr(dm.double_blocks[0], "flipped_img_txt", False)) if len(dm.double_blocks) else True
-        if ref_latent is not None:
-            fc.reason = "extra-tokens (reference latent)"
+        _hunyuan_layout(fc, dm, args, kwargs)
     elif family == "cogvideox":
         context = _arg(args, kwargs, 2, "context")
         fc.n_txt = _seq_len(context)
@@ -277,6 +239,54 @@ def build_forward_context(run, dm, args, kwargs, to: dict, clock=None) -> Forwar
         except (TypeError, ValueError):
             pass
     return fc
+
+
+def _wan_layout(fc: ForwardContext, dm, x, patch, args, kwargs) -> None:
+    """Wan: context / CLIP key lengths, blocks, Phantom-style frames in time, in-context latents."""
+    context = _arg(args, kwargs, 2, "context")
+    clip_fea = _arg(args, kwargs, 3, "clip_fea")
+    tdc = _arg(args, kwargs, 4, "time_dim_concat")
+    n_ctx = _seq_len(context)
+    lens = [n_ctx]
+    if clip_fea is not None and getattr(dm, "img_emb", None) is not None:
+        lens += [n_ctx + _seq_len(clip_fea), _seq_len(clip_fea)]
+    fc.ctx_lens = tuple(lens)
+    fc.n_txt = n_ctx
+    blocks = getattr(dm, "blocks", [])
+    fc.n_layers = len(blocks)
+    try:
+        ca = type(blocks[0].cross_attn).__name__ if len(blocks) else ""
+    except Exception:
+        ca = ""
+    fc.calls_per_block = 3 if ("I2V" in ca and clip_fea is not None) else 2
+    if _shares_grid(tdc, x):
+        # Phantom-style subject frames concatenated in time: Wan appends them to the latent
+        # before patchifying, so they are more frames of the same (t, h, w) raster grid
+        fc.grid = (fc.grid[0] + int(math.ceil(tdc.shape[2] / patch[0])),) + fc.grid[1:]
+        fc.n_vid = int(math.prod(fc.grid))
+    elif tdc is not None or "reference_latent" in kwargs:
+        fc.reason = "extra-tokens (reference / concatenated latents)"
+    fc.n_extra = _context_latent_tokens(kwargs.get("context_latents"), patch)
+
+
+def _hunyuan_layout(fc: ForwardContext, dm, args, kwargs) -> None:
+    """HunyuanVideo 1.0 / 1.5: joint text tokens (text, byT5, vision), double + single blocks, order."""
+    context = _arg(args, kwargs, 2, "context")
+    txt_byt5 = _arg(args, kwargs, 4, "txt_byt5")
+    clip_fea = _arg(args, kwargs, 5, "clip_fea")
+    ref_latent = _arg(args, kwargs, 9, "ref_latent")
+    n_txt = _seq_len(context)
+    if txt_byt5 is not None and getattr(dm, "byt5_in", None) is not None:
+        n_txt += _seq_len(txt_byt5)
+    if clip_fea is not None and getattr(dm, "vision_in", None) is not None:
+        n_txt += _seq_len(clip_fea)
+    fc.n_txt = n_txt
+    fc.n_single = len(dm.single_blocks)
+    fc.n_layers = len(dm.double_blocks) + fc.n_single
+    # ComfyUI < 0.14 concatenates [img, txt] (DoubleStreamBlock(flipped_img_txt=True)); >= 0.14 [txt, img]
+    fc.txt_first = not bool(getattr(dm.double_blocks[0], "flipped_img_txt", False)) if len(dm.double_blocks) else True
+    if ref_latent is not None:
+        fc.reason = "extra-tokens (reference latent)"
 
 
 def _h3_video_latent(x):

@@ -39,7 +39,7 @@ def _resolve_values(recs: list) -> tuple[list, list[float]]:
     return dens, times
 
 
-def _computed_share(r: CallRecord, density) -> float:
+def _computed_share(r, density) -> float:
     """Share of the dense call's attention a call computed (1.0 for dense calls)."""
     return float(density) if r.sparse and density is not None else 1.0
 

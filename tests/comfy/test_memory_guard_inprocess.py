@@ -3,8 +3,6 @@ below the call's need the call runs dense with the reason `memory` (counted like
 enough it runs sparse and the result comes back in ComfyUI's [B, L, H*D] layout, written in place."""
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
