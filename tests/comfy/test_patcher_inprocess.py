@@ -358,3 +358,60 @@ def test_stats_name_the_preset_without_thresholds():
     run.begin(None)
     P.end_run(run, None)
     assert run.last_run["preset"] == "fast"
+
+
+# ----------------------------------------------------------------------------------- one plan per call
+def test_plan_call_decides_once_and_the_sparse_call_executes_its_plan(monkeypatch):
+    """plan_call works the layer's config out once per call (no second derivation in _sparse_call), the
+    core gets exactly the plan's config and K / V mode, the plan is frozen, and asking for a plan never
+    starts a background compile (the caller does, during the warmup)."""
+    import dataclasses
+    torch.manual_seed(0)
+    B, H, D, n_txt = 1, 2, 64, 8
+    x = torch.zeros(B, 16, 2, 6, 8)                       # grid 2x3x4 = 24 video tokens
+    L = 24 + n_txt
+    run = _run_for(_cfg())
+    to = _begin(run, FakeHunyuanVideo(True), (x, None, torch.zeros(B, n_txt, 32)),
+                {"sigmas": torch.tensor([0.5]), "cond_or_uncond": [0]})
+    to["block_type"], to["block_index"] = "double", 0
+    lane = to[P.FWD_KEY].run
+    assert lane is run.run and lane.holder is run
+    derived, plans, cores = [], [], []
+    real_cfg, real_plan, real_core = lane.cfg_for_layer, P.plan_call, P.sparse_attention
+
+    def cfg_spy(*a):
+        derived.append(a)
+        return real_cfg(*a)
+
+    def plan_spy(call, ctx):
+        plans.append(real_plan(call, ctx))
+        return plans[-1]
+
+    def core_spy(*a, **kw):
+        cores.append(kw)
+        return real_core(*a, **kw)
+
+    def no_compile(*a, **kw):
+        raise AssertionError("plan_call started a compile")
+
+    monkeypatch.setattr(lane, "cfg_for_layer", cfg_spy)
+    monkeypatch.setattr(P, "plan_call", plan_spy)
+    monkeypatch.setattr(P, "sparse_attention", core_spy)
+    monkeypatch.setattr(P.kernel_warmup, "start", no_compile)   # not warm: the caller starts nothing either
+    q, k, v = (torch.randn(B, H, L, D) for _ in range(3))
+    run.override(_dense_func, q, k, v, H, skip_reshape=True, transformer_options=to)
+    (plan,) = plans
+    assert plan.reason is None and len(derived) == 1, (plan, derived)
+    assert [kw["config"] for kw in cores] == [plan.cfg] and cores[0]["config"] is plan.cfg
+    assert [kw["kv_rows"] for kw in cores] == [plan.kv_rows] and plan.kv_rows is not None
+    assert lane.records[-1].sparse
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.cfg = None
+    # a dense plan: the layer rule, the first check after the warmup; the core is not called
+    run2 = _run_for(_cfg(), CW.parse_layer_rules("*: dense"))
+    to2 = _begin(run2, FakeHunyuanVideo(True), (x, None, torch.zeros(B, n_txt, 32)),
+                 {"sigmas": torch.tensor([0.5]), "cond_or_uncond": [0]})
+    to2["block_type"], to2["block_index"] = "double", 0
+    run2.override(_dense_func, q, k, v, H, skip_reshape=True, transformer_options=to2)
+    assert plans[-1].reason == "layer-rule" and plans[-1].cfg is None and len(cores) == 1
+    assert run2.run.records[-1].reason == "layer-rule"
