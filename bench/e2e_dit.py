@@ -201,10 +201,10 @@ def _patch(patch_mod, base, spec: dict, args):
         cfg_kw["top_k"] = args.top_k
     config = None
     if cfg_kw:
-        config = patch_mod.preset_config(spec["family"], args.preset).replace(**cfg_kw)
+        config = sys.modules[patch_mod.__package__ + ".config_widgets"].preset_config(spec["family"], args.preset).replace(**cfg_kw)
     patched = patch_mod.patch_model(base, config=config, preset=args.preset)
     run = patch_mod.get_run(patched)
-    warm_frac = (config or patch_mod.preset_config(spec["family"], args.preset)).warmup
+    warm_frac = (config or sys.modules[patch_mod.__package__ + ".config_widgets"].preset_config(spec["family"], args.preset)).warmup
     return patched, run, warm_frac
 
 
@@ -233,14 +233,14 @@ def _time_generations(prun, dense_run, run, patched, sig: list, w: int):
     # output deviation of the reuse step vs dense at the same sigma
     _, ref2 = timed(lambda: dense_run(sig[w + 3]))
     rel = float((out.float() - ref2.float()).norm() / ref2.float().norm().clamp_min(1e-12))
-    summ = run.summarize() if hasattr(run, "summarize") else {}
-    run.end(patched)
+    patch_mod.end_run(run, patched)
+    summ = run.last_run or {}
     # a second generation with the same patched model and resolution: counts from the plan cache
     run.begin(patched)
     t_first2, _ = timed(lambda: prun(sig[w]))
     rows["first sparse step, 2nd generation"] = t_first2
-    summ2 = run.summarize()
-    run.end(patched)
+    patch_mod.end_run(run, patched)
+    summ2 = run.last_run
     return rows, compile_s, rel, summ, summ2
 
 
@@ -332,8 +332,8 @@ def bench_full_generation(comfy, patch_mod, name, spec, args, device):
             prun(sig[i])
         torch.cuda.synchronize() if device.type == "cuda" else None
         wall = time.perf_counter() - t0
-        summ = run.summarize()
-        run.end(patched)
+        patch_mod.end_run(run, patched)
+        summ = run.last_run or {}
         res[f"{gen}_gen_s"] = wall
         res[f"{gen}_gen_speedup"] = steps * t_dense / 1e3 / wall
         res[f"{gen}_gen_summary"] = summ.get("summary")

@@ -130,11 +130,11 @@ def bench_clip(P, name: str, args, device) -> dict:
     dense50(0.5)
     t_dense, _ = timed(lambda: dense50(0.5), 2)
     peak_dense = peak_gib(lambda: dense50(0.5))
-    cfg = P.preset_config("h3", args.preset)
+    cfg = sys.modules[P.__package__ + ".config_widgets"].preset_config("h3", args.preset)
     patcher = type("Patcher", (), {"model": type("M", (), {"model_sampling": FlowShift()})()})()
 
     def new_run():
-        run = P.AdaClusterRun(cfg, None, args.preset)
+        run = P.PatchHolder(cfg, None, args.preset)
         run.override = P.make_override(run, None)
         return run, P._diffusion_model_wrapper_factory(run)
 
@@ -155,8 +155,8 @@ def bench_clip(P, name: str, args, device) -> dict:
     peak_sparse = peak_gib(lambda: pf(sig[w + 3]))
     _, ref = timed(lambda: dense50(sig[w + 2]))
     err = rel(out, ref)
-    summ = run.summarize()
-    run.end(patcher)
+    P.end_run(run, patcher)
+    summ = run.last_run
     proj_dense50 = 50 * t_dense
     proj_sparse50 = (w - 1) * t_warm + t_cal + t_first + (50 - w - 1) * t_reuse
     # --- real 8-step generations ---
@@ -176,8 +176,8 @@ def bench_clip(P, name: str, args, device) -> dict:
             p8(s)
         sync()
         gens.append(time.perf_counter() - t0)
-        s8summ = run8.summarize()
-        run8.end(patcher)
+        P.end_run(run8, patcher)
+        s8summ = run8.last_run
         print(f"8-step generation: {gens[-1]:.1f} s vs dense {gen8_dense:.1f} s; {s8summ.get('summary')}", flush=True)
     res = dict(clip=f"H3 {name} ({args.preset}, {args.layers} blocks)", video_rows=n_vid, dense_ms=t_dense,
                warm_ms=t_warm, calib_ms=t_cal, first_ms=t_first, reuse_ms=t_reuse, step_speedup=t_dense / t_reuse,

@@ -27,14 +27,13 @@ import logging
 import os
 import re
 
-import comfy.patcher_extension as pe
 import torch
 from comfy_api.latest import io
 
-from . import families, patcher
-from .run import AdaClusterRun
+from . import families, hook, patcher
 from .io_types import CATEGORY
 from .layer_rules import parse_selection
+from .step_clock import StepClock
 
 log = logging.getLogger("AdaCluster")
 
@@ -95,7 +94,7 @@ class CaptureRun:
         self.prefix = check_prefix(prefix)
         self.out_dir = out_dir
         self.config = config
-        self.helper = AdaClusterRun(None, None, "auto")   # step numbering / layer count only
+        self._warned: set = set()
         self.last_path: str | None = None
         self.last_info: str = ""
         self.reset()
@@ -104,13 +103,18 @@ class CaptureRun:
         return self
 
     def reset(self):
-        self.helper._reset_run()
+        self.clock = StepClock()   # step numbering of this run
         self.tensors: dict[str, torch.Tensor] = {}
         self.calls: list[dict] = []
         self.meta: dict = {}
         self.bytes = 0
         self.skipped = 0
         self.completed = False     # set when the sampler returns (SAMPLER_SAMPLE wrapper)
+
+    def warn_once(self, key, msg, *a):
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(msg, *a)
 
     def want(self, layer: int, fc) -> bool:
         return (fc.step >= 0 and self.layers.matches(layer, fc.n_layers or None)
@@ -191,24 +195,22 @@ class CaptureRun:
 
 def make_capture_override(cap: CaptureRun, previous=None):
     """Records the inputs of the chosen video self-attention calls, then hands every call on
-    unchanged to `previous` (or ComfyUI's `func`); same signature as the AdaCluster override."""
+    unchanged to `previous` (or ComfyUI's `func`); same signature as the AdaCluster override
+    (hook.attention_override; no container_function: 0.33's containers reach it taken)."""
 
-    @torch.compiler.disable
-    def adacluster_capture_override(func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
-                                    skip_output_reshape=False, **kwargs):
-        call = families.AttentionCall(func, previous, q, k, v, heads, mask, attn_precision, skip_reshape,
-                                      skip_output_reshape, kwargs)
+    def handle(call: families.AttentionCall, kwargs: dict):
         to = kwargs.get("transformer_options") or {}
         fc = to.get(CAPTURE_FWD_KEY)
-        if fc is not None and fc.run is cap.helper and fc.family is not None and not fc.reason:
+        if fc is not None and fc.run is cap and fc.family is not None and not fc.reason:
             try:
                 _capture_call(cap, fc, to, call)
             except Exception as e:  # capturing must never break sampling
-                cap.helper.warn_once(("capture", type(e).__name__), "AdaCluster Capture failed on a call (%s: %s)",
-                                     type(e).__name__, e)
+                cap.warn_once(("capture", type(e).__name__), "AdaCluster Capture failed on a call (%s: %s)",
+                              type(e).__name__, e)
         return call.dense()
 
-    return adacluster_capture_override
+    return hook.attention_override(handle, previous, name="adacluster_capture_override", module=__name__,
+                                   containers=False)
 
 
 def _capture_call(cap: CaptureRun, fc, to: dict, call: families.AttentionCall) -> None:
@@ -222,14 +224,12 @@ def _capture_call(cap: CaptureRun, fc, to: dict, call: families.AttentionCall) -
 
 
 def _begin_forward(cap: CaptureRun, dm, args, kwargs):
-    to = kwargs.get("transformer_options")
-    if not isinstance(to, dict):
-        to = next((a for a in reversed(args) if isinstance(a, dict)), None)
+    to = hook.forward_options(args, kwargs)
     if to is None:
         return
-    fc = families.build_forward_context(cap.helper, dm, args, kwargs, to)
+    fc = families.build_forward_context(cap, dm, args, kwargs, to, clock=cap.clock)
     if fc.family is not None and fc.sigma == fc.sigma:
-        fc.step = cap.helper.step_of(fc.sigma)
+        fc.step = cap.clock.step_of(fc.sigma)
     to[CAPTURE_FWD_KEY] = fc
 
 
@@ -240,33 +240,19 @@ def capture_model(model, layers="*", steps="*", max_heads=4, max_mb=256.0, prefi
         import folder_paths
         out_dir = folder_paths.get_output_directory()
     m = model.clone()
-    to = m.model_options.setdefault("transformer_options", {})
-    previous = to.get(patcher.OVERRIDE_KEY)
     ada = patcher.get_run(m)
     cfg = ada.user_config if ada is not None else None
     cap = CaptureRun(layers, steps, max_heads, max_mb, prefix, out_dir, config=cfg)
-    to[patcher.OVERRIDE_KEY] = make_capture_override(cap, previous)
-    to[CAPTURE_KEY] = cap
-    begin = torch.compiler.disable(_begin_forward)
-
-    def wrapper(executor, *args, **kwargs):
-        begin(cap, executor.class_obj, args, kwargs)
-        return executor(*args, **kwargs)
-
-    def sampler_wrapper(executor, *args, **kwargs):
-        out = executor(*args, **kwargs)
-        cap.completed = True       # reached only when the sampler returns (not on interrupt / error)
-        return out
-
-    m.remove_wrappers_with_key(pe.WrappersMP.DIFFUSION_MODEL, CAPTURE_KEY)
-    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, CAPTURE_KEY, wrapper)
-    m.remove_wrappers_with_key(pe.WrappersMP.SAMPLER_SAMPLE, CAPTURE_KEY)
-    m.add_wrapper_with_key(pe.WrappersMP.SAMPLER_SAMPLE, CAPTURE_KEY, sampler_wrapper)
     name = ""
     try:
         name = type(m.model.diffusion_model).__name__
     except Exception:
         pass
+
+    def sampler_wrapper(executor, *args, **kwargs):
+        out = executor(*args, **kwargs)
+        cap.completed = True       # reached only when the sampler returns (not on interrupt / error)
+        return out
 
     def on_pre_run(patcher_):
         cap.reset()
@@ -283,10 +269,9 @@ def capture_model(model, layers="*", steps="*", max_heads=4, max_mb=256.0, prefi
         finally:
             cap.reset()
 
-    for ct in (pe.CallbacksMP.ON_PRE_RUN, pe.CallbacksMP.ON_CLEANUP):
-        m.remove_callbacks_with_key(ct, CAPTURE_KEY)
-    m.add_callback_with_key(pe.CallbacksMP.ON_PRE_RUN, CAPTURE_KEY, on_pre_run)
-    m.add_callback_with_key(pe.CallbacksMP.ON_CLEANUP, CAPTURE_KEY, on_cleanup)
+    hook.install_override(m, CAPTURE_KEY, lambda prev: make_capture_override(cap, prev), state_key=CAPTURE_KEY,
+                          state=cap, diffusion_model=hook.forward_wrapper(lambda dm, a, kw: _begin_forward(cap, dm, a, kw)),
+                          sampler_sample=sampler_wrapper, on_pre_run=on_pre_run, on_cleanup=on_cleanup)
     return m, cap
 
 

@@ -8,14 +8,11 @@ import dataclasses
 import math
 import sys
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 
 from .core import MASK_THRESHOLD
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .run import AdaClusterRun
 
 
 # ------------------------------------------------------------------------------------------------
@@ -23,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class ForwardContext:
-    run: AdaClusterRun
+    run: Any                         # whose forward: the patcher's RunState (lane) or a Capture run
     family: str | None
     reason: str = ""                 # why this forward stays dense entirely ("" = may go sparse)
     grid: tuple[int, ...] = ()
@@ -77,7 +74,6 @@ class AttentionCall:
     kwargs: dict = dataclasses.field(default_factory=dict)
     containers: tuple | None = None  # (q, k, v) AttentionTensorContainers not yet consumed
     caller: Any = None               # interop.Caller, resolved on the first dense call
-    kv_rows: str | None = None       # K / V mode the memory guard chose for a sparse call (core layout.KV_MODES)
 
     def take(self) -> None:
         """Consume the containers (the sparse path owns q, k, v from here on)."""
@@ -199,8 +195,9 @@ def _context_latent_tokens(latents, patch) -> int:
     return n
 
 
-def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> ForwardContext:
-    """What the attention override needs to place tokens, computed once per forward."""
+def build_forward_context(run, dm, args, kwargs, to: dict, clock=None) -> ForwardContext:
+    """What the attention override needs to place tokens, computed once per forward (`run`: whose
+    forward it is, kept as fc.run; `clock`: a StepClock that notes the sampler's schedule)."""
     family, why = detect_family(dm)
     fc = ForwardContext(run=run, family=family, reason=why)
     x = args[0] if args else kwargs.get("x")
@@ -216,47 +213,9 @@ def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> For
     fc.grid = tuple(int(math.ceil(s / p)) for s, p in zip(spatial, patch))
     fc.n_vid = int(math.prod(fc.grid))
     if family == "wan":
-        context = _arg(args, kwargs, 2, "context")
-        clip_fea = _arg(args, kwargs, 3, "clip_fea")
-        tdc = _arg(args, kwargs, 4, "time_dim_concat")
-        n_ctx = _seq_len(context)
-        lens = [n_ctx]
-        if clip_fea is not None and getattr(dm, "img_emb", None) is not None:
-            lens += [n_ctx + _seq_len(clip_fea), _seq_len(clip_fea)]
-        fc.ctx_lens = tuple(lens)
-        fc.n_txt = n_ctx
-        blocks = getattr(dm, "blocks", [])
-        fc.n_layers = len(blocks)
-        try:
-            ca = type(blocks[0].cross_attn).__name__ if len(blocks) else ""
-        except Exception:
-            ca = ""
-        fc.calls_per_block = 3 if ("I2V" in ca and clip_fea is not None) else 2
-        if _shares_grid(tdc, x):
-            # Phantom-style subject frames concatenated in time: Wan appends them to the latent
-            # before patchifying, so they are more frames of the same (t, h, w) raster grid
-            fc.grid = (fc.grid[0] + int(math.ceil(tdc.shape[2] / patch[0])),) + fc.grid[1:]
-            fc.n_vid = int(math.prod(fc.grid))
-        elif tdc is not None or "reference_latent" in kwargs:
-            fc.reason = "extra-tokens (reference / concatenated latents)"
-        fc.n_extra = _context_latent_tokens(kwargs.get("context_latents"), patch)
+        _wan_layout(fc, dm, x, patch, args, kwargs)
     elif family in ("hunyuan", "hunyuan15"):
-        context = _arg(args, kwargs, 2, "context")
-        txt_byt5 = _arg(args, kwargs, 4, "txt_byt5")
-        clip_fea = _arg(args, kwargs, 5, "clip_fea")
-        ref_latent = _arg(args, kwargs, 9, "ref_latent")
-        n_txt = _seq_len(context)
-        if txt_byt5 is not None and getattr(dm, "byt5_in", None) is not None:
-            n_txt += _seq_len(txt_byt5)
-        if clip_fea is not None and getattr(dm, "vision_in", None) is not None:
-            n_txt += _seq_len(clip_fea)
-        fc.n_txt = n_txt
-        fc.n_single = len(dm.single_blocks)
-        fc.n_layers = len(dm.double_blocks) + fc.n_single
-        # ComfyUI < 0.14 concatenates [img, txt] (DoubleStreamBlock(flipped_img_txt=True)); >= 0.14 [txt, img]
-        fc.txt_first = not bool(getattr(dm.double_blocks[0], "flipped_img_txt", False)) if len(dm.double_blocks) else True
-        if ref_latent is not None:
-            fc.reason = "extra-tokens (reference latent)"
+        _hunyuan_layout(fc, dm, args, kwargs)
     elif family == "cogvideox":
         context = _arg(args, kwargs, 2, "context")
         fc.n_txt = _seq_len(context)
@@ -264,13 +223,13 @@ def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> For
         fc.n_layers = len(getattr(dm, "blocks", []))
     elif family == "h3":
         _h3_layout(fc, dm, x, args, kwargs)
-    run.n_layers = max(run.n_layers, fc.n_layers)
     cou = to.get("cond_or_uncond")
     fc.cond_or_uncond = tuple(int(c) for c in cou) if cou else ()
     ss = to.get("sample_sigmas")
     if isinstance(ss, torch.Tensor) and ss.ndim == 1 and ss.numel() > 1:
         fc.n_steps = int(ss.numel()) - 1
-        run.note_schedule(ss)
+        if clock is not None:
+            clock.note_schedule(ss)
     sig = to.get("sigmas")
     if isinstance(sig, torch.Tensor) and sig.numel():
         fc.sigma = float(sig.detach().float().max())
@@ -280,6 +239,54 @@ def build_forward_context(run: AdaClusterRun, dm, args, kwargs, to: dict) -> For
         except (TypeError, ValueError):
             pass
     return fc
+
+
+def _wan_layout(fc: ForwardContext, dm, x, patch, args, kwargs) -> None:
+    """Wan: context / CLIP key lengths, blocks, Phantom-style frames in time, in-context latents."""
+    context = _arg(args, kwargs, 2, "context")
+    clip_fea = _arg(args, kwargs, 3, "clip_fea")
+    tdc = _arg(args, kwargs, 4, "time_dim_concat")
+    n_ctx = _seq_len(context)
+    lens = [n_ctx]
+    if clip_fea is not None and getattr(dm, "img_emb", None) is not None:
+        lens += [n_ctx + _seq_len(clip_fea), _seq_len(clip_fea)]
+    fc.ctx_lens = tuple(lens)
+    fc.n_txt = n_ctx
+    blocks = getattr(dm, "blocks", [])
+    fc.n_layers = len(blocks)
+    try:
+        ca = type(blocks[0].cross_attn).__name__ if len(blocks) else ""
+    except Exception:
+        ca = ""
+    fc.calls_per_block = 3 if ("I2V" in ca and clip_fea is not None) else 2
+    if _shares_grid(tdc, x):
+        # Phantom-style subject frames concatenated in time: Wan appends them to the latent
+        # before patchifying, so they are more frames of the same (t, h, w) raster grid
+        fc.grid = (fc.grid[0] + int(math.ceil(tdc.shape[2] / patch[0])),) + fc.grid[1:]
+        fc.n_vid = int(math.prod(fc.grid))
+    elif tdc is not None or "reference_latent" in kwargs:
+        fc.reason = "extra-tokens (reference / concatenated latents)"
+    fc.n_extra = _context_latent_tokens(kwargs.get("context_latents"), patch)
+
+
+def _hunyuan_layout(fc: ForwardContext, dm, args, kwargs) -> None:
+    """HunyuanVideo 1.0 / 1.5: joint text tokens (text, byT5, vision), double + single blocks, order."""
+    context = _arg(args, kwargs, 2, "context")
+    txt_byt5 = _arg(args, kwargs, 4, "txt_byt5")
+    clip_fea = _arg(args, kwargs, 5, "clip_fea")
+    ref_latent = _arg(args, kwargs, 9, "ref_latent")
+    n_txt = _seq_len(context)
+    if txt_byt5 is not None and getattr(dm, "byt5_in", None) is not None:
+        n_txt += _seq_len(txt_byt5)
+    if clip_fea is not None and getattr(dm, "vision_in", None) is not None:
+        n_txt += _seq_len(clip_fea)
+    fc.n_txt = n_txt
+    fc.n_single = len(dm.single_blocks)
+    fc.n_layers = len(dm.double_blocks) + fc.n_single
+    # ComfyUI < 0.14 concatenates [img, txt] (DoubleStreamBlock(flipped_img_txt=True)); >= 0.14 [txt, img]
+    fc.txt_first = not bool(getattr(dm.double_blocks[0], "flipped_img_txt", False)) if len(dm.double_blocks) else True
+    if ref_latent is not None:
+        fc.reason = "extra-tokens (reference latent)"
 
 
 def _h3_video_latent(x):
@@ -368,7 +375,7 @@ def mask_to_keys(mask: torch.Tensor, B: int, L: int):
     return m
 
 
-def check_mask(run: AdaClusterRun, fc: ForwardContext, mask, B: int, L: int, txt_range, vid_start: int):
+def check_mask(run, fc: ForwardContext, mask, B: int, L: int, txt_range, vid_start: int):
     """(key mask [B or 1, 1, L] for the core or None, reason): the reason is "" unless the mask cannot
     be honoured (only padding masks on text keys can). Cached per forward; notes the masked keys in
     the run's layout entry."""

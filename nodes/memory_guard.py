@@ -1,7 +1,7 @@
 """Never worse than dense (issue 26): a sparse call whose memory is not free runs dense (reason `memory`).
 
 `memory_short(run, fc, call, layer, layout, cfg)` is called once per would-be sparse call from
-patcher.dense_reason (its last check). The need is the core's pure `sparse_call_bytes` (shapes, dtype,
+plan.plan_call (its last check). The need is the core's pure `sparse_call_bytes` (shapes, dtype,
 config: docs/KERNEL_NOTES.md, "Memory"), compared with the free memory of the call's device (the
 driver's free memory plus PyTorch's reserved-but-unused cache). Off CUDA nothing is ever short.
 `FREE_BYTES` is a module global so tests can simulate a card's free memory.

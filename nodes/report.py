@@ -1,5 +1,5 @@
 """The Stats readout of one run: the text, the heatmap IMAGE and the JSON payload (from the summary
-dict `AdaClusterRun.summarize` builds). No ComfyUI imports."""
+dict nodes/run_summary.py builds from a finished run). No ComfyUI imports."""
 from __future__ import annotations
 
 import json

@@ -2,11 +2,11 @@
 
 One patched MODEL can be sampled by several threads at once: upstream ComfyUI's MultiGPU CFG
 split (`MultiGPU_WorkUnits`) runs a clone of the model per device in worker threads, all of them
-reading the same `transformer_options` (so the same AdaClusterRun holder), and two clones of a
+reading the same `transformer_options` (so the same PatchHolder), and two clones of a
 patched model may be sampled concurrently. The holder itself (config, rules, override, last
 run's stats) is shared; everything a forward mutates (ClusterStates, step/phase bookkeeping,
-records) lives in a lane keyed by (thread, device): the first key to arrive uses the holder
-itself, every other key gets its own lane. So nothing mutable is shared between threads, CFG
+records) lives in a lane, a RunState keyed by (thread, device): the first key to arrive uses the
+holder's own RunState, every other key gets its own. So nothing mutable is shared between threads, CFG
 branches keep separate states inside each lane, and a lane's state tensors only ever meet
 tensors of its own device. At the end of the run the lanes are folded into the holder's stats.
 """
@@ -21,7 +21,7 @@ def lane_key(device) -> tuple:
 
 
 class LaneTable:
-    """The lanes of one holder (its own key + the others), guarded by a lock."""
+    """The lanes of one holder (its own RunState's key + the other RunStates), guarded by a lock."""
 
     def __init__(self):
         self.lock = threading.RLock()
@@ -32,16 +32,17 @@ class LaneTable:
             self.own_key = None
             self.others: dict = {}
 
-    def get(self, holder, device, spawn):
+    def get(self, own, device, spawn):
+        """`own` (the holder's RunState) for the first key to arrive, else that key's lane (spawn(key))."""
         key = lane_key(device)
         if self.own_key == key:          # the common single-thread case: no lock
-            return holder
+            return own
         with self.lock:
             if self.own_key is None:
                 self.own_key = key
-                return holder
+                return own
             if self.own_key == key:
-                return holder
+                return own
             ln = self.others.get(key)
             if ln is None:
                 ln = self.others[key] = spawn(key)
@@ -49,9 +50,9 @@ class LaneTable:
 
 
 def fold_lane(root, lane, tag: str):
-    """Add a finished lane's records/states/bookkeeping to the holder's (for the run summary).
-    Steps are re-indexed by sigma so that all lanes share the holder's step numbering."""
-    inv = {i: s for s, i in lane.sigma_steps.items()}
+    """Add a finished lane's records/states/bookkeeping to the holder's own RunState `root` (for the
+    run summary). Steps are re-indexed by sigma so that all lanes share root's step numbering."""
+    inv = {i: s for s, i in lane.clock.sigma_steps.items()}
 
     def step(i):
         return root.step_of(inv[i]) if isinstance(i, int) and i in inv else i
@@ -75,5 +76,5 @@ def fold_lane(root, lane, tag: str):
     root.state_bytes_peak = max(root.state_bytes_peak, lane.state_bytes_peak)
     if root.family is None:
         root.family, root.config = lane.family, lane.config
-    if getattr(root, "plan_source", None) is None and getattr(lane, "plan_source", None) is not None:
+    if root.plan_source is None and lane.plan_source is not None:
         root.plan_source = lane.plan_source

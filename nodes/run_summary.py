@@ -1,25 +1,23 @@
-"""The end-of-run summary of an AdaClusterRun: the stats dict the Stats node shows and the one-line
-log summary. Reads the run's CallRecords once, with one host sync for the densities (0-dim
-tensors) and one for the CUDA event timings. No ComfyUI imports; the dict's keys are the Stats
-node's JSON payload (nodes/report.py formats it)."""
+"""The end-of-run summary of a finished run: the stats dict the Stats node shows and the one-line
+log summary. Takes the finished run's data (a RunState with its lanes folded in, and its
+PatchHolder for what lasts across runs), read by attribute: this module imports neither
+nodes/run.py nor nodes/holder.py (the report sits above the run state, docs/DESIGN.md). Reads the
+run's CallRecords once, with one host sync for the densities (0-dim tensors) and one for the CUDA
+event timings. No ComfyUI imports; the dict's keys are the Stats node's JSON payload
+(nodes/report.py formats it)."""
 from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING
-
 import torch
 
 from .core import NO_TRITON
 from .probe import summarize_probes
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .run import AdaClusterRun, CallRecord
-
 _LAYER_SETTINGS = ("q_clusters", "k_clusters", "top_k", "selection", "top_p", "max_density", "pooled_tail")
 
 
-def _resolve_values(recs: list[CallRecord]) -> tuple[list, list[float]]:
+def _resolve_values(recs: list) -> tuple[list, list[float]]:
     """(density per record: float or None, seconds per record): 0-dim tensors and CUDA events read."""
     dens = [r.density for r in recs]
     tens_idx = [i for i, d in enumerate(dens) if isinstance(d, torch.Tensor)]
@@ -41,12 +39,12 @@ def _resolve_values(recs: list[CallRecord]) -> tuple[list, list[float]]:
     return dens, times
 
 
-def _computed_share(r: CallRecord, density) -> float:
+def _computed_share(r, density) -> float:
     """Share of the dense call's attention a call computed (1.0 for dense calls)."""
     return float(density) if r.sparse and density is not None else 1.0
 
 
-def _density_grid(recs: list[CallRecord], dens: list, n_layers: int, n_steps: int) -> list[list]:
+def _density_grid(recs: list, dens: list, n_layers: int, n_steps: int) -> list[list]:
     """[layer][step] mean computed share (1.0 = dense, None = no call)."""
     grid = [[None] * n_steps for _ in range(n_layers)]
     acc: dict[tuple[int, int], list[float]] = defaultdict(list)
@@ -64,7 +62,7 @@ def _new_layer_entry() -> dict:
     return {"sparse": 0, "dense": 0, "q_clusters": None, "k_clusters": None, "dense_reasons": {}}
 
 
-def _per_layer(run: AdaClusterRun, recs: list[CallRecord], n_layers: int) -> dict[int, dict]:
+def _per_layer(run, recs: list, n_layers: int) -> dict[int, dict]:
     """Per layer: sparse/dense counts, dense reasons, cluster counts, the adaptive count and the
     realised settings (config after rules: what the sparse calls used)."""
     per_layer: dict[int, dict] = {}
@@ -94,7 +92,7 @@ def _per_layer(run: AdaClusterRun, recs: list[CallRecord], n_layers: int) -> dic
     return per_layer
 
 
-def _summary_line(run: AdaClusterRun, n: int, n_sparse: int, mean_density, reasons: Counter, saved_frac: float,
+def _summary_line(run, holder, n: int, n_sparse: int, mean_density, reasons: Counter, saved_frac: float,
                   attn_time: float) -> str:
     """The one-line summary (logged at cleanup, first lines of the Stats text)."""
     reason_txt = ", ".join(f"{k} {v}" for k, v in reasons.most_common())
@@ -106,7 +104,7 @@ def _summary_line(run: AdaClusterRun, n: int, n_sparse: int, mean_density, reaso
         summary += ", key-cluster counts reused from an earlier run (no calibration step)"
     if run.family is None and run.forwards == 0:
         summary += " (model never ran)"
-    for o in run.others_summary():
+    for o in holder.others_summary():
         if o["sparse"] and o["position"] == "above":
             summary += (f"; {o['name']} (sparse) runs before AdaCluster and took {o['calls']} video "
                         f"self-attention calls")
@@ -118,8 +116,10 @@ def _summary_line(run: AdaClusterRun, n: int, n_sparse: int, mean_density, reaso
     return summary
 
 
-def summarize(run: AdaClusterRun) -> dict:
-    """The stats dict of the run (the Stats node's JSON payload, "version" 1)."""
+def summarize(run, holder) -> dict:
+    """The stats dict of the finished `run` (the Stats node's JSON payload, "version" 1). `run`: its
+    records, states, plan, layouts, clock (step_sigmas) and counters; `holder`: preset, user config,
+    rules, probe spec, completed runs and the other overrides met."""
     recs = run.records
     dens, times = _resolve_values(recs)
     n = len(recs)
@@ -136,16 +136,16 @@ def summarize(run: AdaClusterRun) -> dict:
     n_layers = max(run.n_layers, (layers[-1] + 1) if layers else 0)
     grid = _density_grid(recs, dens, n_layers, n_steps)
     per_layer = _per_layer(run, recs, n_layers)
-    probe = summarize_probes(run.probe, run.probes, n_layers, n_steps)
+    probe = summarize_probes(holder.probe, run.probes, n_layers, n_steps)
     wall = (time.perf_counter() - run.t_start) if run.t_start else None
     return {
         "version": 1,
-        "summary": _summary_line(run, n, len(sparse_dens), mean_density, reasons, saved_frac, attn_time),
+        "summary": _summary_line(run, holder, n, len(sparse_dens), mean_density, reasons, saved_frac, attn_time),
         "family": run.family,
         # with AdaCluster Thresholds connected its config replaces the preset entirely
-        "preset": run.preset if run.user_config is None else "custom (Thresholds)",
+        "preset": holder.preset if holder.user_config is None else "custom (Thresholds)",
         "config": run.config.to_dict() if run.config is not None else None,
-        "rules": run.rules.describe(),
+        "rules": holder.rules.describe(),
         "forwards": run.forwards,
         "calls": n,
         "sparse_calls": len(sparse_dens),
@@ -171,9 +171,9 @@ def summarize(run: AdaClusterRun) -> dict:
         "layouts": list(run.layouts.values()),
         "state_bytes_peak": run.state_bytes_peak,
         "n_states": len(run.states),
-        "runs_completed": run.runs_completed + 1,
+        "runs_completed": holder.runs_completed + 1,
         "probe": probe,
         # other attention overrides on the hook: [{"name", "sparse", "position": "below" (AdaCluster's
         # dense path) | "above" (runs first), "calls": calls that went to it instead (sparse ones)}]
-        "other_overrides": run.others_summary(),
+        "other_overrides": holder.others_summary(),
     }

@@ -2,6 +2,9 @@
 from comfy_api.latest import io
 
 from . import patcher
+from .config_widgets import PRESETS
+from .layer_rules import parse_selection
+from .probe import PROBE_MODES, make_probe
 from .io_types import CATEGORY, AdaClusterConfigType, AdaClusterLayersType
 from .validation import COMFY_CHECKS_V3_COMBOS, choice_error
 
@@ -18,7 +21,7 @@ class AdaClusterSparseAttention(io.ComfyNode):
                          "text-only attention and anything it cannot place stay dense."),
             inputs=[
                 io.Model.Input("model", tooltip="The video model to patch."),
-                io.Combo.Input("preset", options=list(patcher.PRESETS), default="auto",
+                io.Combo.Input("preset", options=list(PRESETS), default="auto",
                                tooltip="Per-model defaults. auto: balanced profile of the detected model family "
                                        "(Wan / HunyuanVideo / CogVideoX). quality keeps more key clusters and a "
                                        "longer dense warmup; fast fewer. Ignored when a config is connected."),
@@ -29,7 +32,7 @@ class AdaClusterSparseAttention(io.ComfyNode):
                                            tooltip="From AdaCluster Thresholds; replaces the preset."),
                 AdaClusterLayersType.Input("layer_overrides", optional=True,
                                            tooltip="From AdaCluster Layer Overrides: per-layer dense/sparse/fields."),
-                io.Combo.Input("probe", options=list(patcher.PROBE_MODES), default="off", optional=True,
+                io.Combo.Input("probe", options=list(PROBE_MODES), default="off", optional=True,
                                tooltip="Diagnostics. on: for the chosen layers/steps the call ALSO runs dense "
                                        "attention, passes the dense result on (errors do not compound; the run "
                                        "is slower than dense) and records the sparse result's relative L2 error "
@@ -46,13 +49,13 @@ class AdaClusterSparseAttention(io.ComfyNode):
     # combos where this ComfyUI does not check V3 combos
     @classmethod
     def _validate(cls, preset=None, probe=None, probe_layers="*", probe_steps="*"):
-        for name, val, opts in (("preset", preset, patcher.PRESETS), ("probe", probe, patcher.PROBE_MODES)):
+        for name, val, opts in (("preset", preset, PRESETS), ("probe", probe, PROBE_MODES)):
             err = choice_error(name, val, opts)
             if err:
                 return f"AdaCluster Sparse Attention: {err}"
         for name, text in (("probe_layers", probe_layers), ("probe_steps", probe_steps)):
             try:
-                patcher.parse_selection(text or "*", name)
+                parse_selection(text or "*", name)
             except ValueError as e:
                 return f"AdaCluster Sparse Attention: {e}"
         return True
@@ -70,7 +73,7 @@ class AdaClusterSparseAttention(io.ComfyNode):
     def execute(cls, model, preset="auto", enabled=True, config=None, layer_overrides=None, probe="off",
                 probe_layers="*", probe_steps="*") -> io.NodeOutput:
         try:
-            spec = patcher.make_probe(probe or "off", probe_layers or "*", probe_steps or "*")
+            spec = make_probe(probe or "off", probe_layers or "*", probe_steps or "*")
         except ValueError as e:
             raise ValueError(f"AdaCluster Sparse Attention: {e}") from None
         return io.NodeOutput(patcher.patch_model(model, config=config, layer_rules=layer_overrides,

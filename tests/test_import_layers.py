@@ -1,18 +1,19 @@
-"""Imports run one way in the core: read with `ast` (nothing is imported), every import of
-adacluster_core/ and nodes/ — module level and inside functions alike, since a lazy import is
-still a dependency — is resolved to a module of this repository.
+"""Imports run one way: read with `ast` (nothing is imported), every import of adacluster_core/ and
+nodes/ — module level, inside functions and under TYPE_CHECKING alike, since a lazy import is still a
+dependency — is resolved to a module of this repository.
 
 * adacluster_core/ (kernels/ included) has no import cycle;
 * kernels/ is the core's bottom layer: its modules import, of this repository, only kernels/ itself
   and `cluster_sort` (nothing from the modules that call them: clustering, layout, reference, api);
 * adacluster_core never imports nodes/ or ComfyUI (`comfy`, `comfy_api`, `comfy_extras`, ComfyUI's
-  top-level `nodes`, `folder_paths`, `server`, ...).
-
-nodes/ is not layered yet (issue 28): `node_side_cycles` lists its cycles for the record and a
-test only checks that the walker sees nodes/ at all."""
+  top-level `nodes`, `folder_paths`, `server`, ...);
+* nodes/ has no import cycle, and every nodes/ module sits in one layer of the table in
+  docs/DESIGN.md (between the `import-layers` markers) and imports only from its own layer or a lower
+  one (a new module must be placed there)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,6 +129,40 @@ def node_side_cycles() -> list[list[str]]:
     return cycles(import_graph()[0], "nodes")
 
 
+LAYERS_BEGIN, LAYERS_END = "<!-- import-layers:begin -->", "<!-- import-layers:end -->"
+
+
+def design_layers(text: str | None = None) -> dict[str, int]:
+    """nodes/ module -> layer number, from docs/DESIGN.md's table between the markers: rows
+    `| <n> <name> | mod, mod, ... |`, lowest layer first (`__init__` is the package itself)."""
+    if text is None:
+        text = (REPO / "docs" / "DESIGN.md").read_text(encoding="utf-8")
+    assert LAYERS_BEGIN in text and LAYERS_END in text, "docs/DESIGN.md lost its import-layers markers"
+    block = text.split(LAYERS_BEGIN, 1)[1].split(LAYERS_END, 1)[0]
+    layers: dict[str, int] = {}
+    for line in block.splitlines():
+        m = re.match(r"\|\s*(\d+)\s[^|]*\|([^|]+)\|", line.strip())
+        if not m:
+            continue
+        for name in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", m.group(2)):
+            mod = "nodes" if name == "__init__" else f"nodes.{name}"
+            assert mod not in layers, f"{mod} is in two layers of docs/DESIGN.md"
+            layers[mod] = int(m.group(1))
+    return layers
+
+
+def layer_violations(graph: dict[str, set[str]], layers: dict[str, int]) -> list[tuple[str, str]]:
+    """(importer, imported) pairs of nodes/ where the imported module sits in a higher layer."""
+    out = []
+    for m, targets in sorted(graph.items()):
+        if m not in layers:
+            continue
+        for t in sorted(targets):
+            if t in layers and layers[t] > layers[m]:
+                out.append((m, t))
+    return out
+
+
 def test_walker_sees_the_known_edges():
     graph, _ = import_graph()
     assert "adacluster_core.config" in graph["adacluster_core.api"]
@@ -135,6 +170,7 @@ def test_walker_sees_the_known_edges():
     assert "adacluster_core.kernels._common" in graph["adacluster_core.kernels.gather_rows"]
     assert "adacluster_core.api" in graph["nodes.core"]          # `from ..adacluster_core import api as core_api`
     assert "nodes.patcher" in graph["nodes.sparse_attention"]
+    assert "nodes.interop" in graph["nodes.families"]              # a lazy import inside a method
 
 
 def test_no_import_cycle_in_the_core():
@@ -164,3 +200,40 @@ def test_kernels_take_nothing_from_their_callers():
     for m in kernel_mods:
         bad = {t for t in graph[m] if not t.startswith("adacluster_core.kernels")} - KERNEL_DEPENDENCIES
         assert not bad, f"{m} imports {sorted(bad)}: kernels/ may import only kernels/ and {sorted(KERNEL_DEPENDENCIES)}"
+
+
+def test_design_layer_table_covers_every_node_module():
+    graph, _ = import_graph()
+    layers = design_layers()
+    mods = {m for m in graph if m == "nodes" or m.startswith("nodes.")}
+    assert len(set(layers.values())) >= 5, layers
+    assert not mods - set(layers), f"nodes/ modules missing from DESIGN.md's layer table: {sorted(mods - set(layers))}"
+    assert not set(layers) - mods, f"DESIGN.md's layer table names modules that do not exist: {sorted(set(layers) - mods)}"
+
+
+def test_no_import_cycle_on_the_node_side():
+    found = node_side_cycles()
+    assert not found, f"import cycles in nodes/: {found}"
+
+
+def test_node_side_imports_only_downwards():
+    graph, _ = import_graph()
+    bad = layer_violations(graph, design_layers())
+    assert not bad, f"nodes/ imports from a higher layer (docs/DESIGN.md, import-layers): {bad}"
+
+
+def test_layer_checks_fail_on_a_planted_violation():
+    graph, _ = import_graph()
+    layers = design_layers()
+    planted = {m: set(t) for m, t in graph.items()}
+    planted["nodes.run"].add("nodes.run_summary")            # the run importing the report (as before issue 28)
+    planted["nodes.run_summary"].add("nodes.run")
+    assert ("nodes.run", "nodes.run_summary") in layer_violations(planted, layers)
+    assert ["nodes.run", "nodes.run_summary"] in cycles(planted, "nodes")
+    text = (REPO / "docs" / "DESIGN.md").read_text(encoding="utf-8").replace("| 0 core | core |", "| 0 core | core, run |")
+    try:
+        design_layers(text)
+    except AssertionError as e:
+        assert "two layers" in str(e)
+    else:
+        raise AssertionError("a module listed twice was not refused")

@@ -18,6 +18,7 @@ _why = comfy_inprocess()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 if _why is None:
     P = load_nodes_module("patcher")
+    CW = load_nodes_module("config_widgets")
     import comfy.patcher_extension as pe
     from tests.comfy.test_patcher_inprocess import _dense_func
 
@@ -37,11 +38,11 @@ def _cfg(**kw):
     base = dict(q_clusters=4, k_clusters=6, k_clusters_init=6, top_k=2, selection="centroid", warmup=0.0,
                 min_tokens=0, calibration_dense=False, dense_layer_fraction=0.0, backend="torch")
     base.update(kw)
-    return P.make_config(**base)
+    return CW.make_config(**base)
 
 
 def test_context_latent_tokens_become_an_always_dense_range():
-    run = P.AdaClusterRun(_cfg(), None, "auto")
+    run = P.PatchHolder(_cfg(), None, "auto")
     run.override = P.make_override(run)
     run.begin(None)
     x = torch.zeros(1, 16, 2, 8, 8)                        # grid (2, 4, 4): 32 video tokens
@@ -71,14 +72,14 @@ def test_override_with_context_tokens_is_exact_when_every_cluster_is_selected():
     q, k, v = (torch.randn(1, n_vid + n_ctx, H * D) for _ in range(3))
     want = _dense_func(q, k, v, H)
     for cfg, exact in ((_cfg(top_k=4096), True), (_cfg(top_k=1), False)):
-        run = P.AdaClusterRun(cfg, None, "auto")
+        run = P.PatchHolder(cfg, None, "auto")
         run.override = P.make_override(run)
         run.begin(None)
         to = {"sigmas": torch.tensor([0.5])}
         P._begin_forward(run, _FakeWan(), (x, None, torch.zeros(1, 7, 4096)),
                          {"transformer_options": to, "context_latents": [ref]})
         out = run.override(_dense_func, q, k, v, heads=H, transformer_options=to)
-        rec = run.records[-1]
+        rec = run.run.records[-1]
         assert rec.sparse is True, f"the call should go sparse, got dense because {rec.reason!r}"
         dens = float(rec.density)
         if exact:
@@ -94,9 +95,9 @@ def test_override_with_context_tokens_is_exact_when_every_cluster_is_selected():
                     reason="this ComfyUI's WanModel has no context_latents input (upstream feature)")
 def test_real_wan_forward_with_context_latents_goes_sparse_and_matches_unpatched():
     dm = tiny_wan_model(2)
-    cfg = P.make_config(q_clusters=6, k_clusters=8, k_clusters_init=8, top_k=4096, warmup=0.0, min_tokens=0,
+    cfg = CW.make_config(q_clusters=6, k_clusters=8, k_clusters_init=8, top_k=4096, warmup=0.0, min_tokens=0,
                         dense_layer_fraction=0.0, calibration_dense=False, backend="torch")
-    run = P.AdaClusterRun(cfg, None, "auto")
+    run = P.PatchHolder(cfg, None, "auto")
     run.override = P.make_override(run)
     run.begin(None)
     wrapper = P._diffusion_model_wrapper_factory(run)
@@ -112,7 +113,7 @@ def test_real_wan_forward_with_context_latents_goes_sparse_and_matches_unpatched
             return dm(x, torch.tensor([500.0]), ctx, transformer_options=to, context_latents=refs)
 
     torch.testing.assert_close(fwd(True), fwd(False), atol=1e-5, rtol=1e-4)
-    run.end(None)
+    P.end_run(run, None)
     s = run.last_run
     assert "token-count-mismatch" not in s["dense_reasons"], s["summary"]
     assert s["sparse_calls"] == 2, s["summary"]              # both layers' self-attention

@@ -18,6 +18,9 @@ if _why is None:
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 if _why is None:
     P = load_nodes_module("patcher")
+    CW = load_nodes_module("config_widgets")
+    REP = load_nodes_module("report")
+    PRB = load_nodes_module("probe")
     import comfy.ops
     import comfy.patcher_extension as pe
 
@@ -68,7 +71,7 @@ class _MS:   # model_sampling stand-in: flow, sigma = 1 - percent
 
 
 def _patched_run(cfg, previous=None):
-    run = P.AdaClusterRun(cfg, None, "auto", previous_override=previous)
+    run = P.PatchHolder(cfg, None, "auto", previous_override=previous)
     run.override = P.make_override(run, previous)
     return run, P._diffusion_model_wrapper_factory(run)
 
@@ -93,7 +96,7 @@ def _cfg(**kw):
     base = dict(q_clusters=8, k_clusters_init=16, top_k=4096, warmup=0.0, min_tokens=0, dense_layer_fraction=0.0,
                 backend="torch", calibration_dense=False)
     base.update(kw)
-    return P.make_config(**base)
+    return CW.make_config(**base)
 
 
 @pytest.mark.parametrize("task", ["t2va", "fl2va", "ref2va"])
@@ -107,7 +110,7 @@ def test_every_cluster_selected_reproduces_dense(task):
     _begin(run)
     got = _forward(dm, (video, audio), ctx, payload, 0.5, run, wrapper)
     ref = _forward(dm, (video, audio), ctx, payload, 0.5)
-    run.end(None)
+    P.end_run(run, None)
     for g, r in zip(got, ref):
         torch.testing.assert_close(g, r, atol=2e-5, rtol=1e-4)
     s = run.last_run
@@ -121,7 +124,7 @@ def test_every_cluster_selected_reproduces_dense(task):
         assert "cond 64" in desc and "cond audio 8" in desc, desc        # two keyframes of 4x8 rows, 4 audio frames
     if task == "ref2va":
         assert "ref img 4" in desc and "ref audio 12" in desc, desc
-    assert "H3 " + task in P.format_stats(s)
+    assert "H3 " + task in REP.format_stats(s)
 
 
 def test_prefix_rows_are_exact_and_video_rows_sparse():
@@ -143,7 +146,7 @@ def test_prefix_rows_are_exact_and_video_rows_sparse():
     _begin(run)
     _forward(dm, (video, audio), ctx, _payload("fl2va"), 0.5, run, wrapper,
              extra_to={"optimized_attention_override": recorder})
-    run.end(None)
+    P.end_run(run, None)
     s = run.last_run
     assert s["sparse_calls"] == 1 and s["max_density"] < 0.9, s["summary"]
     n_pre = s["layouts"][0]["n_txt"]
@@ -167,14 +170,14 @@ def test_last_warmup_step_calibrates_and_second_generation_uses_cache():
     dm = _model()
     video, audio, ctx = _inputs()
     sched = torch.tensor([1.0 - i / 8 for i in range(8)] + [0.0])
-    cfg = P.make_config(q_clusters=8, k_clusters_init=16, top_k=4096, warmup=0.3, min_tokens=0,
+    cfg = CW.make_config(q_clusters=8, k_clusters_init=16, top_k=4096, warmup=0.3, min_tokens=0,
                         dense_layer_fraction=0.0, backend="torch")
     run, wrapper = _patched_run(cfg)
     for gen in (1, 2):
         _begin(run)
         for sig in sched[:-1].tolist():
             _forward(dm, (video, audio), ctx, {}, sig, run, wrapper, schedule=sched)
-        run.end(None)
+        P.end_run(run, None)
         s = run.last_run
         # sigma 1.0, 0.875, 0.75 > 0.7 -> warmup (2 layers each)
         if gen == 1:
@@ -196,18 +199,18 @@ def test_probe_capture_and_tuner_on_h3(tmp_path):
     dm = _model()
     video, audio, ctx = _inputs()
     cfg = _cfg(top_k=2, q_clusters=4, k_clusters=12, max_density=0.3)
-    run = P.AdaClusterRun(cfg, None, "auto", probe=P.make_probe("on"))
+    run = P.PatchHolder(cfg, None, "auto", probe=PRB.make_probe("on"))
     run.override = P.make_override(run, None)
     wrapper = P._diffusion_model_wrapper_factory(run)
     _begin(run)
     got = _forward(dm, (video, audio), ctx, {}, 0.5, run, wrapper)
-    run.end(None)
+    P.end_run(run, None)
     ref = _forward(dm, (video, audio), ctx, {}, 0.5)
     for g, r in zip(got, ref):     # probed calls pass the dense result on: the forward is the dense one
         torch.testing.assert_close(g, r, atol=2e-5, rtol=1e-4)
     pr = run.last_run["probe"]
     assert pr and run.last_run["sparse_calls"] == 2, run.last_run["summary"]
-    assert "probe" in P.format_stats(run.last_run).lower()
+    assert "probe" in REP.format_stats(run.last_run).lower()
 
     # Capture (unpatched model): the two layers' video self-attention inputs, prefix = the text range
     cap = C.CaptureRun("*", "*", 4, 64.0, "h3cap", str(tmp_path))

@@ -15,6 +15,7 @@ _why = comfy_inprocess()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 if _why is None:
     P = load_nodes_module("patcher")
+    CW = load_nodes_module("config_widgets")
     F = load_nodes_module("families")
     I = load_nodes_module("interop")
     import comfy.ldm.modules.attention as A
@@ -28,7 +29,7 @@ def _cfg(**kw):
     base = dict(q_clusters=4, k_clusters=8, k_clusters_init=8, top_k=64, warmup=0.0, min_tokens=0,
                 calibration_dense=False, dense_layer_fraction=0.0, backend="torch")
     base.update(kw)
-    return P.make_config(**base)
+    return CW.make_config(**base)
 
 
 class FakeHunyuanVideo(torch.nn.Module):
@@ -42,7 +43,7 @@ class FakeHunyuanVideo(torch.nn.Module):
 
 
 def _run(cfg, rules=None, previous=None):
-    run = P.AdaClusterRun(cfg, rules, "auto", previous_override=previous)
+    run = P.PatchHolder(cfg, rules, "auto", previous_override=previous)
     run.override = P.make_override(run, previous)
     run.begin(None)
     return run
@@ -141,19 +142,19 @@ def test_describe_known_overrides():
 def test_dense_forced_call_is_bit_identical_through_comfy_attention():
     """Through ComfyUI's own wrapped attention function, every call forced dense (a `*: dense` rule):
     the output equals the unpatched call bit for bit (tensors; containers on 0.33 below)."""
-    rules = P.parse_layer_rules("*: dense")
+    rules = CW.parse_layer_rules("*: dense")
     run = _run(_cfg(), rules)
     to = _forward_options(run)
     q, k, v = _qkv()
     ref = A.optimized_attention(q, k, v, 2, skip_reshape=True)
     out = A.optimized_attention(q, k, v, 2, skip_reshape=True, transformer_options=to)
     assert torch.equal(out, ref)
-    assert run.records[-1].reason == "layer-rule"
+    assert run.run.records[-1].reason == "layer-rule"
 
 
 @needs_containers
 def test_containers_dense_are_handed_on_and_bit_identical():
-    rules = P.parse_layer_rules("*: dense")
+    rules = CW.parse_layer_rules("*: dense")
     run = _run(_cfg(), rules)
     to = _forward_options(run)
     ts = _qkv()
@@ -162,7 +163,7 @@ def test_containers_dense_are_handed_on_and_bit_identical():
     out = A.optimized_attention(*cs, 2, skip_reshape=True, transformer_options=to)
     assert torch.equal(out, ref)
     assert all(c.tensor is None for c in cs)             # consumed downstream
-    assert run.records[-1].reason == "layer-rule" and not run.records[-1].sparse
+    assert run.run.records[-1].reason == "layer-rule" and not run.run.records[-1].sparse
 
 
 @needs_containers
@@ -185,7 +186,7 @@ def test_containers_reach_the_previous_overrides_container_function_unreferenced
         return out
 
     prev.container_function = prev_containers
-    run = _run(_cfg(), P.parse_layer_rules("*: dense"), previous=prev)
+    run = _run(_cfg(), CW.parse_layer_rules("*: dense"), previous=prev)
     to = _forward_options(run)
     q, k, v = _qkv()
     cs = [A.AttentionTensorContainer(t) for t in (q, k, v)]
@@ -203,7 +204,7 @@ def test_containers_previous_without_container_function_gets_tensors_and_func():
         got["func"] = func
         return func(q, k, v, *a, **kw)
 
-    run = _run(_cfg(), P.parse_layer_rules("*: dense"), previous=prev)
+    run = _run(_cfg(), CW.parse_layer_rules("*: dense"), previous=prev)
     to = _forward_options(run)
     ts = _qkv()
     out = A.optimized_attention(*_containers(ts), 2, skip_reshape=True, transformer_options=to)
@@ -218,7 +219,7 @@ def test_containers_sparse_path_takes_them():
     ts = _qkv()
     cs = _containers(ts)
     out = A.optimized_attention(*cs, 2, skip_reshape=True, transformer_options=to)
-    assert run.records[-1].sparse and all(c.tensor is None for c in cs)
+    assert run.run.records[-1].sparse and all(c.tensor is None for c in cs)
     torch.testing.assert_close(out, A.optimized_attention(*ts, 2, skip_reshape=True), atol=2e-5, rtol=1e-4)
 
 

@@ -18,6 +18,7 @@ _why = comfy_inprocess()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 if _why is None:
     P = load_nodes_module("patcher")
+    CW = load_nodes_module("config_widgets")
     KW = load_nodes_module("kernel_warmup")
     import comfy.patcher_extension as pe
 
@@ -35,9 +36,9 @@ def _patcher():
 def _patched_tiny_wan():
     """A real 2-layer WanModel, an AdaClusterRun on it, and fwd(sigma, patched) -> output."""
     dm = tiny_wan_model(2)
-    cfg = P.make_config(q_clusters=8, k_clusters=16, top_k=4096, warmup=0.3, min_tokens=0,
+    cfg = CW.make_config(q_clusters=8, k_clusters=16, top_k=4096, warmup=0.3, min_tokens=0,
                         calibration_dense=False, dense_layer_fraction=0.0, backend="torch")
-    run = P.AdaClusterRun(cfg, None, "auto")
+    run = P.PatchHolder(cfg, None, "auto")
     run.override = P.make_override(run)
     wrapper = P._diffusion_model_wrapper_factory(run)
     x, ctx = torch.randn(1, 16, 3, 8, 8), torch.randn(1, 16, 64)
@@ -68,7 +69,7 @@ def test_sparse_calls_wait_for_the_background_compile_densely(monkeypatch):
     run.begin(_patcher())
     for sig in (1.0, 0.8, 0.6, 0.4):   # 1.0, 0.8: warmup; 0.6, 0.4: would be sparse
         torch.testing.assert_close(fwd(sig, True), fwd(sig, False), atol=1e-5, rtol=1e-4)
-    run.end(None)
+    P.end_run(run, None)
     s = run.last_run
     assert started == ["adacluster-compile-ahead"] and len(run.compiles) == 1
     assert s["dense_reasons"].get("kernels compiling") == 4, s["dense_reasons"]   # 2 steps x 2 layers
@@ -80,7 +81,7 @@ def test_sparse_calls_wait_for_the_background_compile_densely(monkeypatch):
     run.begin(_patcher())
     for sig in (1.0, 0.8, 0.6, 0.4):
         torch.testing.assert_close(fwd(sig, True), fwd(sig, False), atol=1e-5, rtol=1e-4)
-    run.end(None)
+    P.end_run(run, None)
     s2 = run.last_run
     assert "kernels compiling" not in s2["dense_reasons"] and s2["sparse_calls"] == 4
     assert len(run.compiles) == 1 and started == ["adacluster-compile-ahead"]   # no second compile run
@@ -92,5 +93,5 @@ def test_no_background_compile_where_nothing_compiles():
     run.begin(_patcher())
     for sig in (1.0, 0.4):
         fwd(sig, True)
-    run.end(None)
+    P.end_run(run, None)
     assert run.compiles == {} and run.last_run["sparse_calls"] == 2

@@ -25,12 +25,13 @@ _why = comfy_inprocess()
 pytestmark = [pytest.mark.skipif(_why is not None, reason=str(_why)), pytest.mark.per_version]
 if _why is None:
     P = load_nodes_module("patcher")
+    CW = load_nodes_module("config_widgets")
 
 ATOL = 2e-6   # as tests/comfy/_compat.py
 
 
 def _cfg(**kw):
-    return P.make_config(**{**TINY, "k_clusters": None, **kw})
+    return CW.make_config(**{**TINY, "k_clusters": None, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,7 @@ def test_state_follows_the_call_device():
     """One layer called on cpu, then cuda, then cpu (weights streamed / offloaded between calls):
     its cached centroids follow each call, and every call equals dense on its own device."""
     torch.manual_seed(0)
-    run = P.AdaClusterRun(_cfg(top_k=4096, calibration_dense=False, k_clusters=8), None, "auto")
+    run = P.PatchHolder(_cfg(top_k=4096, calibration_dense=False, k_clusters=8), None, "auto")
     run.override = P.make_override(run)
     run.begin(None)
     x = torch.zeros(1, 16, 3, 8, 8)
@@ -140,10 +141,10 @@ def test_state_follows_the_call_device():
         to = _wan_forward_context(run, x.to(dev), torch.zeros(1, 16, 4096, device=dev), sigma=0.9 - 0.1 * i)
         to["block_index"] = 0
         out = run.override(_dense, q.to(dev), k.to(dev), v.to(dev), H, transformer_options=to)
-        st = run.states[(0, "c0")]
+        st = run.run.states[(0, "c0")]
         assert st.q_centroids is not None and st.q_centroids.device.type == dev
         assert st.k_centroids.device.type == dev
         assert out.device.type == dev
         ref = _dense(q.to(dev), k.to(dev), v.to(dev), H)
         assert (out - ref).abs().max().item() < 1e-4
-    assert sum(1 for r in run.records if r.sparse) == 3, run.records
+    assert sum(1 for r in run.run.records if r.sparse) == 3, run.run.records

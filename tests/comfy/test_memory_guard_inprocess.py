@@ -3,8 +3,6 @@ below the call's need the call runs dense with the reason `memory` (counted like
 enough it runs sparse and the result comes back in ComfyUI's [B, L, H*D] layout, written in place."""
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
@@ -14,13 +12,14 @@ _why = comfy_inprocess()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 if _why is None:
     P = load_nodes_module("patcher")
+    MG = load_nodes_module("memory_guard")
 
 from tests.comfy.test_patcher_inprocess import FakeHunyuanVideo, _begin, _cfg, _dense_func, _run_for  # noqa: E402
 
 
 @pytest.mark.parametrize("skip_output_reshape", [False, True])
 def test_memory_reason_with_simulated_free_memory(monkeypatch, skip_output_reshape):
-    G = sys.modules[P.kv_rows_that_fit.__module__]
+    G = MG
     B, H, D, n_txt = 2, 2, 64, 8
     x = torch.zeros(1, 16, 2, 6, 8)   # grid 2x3x4 = 24 video tokens
     L = 24 + n_txt
@@ -34,12 +33,12 @@ def test_memory_reason_with_simulated_free_memory(monkeypatch, skip_output_resha
     monkeypatch.setattr(G, "FREE_BYTES", lambda dev: 1 << 20)     # 1 MiB free: less than the need
     out = run.override(_dense_func, q, k, v, H, skip_reshape=True, skip_output_reshape=skip_output_reshape,
                        transformer_options=to)
-    assert [r.reason for r in run.records[-2:]] == ["memory", "memory"] and not run.records[-1].sparse
+    assert [r.reason for r in run.run.records[-2:]] == ["memory", "memory"] and not run.run.records[-1].sparse
     torch.testing.assert_close(out, ref)
 
     monkeypatch.setattr(G, "FREE_BYTES", lambda dev: 1 << 40)     # plenty: sparse
     out = run.override(_dense_func, q, k, v, H, skip_reshape=True, skip_output_reshape=skip_output_reshape,
                        transformer_options=to)
-    assert all(r.sparse for r in run.records[-2:])
+    assert all(r.sparse for r in run.run.records[-2:])
     assert out.shape == ref.shape and out.is_contiguous()          # [B, L, H*D] (or [B, H, L, D]) as ComfyUI's
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)     # top_k >= clusters: exact

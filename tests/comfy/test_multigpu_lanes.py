@@ -18,6 +18,7 @@ _why = comfy_inprocess()
 pytestmark = [pytest.mark.skipif(_why is not None, reason=str(_why)), pytest.mark.per_version]
 if _why is None:
     P = load_nodes_module("patcher")
+    CW = load_nodes_module("config_widgets")
     import comfy.patcher_extension as pe
 
 SIGMAS = (1.0, 0.8, 0.6, 0.4, 0.2)
@@ -42,7 +43,7 @@ def _patched_clones(n=2):
     inner = torch.nn.Module()
     inner.model_sampling = _MS()
     mp = comfy.model_patcher.ModelPatcher(inner, torch.device("cpu"), torch.device("cpu"))
-    cfg = P.make_config(q_clusters=6, k_clusters=None, k_clusters_init=12, top_k=3, selection="centroid",
+    cfg = CW.make_config(q_clusters=6, k_clusters=None, k_clusters_init=12, top_k=3, selection="centroid",
                         warmup=0.3, min_tokens=0, dense_layer_fraction=0.0, calibration_dense=True,
                         backend="torch")
     patched = P.patch_model(mp, cfg, None, True, "auto")
@@ -139,7 +140,7 @@ def test_clones_sampled_concurrently_equal_sampled_one_after_the_other(monkeypat
     both = holder.last_run
     assert both["calls"] == 2 * solo["calls"] and both["sparse_calls"] == 2 * solo["sparse_calls"], both["summary"]
     assert both["runs_completed"] == 1
-    assert holder.lanes.others == {} and holder.states == {}   # lanes dropped at cleanup
+    assert holder.lanes.others == {} and holder.run.states == {}   # lanes dropped at cleanup
     # the calibrated plan (per model and resolution) went into the holder's cache, shared by lanes
     assert len(holder.plan_cache) == 1 and both.get("plan_source") == "calibration"
 
@@ -155,13 +156,13 @@ def test_a_second_device_gets_its_own_lane():
         cb(c1)
     cpu_lane = holder.lane(torch.device("cpu"))
     meta_lane = holder.lane(torch.device("meta"))
-    assert cpu_lane is holder and meta_lane is not holder and meta_lane.root is holder
+    assert cpu_lane is holder.run and meta_lane is not holder.run and meta_lane.holder is holder
     assert holder.lane(torch.device("meta")) is meta_lane
     # a forward's layout on the meta device lands in the meta lane
     x = torch.zeros(2, 16, 3, 8, 8, device="meta")
     to = {"sigmas": torch.tensor([0.5, 0.5]), "cond_or_uncond": [0, 1]}
     P._begin_forward(holder, dm, (x, None, torch.zeros(2, 16, 64, device="meta")), {"transformer_options": to})
-    assert to[P.FWD_KEY].run is meta_lane and meta_lane.forwards == 1 and holder.forwards == 0
+    assert to[P.FWD_KEY].run is meta_lane and meta_lane.forwards == 1 and holder.run.forwards == 0
     # a real forward on the CPU uses the holder's own lane; its states hold CPU tensors only
     xa, ca = _inputs(3)
     to = {"sigmas": torch.tensor([0.2, 0.2]), "cond_or_uncond": [0, 1],
@@ -172,9 +173,9 @@ def test_a_second_device_gets_its_own_lane():
         to["sigmas"] = torch.tensor([sig, sig])
         with torch.no_grad():
             dm(xa, torch.tensor([sig * 1000] * 2), ca, transformer_options=to)
-    assert holder.states and not meta_lane.states
-    assert {(layer, br) for layer, br in holder.states} == {(l, b) for l in range(2) for b in ("c0", "u0")}
-    for st in holder.states.values():
+    assert holder.run.states and not meta_lane.states
+    assert {(layer, br) for layer, br in holder.run.states} == {(l, b) for l in range(2) for b in ("c0", "u0")}
+    for st in holder.run.states.values():
         for t in (st.q_centroids, st.k_centroids):
             assert t is None or t.device.type == "cpu"
     for cb in c1.get_all_callbacks(pe.CallbacksMP.ON_CLEANUP):

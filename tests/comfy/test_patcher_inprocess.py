@@ -16,6 +16,9 @@ _why = comfy_inprocess()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 if _why is None:
     P = load_nodes_module("patcher")
+    CW = load_nodes_module("config_widgets")
+    REP = load_nodes_module("report")
+    FAM = load_nodes_module("families")
     import comfy.patcher_extension as pe
 
 
@@ -23,7 +26,7 @@ def _cfg(**kw):
     base = dict(q_clusters=4, k_clusters=8, k_clusters_init=8, top_k=64, warmup=0.0, min_tokens=0,
                 calibration_dense=False, dense_layer_fraction=0.0, backend="torch")
     base.update(kw)
-    return P.make_config(**base)
+    return CW.make_config(**base)
 
 
 def _dense_func(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False,
@@ -75,7 +78,7 @@ class CogVideoXTransformer3DModel(torch.nn.Module):  # name as upstream ComfyUI'
 
 
 def _run_for(cfg, rules=None):
-    run = P.AdaClusterRun(cfg, rules, "auto")
+    run = P.PatchHolder(cfg, rules, "auto")
     run.override = P.make_override(run)
     run.begin(None)
     return run
@@ -121,15 +124,15 @@ def test_hunyuan_text_slice_and_mask_both_orders(monkeypatch, txt_first):
     ref = _dense_func(q, k, v, H, mask=mask, skip_reshape=True)
     assert out.shape == (B, L, H * D)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)   # top_k >= clusters: exact
-    lay = run.layouts[("hunyuan", (2, 3, 4), n_txt, txt_first)]
+    lay = run.run.layouts[("hunyuan", (2, 3, 4), n_txt, txt_first)]
     assert lay["text_slice"] == [t0, t0 + n_txt] and lay["masked_keys_in_text"] == n_pad
-    rec = run.records[-1]
+    rec = run.run.records[-1]
     assert rec.layer == 1 and rec.sparse is True     # layer = block_index, sparse
 
     # single blocks are numbered after the double blocks
     to["block_type"], to["block_index"] = "single", 0
     run.override(_dense_func, q, k, v, H, skip_reshape=True, mask=mask, transformer_options=to)
-    assert run.records[-1].layer == 2
+    assert run.run.records[-1].layer == 2
 
     # negative control: the wrong order puts the padded keys in the "video" slice -> refused (dense)
     run2 = _run_for(_cfg())
@@ -137,7 +140,7 @@ def test_hunyuan_text_slice_and_mask_both_orders(monkeypatch, txt_first):
     _begin(run2, FakeHunyuanVideo(not txt_first), (x, None, ctx), to2)
     to2["block_type"], to2["block_index"] = "double", 0
     out2 = run2.override(_dense_func, q, k, v, H, skip_reshape=True, mask=mask, transformer_options=to2)
-    assert run2.records[-1].sparse is False and run2.records[-1].reason == "mask-on-video-keys"
+    assert run2.run.records[-1].sparse is False and run2.run.records[-1].reason == "mask-on-video-keys"
     torch.testing.assert_close(out2, ref)
 
 
@@ -150,7 +153,7 @@ def test_hunyuan_text_refiner_and_token_mismatch_stay_dense():
     run.override(_dense_func, q, q, q, 2, skip_reshape=True, transformer_options=to)       # refiner: text only
     q2 = torch.randn(1, 2, 24 + 8 + 5, 64)                                                 # + 5 reference tokens
     run.override(_dense_func, q2, q2, q2, 2, skip_reshape=True, transformer_options=to)
-    reasons = [r.reason for r in run.records]  # no cond_or_uncond -> one record per call
+    reasons = [r.reason for r in run.run.records]  # no cond_or_uncond -> one record per call
     assert reasons == ["text-only (refiner)", "token-count-mismatch"]
 
 
@@ -161,7 +164,7 @@ def test_cogvideox_synthetic_call_through_the_override():
     x = torch.zeros(B, 16, 2, 8, 8)                      # patch 2 (no temporal patch): grid 2x4x4 = 32
     L = n_txt + 32
     dm = CogVideoXTransformer3DModel()
-    assert P.detect_family(dm) == ("cogvideox", "")
+    assert FAM.detect_family(dm) == ("cogvideox", "")
     run = _run_for(_cfg())
     to = {"sigmas": torch.tensor([0.4, 0.4]), "cond_or_uncond": [1, 0]}
     _begin(run, dm, (x, None, torch.zeros(B, n_txt, 4096), None), to)
@@ -171,13 +174,13 @@ def test_cogvideox_synthetic_call_through_the_override():
         out = run.override(_dense_func, q, k, v, heads=H, transformer_options=to)
         torch.testing.assert_close(out, _dense_func(q, k, v, H), atol=2e-5, rtol=1e-4)
         outs.append(out)
-    recs = run.records
+    recs = run.run.records
     assert [r.layer for r in recs] == [0, 0, 1, 1, 2, 2]           # layers counted per forward
     assert {r.branch for r in recs} == {"c0", "u0"}                  # CFG chunks split per branch
     assert all(r.sparse for r in recs)
-    lay = next(iter(run.layouts.values()))
+    lay = next(iter(run.run.layouts.values()))
     assert lay["text_slice"] == [0, n_txt] and lay["n_vid"] == 32 and lay["txt_first"] is True
-    assert set(run.states) == {(l, b) for l in range(3) for b in ("c0", "u0")}
+    assert set(run.run.states) == {(l, b) for l in range(3) for b in ("c0", "u0")}
 
     # sparse for real (few clusters selected): density < 1, finite output
     run2 = _run_for(_cfg(top_k=2, k_clusters=8))
@@ -186,7 +189,7 @@ def test_cogvideox_synthetic_call_through_the_override():
     q, k, v = (torch.randn(1, L, H * D) for _ in range(3))
     out = run2.override(_dense_func, q, k, v, heads=H, transformer_options=to2)
     assert torch.isfinite(out).all()
-    run2.end(None)
+    P.end_run(run2, None)
     assert run2.last_run["mean_density"] < 1.0
 
 
@@ -228,9 +231,9 @@ def test_chaining_clone_and_unpatch_with_a_real_model_patcher():
     ours(_dense_func, q, q, q, heads=2, transformer_options=fto)                       # self, warmup
     ours(_dense_func, q, torch.randn(1, 7, 256), torch.randn(1, 7, 256), heads=2, transformer_options=fto)  # cross
     assert calls["n"] == 3
-    run.end(None)
+    P.end_run(run, None)
     assert run.last_run["dense_reasons"] == {"warmup": 1, "cross-attn": 1}
-    assert run.states == {} and run.records == []
+    assert run.run.states == {} and run.run.records == []
 
     # enabled=False on a patched model removes the patch and restores the previous override
     off = P.patch_model(patched, None, None, False, "auto")
@@ -247,9 +250,9 @@ def test_chaining_clone_and_unpatch_with_a_real_model_patcher():
 
 def test_layer_rule_validation_names_line_and_field():
     with pytest.raises(ValueError, match=r"line 2: top_k must be in \[1, 8192\]"):
-        P.parse_layer_rules("0: dense\n1: top_k=0")
+        CW.parse_layer_rules("0: dense\n1: top_k=0")
     with pytest.raises(ValueError, match=r"line 1: unknown field 'topk'"):
-        P.parse_layer_rules("1: topk=3")
+        CW.parse_layer_rules("1: topk=3")
 
 
 # ----------------------------------------------------------------------------------- real tiny Wan
@@ -264,9 +267,9 @@ def test_real_wan_forward_with_wrapper_and_chained_override():
         calls["n"] += 1
         return func(*args, **kwargs)
 
-    cfg = P.make_config(q_clusters=8, k_clusters_init=16, top_k=4096, warmup=0.3, min_tokens=0,
+    cfg = CW.make_config(q_clusters=8, k_clusters_init=16, top_k=4096, warmup=0.3, min_tokens=0,
                         dense_layer_fraction=0.0, backend="torch")
-    run = P.AdaClusterRun(cfg, None, "auto", previous_override=prev)
+    run = P.PatchHolder(cfg, None, "auto", previous_override=prev)
     run.override = P.make_override(run, prev)
 
     class MS:  # model_sampling stand-in: flow, sigma = 1 - percent
@@ -288,7 +291,7 @@ def test_real_wan_forward_with_wrapper_and_chained_override():
 
     for sig in (1.0, 0.8, 0.6, 0.4):
         torch.testing.assert_close(fwd(sig, True), fwd(sig, False), atol=1e-5, rtol=1e-4)
-    run.end(None)
+    P.end_run(run, None)
     s = run.last_run
     # sigma 1.0 and 0.8 > 0.7 -> warmup; 0.6 calibrates; 0.4 sparse
     # (calls are counted per CFG branch: this batched cond+uncond forward counts each call twice)
@@ -298,7 +301,7 @@ def test_real_wan_forward_with_wrapper_and_chained_override():
     assert "AdaCluster: 48 attention calls, 6 sparse" in s["summary"]
     assert s["plan_source"] == "calibration"
     assert s["preset"] == "custom (Thresholds)"   # a connected config replaces the preset: not "auto"
-    img = P.heatmap_image(s)
+    img = REP.heatmap_image(s)
     assert img.shape[0] == 1 and img.shape[-1] == 3 and min(img.shape[1:3]) >= 150
     assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0
 
@@ -307,7 +310,7 @@ def test_real_wan_forward_with_wrapper_and_chained_override():
     run.begin(type("Patcher", (), {"model": type("M", (), {"model_sampling": MS()})()})())
     for sig in (1.0, 0.8, 0.6, 0.4):
         torch.testing.assert_close(fwd(sig, True), fwd(sig, False), atol=1e-5, rtol=1e-4)
-    run.end(None)
+    P.end_run(run, None)
     s2 = run.last_run
     assert s2["plan_source"] == "cache" and "reused from an earlier run" in s2["summary"]
     assert s2["dense_reasons"] == {"warmup": 12, "cross-attn": 24}, s2["dense_reasons"]
@@ -317,7 +320,7 @@ def test_real_wan_forward_with_wrapper_and_chained_override():
     run.begin(type("Patcher", (), {"model": type("M", (), {"model_sampling": MS()})()})())
     for sig in (0.6, 0.4):
         fwd(sig, True)
-    run.end(None)
+    P.end_run(run, None)
     assert run.last_run["plan_source"] == "calibration"
     assert run.last_run["dense_reasons"].get("calibration") == 6
 
@@ -334,24 +337,81 @@ def test_warmup_follows_global_sigma_for_split_samplers():
     def phases(run, sigmas):
         out = []
         for s in sigmas:
-            out.append(run.phase_for(s))
+            out.append(run.run.phase_for(s))
             if out[-1] == "calibration":
-                run.state_for(0, "c0")   # the calibration step reached attention (else it waits)
+                run.run.state_for(0, "c0")   # the calibration step reached attention (else it waits)
         return out
 
     patcher = type("Patcher", (), {"model": type("M", (), {"model_sampling": MS()})()})()
-    low = P.AdaClusterRun(_cfg(warmup=0.3, k_clusters=None, calibration_dense=True), None, "auto")
+    low = P.PatchHolder(_cfg(warmup=0.3, k_clusters=None, calibration_dense=True), None, "auto")
     low.begin(patcher)
-    low.resolve_config("wan")
+    low.run.resolve_config("wan")
     assert phases(low, (0.5, 0.3, 0.1)) == ["calibration", "sparse", "sparse"]
-    high = P.AdaClusterRun(_cfg(warmup=0.3, k_clusters=None, calibration_dense=True), None, "auto")
+    high = P.PatchHolder(_cfg(warmup=0.3, k_clusters=None, calibration_dense=True), None, "auto")
     high.begin(patcher)
-    high.resolve_config("wan")
+    high.run.resolve_config("wan")
     assert phases(high, (1.0, 0.85, 0.7, 0.6)) == ["warmup", "warmup", "calibration", "sparse"]
 
 
 def test_stats_name_the_preset_without_thresholds():
-    run = P.AdaClusterRun(None, None, "fast")
+    run = P.PatchHolder(None, None, "fast")
     run.begin(None)
-    run.end(None)
+    P.end_run(run, None)
     assert run.last_run["preset"] == "fast"
+
+
+# ----------------------------------------------------------------------------------- one plan per call
+def test_plan_call_decides_once_and_the_sparse_call_executes_its_plan(monkeypatch):
+    """plan_call works the layer's config out once per call (no second derivation in _sparse_call), the
+    core gets exactly the plan's config and K / V mode, the plan is frozen, and asking for a plan never
+    starts a background compile (the caller does, during the warmup)."""
+    import dataclasses
+    torch.manual_seed(0)
+    B, H, D, n_txt = 1, 2, 64, 8
+    x = torch.zeros(B, 16, 2, 6, 8)                       # grid 2x3x4 = 24 video tokens
+    L = 24 + n_txt
+    run = _run_for(_cfg())
+    to = _begin(run, FakeHunyuanVideo(True), (x, None, torch.zeros(B, n_txt, 32)),
+                {"sigmas": torch.tensor([0.5]), "cond_or_uncond": [0]})
+    to["block_type"], to["block_index"] = "double", 0
+    lane = to[P.FWD_KEY].run
+    assert lane is run.run and lane.holder is run
+    derived, plans, cores = [], [], []
+    real_cfg, real_plan, real_core = lane.cfg_for_layer, P.plan_call, P.sparse_attention
+
+    def cfg_spy(*a):
+        derived.append(a)
+        return real_cfg(*a)
+
+    def plan_spy(call, ctx):
+        plans.append(real_plan(call, ctx))
+        return plans[-1]
+
+    def core_spy(*a, **kw):
+        cores.append(kw)
+        return real_core(*a, **kw)
+
+    def no_compile(*a, **kw):
+        raise AssertionError("plan_call started a compile")
+
+    monkeypatch.setattr(lane, "cfg_for_layer", cfg_spy)
+    monkeypatch.setattr(P, "plan_call", plan_spy)
+    monkeypatch.setattr(P, "sparse_attention", core_spy)
+    monkeypatch.setattr(P.kernel_warmup, "start", no_compile)   # not warm: the caller starts nothing either
+    q, k, v = (torch.randn(B, H, L, D) for _ in range(3))
+    run.override(_dense_func, q, k, v, H, skip_reshape=True, transformer_options=to)
+    (plan,) = plans
+    assert plan.reason is None and len(derived) == 1, (plan, derived)
+    assert [kw["config"] for kw in cores] == [plan.cfg] and cores[0]["config"] is plan.cfg
+    assert [kw["kv_rows"] for kw in cores] == [plan.kv_rows] and plan.kv_rows is not None
+    assert lane.records[-1].sparse
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.cfg = None
+    # a dense plan: the layer rule, the first check after the warmup; the core is not called
+    run2 = _run_for(_cfg(), CW.parse_layer_rules("*: dense"))
+    to2 = _begin(run2, FakeHunyuanVideo(True), (x, None, torch.zeros(B, n_txt, 32)),
+                 {"sigmas": torch.tensor([0.5]), "cond_or_uncond": [0]})
+    to2["block_type"], to2["block_index"] = "double", 0
+    run2.override(_dense_func, q, k, v, H, skip_reshape=True, transformer_options=to2)
+    assert plans[-1].reason == "layer-rule" and plans[-1].cfg is None and len(cores) == 1
+    assert run2.run.records[-1].reason == "layer-rule"

@@ -14,9 +14,12 @@ _why = comfy_inprocess()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 if _why is None:
     P = load_nodes_module("patcher")
+    CW = load_nodes_module("config_widgets")
+    REP = load_nodes_module("report")
+    PRB = load_nodes_module("probe")
     PR = load_nodes_module("probe")
 
-HAS_MD = "max_density" in P.config_fields() if _why is None else False
+HAS_MD = "max_density" in CW.config_fields() if _why is None else False
 
 
 def _cfg(**kw):
@@ -25,7 +28,7 @@ def _cfg(**kw):
     if HAS_MD:
         base["max_density"] = 1.0
     base.update(kw)
-    return P.make_config(**base)
+    return CW.make_config(**base)
 
 
 def _brute_recall(Q, K, cfg, st, txt_range, rows):
@@ -66,8 +69,8 @@ def test_probe_passes_dense_on_and_records_error_recall():
     B, H, D, n_txt = 1, 2, 64, 8
     x = torch.zeros(B, 16, 2, 6, 8)          # grid 2x3x4 = 24 video tokens
     L = 24 + n_txt
-    probe = P.make_probe("on", "1", "*")
-    run = P.AdaClusterRun(_cfg(q_clusters=4, k_clusters=8, top_k=2), None, "auto", probe=probe)
+    probe = PRB.make_probe("on", "1", "*")
+    run = P.PatchHolder(_cfg(q_clusters=4, k_clusters=8, top_k=2), None, "auto", probe=probe)
     run.override = P.make_override(run)
     run.begin(None)
     dm = FakeHunyuanVideo(True)
@@ -84,8 +87,8 @@ def test_probe_passes_dense_on_and_records_error_recall():
                 torch.testing.assert_close(out, ref, atol=0, rtol=0)
             else:         # not probed: the sparse result (top_k=2 of 8: differs)
                 assert (out - ref).abs().max() > 1e-4
-    assert [(p.layer, p.step) for p in run.probes] == [(1, 0), (1, 1)]
-    run.end(None)
+    assert [(p.layer, p.step) for p in run.run.probes] == [(1, 0), (1, 1)]
+    P.end_run(run, None)
     s = run.last_run
     pr = s["probe"]
     assert pr["calls"] == 2 and pr["worst_layers"][0]["layer"] == 1
@@ -93,16 +96,16 @@ def test_probe_passes_dense_on_and_records_error_recall():
     assert 0 < w["error_max"] < 2 and 0 < w["recall_min"] <= w["recall_mean"] < 1
     assert pr["error_grid"][1][0] is not None and pr["error_grid"][0][0] is None
     assert s["per_layer"]["1"]["settings"]["top_k"] == 2
-    txt = P.format_stats(s)
+    txt = REP.format_stats(s)
     assert "probe (layers 1, steps *)" in txt and "worst layers first" in txt
-    js = P.stats_json(s)
+    js = REP.stats_json(s)
     assert js["probe"]["worst_layers"][0]["layer"] == 1
 
 
 def test_probe_off_and_bad_selection():
-    assert P.make_probe("off") is None
+    assert PRB.make_probe("off") is None
     with pytest.raises(ValueError, match="probe_layers"):
-        P.make_probe("on", "a-b", "*")
+        PRB.make_probe("on", "a-b", "*")
 
 
 def test_heatmap_cells_axes_and_legend():
@@ -122,7 +125,7 @@ def test_heatmap_cells_axes_and_legend():
     assert pil.height > top + R * cell + 30            # step labels and axis title below
     title = pil.crop((0, 0, pil.width, top - 4)).convert("L")
     assert title.getextrema()[1] > 150                 # the title is drawn (light text on dark)
-    img = P.heatmap_image(d)
+    img = REP.heatmap_image(d)
     assert img.shape == (1, pil.height, pil.width, 3)
     big = RP.heatmap_pil({"density_grid": [[0.5] * 50 for _ in range(40)]})
     assert max(big.size) <= 1024 and big.info["grid_box"][2] >= 8

@@ -14,6 +14,8 @@ _why = comfy_inprocess()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 if _why is None:
     P = load_nodes_module("patcher")
+    CW = load_nodes_module("config_widgets")
+    REP = load_nodes_module("report")
 
 SCHEDULE = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.0])   # 5 sampler steps
 
@@ -51,7 +53,7 @@ def _run_steps(run, ran_steps, sigmas=SCHEDULE):
 
 def _new_run():
     # dense_layer_fraction 0.5: the plan made after calibration keeps one of the 2 layers dense
-    run = P.AdaClusterRun(P.make_config(**{**TINY, "k_clusters": None, "dense_layer_fraction": 0.5}), None, "auto")
+    run = P.PatchHolder(CW.make_config(**{**TINY, "k_clusters": None, "dense_layer_fraction": 0.5}), None, "auto")
     run.override = P.make_override(run)
     run.begin(None)
     return run
@@ -73,7 +75,7 @@ def _columns(stats, kind):
 def test_skipped_steps_keep_numbers_and_calibration_moves_to_first_called_step(ran):
     run = _new_run()
     _run_steps(run, set(ran))
-    s = run.summarize()
+    s = P.run_summary.summarize(run.run, run)
     assert s["sigmas"] == pytest.approx(SCHEDULE[:-1].tolist())
     assert s["steps_without_calls"] == [c for c in range(5) if c not in ran]
     # calibration (dense, counted once per layer) on the first step that ran; sparse afterwards
@@ -83,17 +85,17 @@ def test_skipped_steps_keep_numbers_and_calibration_moves_to_first_called_step(r
     # the plan ran after the calibration step that had calls (not after a skipped one)
     assert len(s["planned_dense_layers"]) == 1 and s["cap"], (s["planned_dense_layers"], s["cap"])
     assert s["dense_reasons"].get("planned-dense-layer") == len(ran) - 1, s["dense_reasons"]
-    text = P.format_stats(s)
+    text = REP.format_stats(s)
     if s["steps_without_calls"]:
         assert "steps with no call" in text
 
 
 def test_between_schedule_sigmas_belong_to_the_step_they_start_from():
-    run = _new_run()
-    run.note_schedule(SCHEDULE)
-    assert [run.step_of(v) for v in (1.0, 0.95, 0.9, 0.85, 0.6, 0.3, 1.2)] == [0, 0, 1, 1, 4, 4, 0]
+    clock = _new_run().run.clock   # the step clock of a run (Capture numbers steps with one too)
+    clock.note_schedule(SCHEDULE)
+    assert [clock.step_of(v) for v in (1.0, 0.95, 0.9, 0.85, 0.6, 0.3, 1.2)] == [0, 0, 1, 1, 4, 4, 0]
 
 
 def test_without_a_schedule_steps_count_distinct_sigmas():
-    run = _new_run()
-    assert [run.step_of(v) for v in (0.9, 0.5, 0.9, 0.2)] == [0, 1, 0, 2]
+    clock = _new_run().run.clock
+    assert [clock.step_of(v) for v in (0.9, 0.5, 0.9, 0.2)] == [0, 1, 0, 2]

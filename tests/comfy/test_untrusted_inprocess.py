@@ -14,6 +14,7 @@ _why = comfy_inprocess()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 if _why is None:
     P = load_nodes_module("patcher")
+    REP = load_nodes_module("report")
     import comfy.model_management as mm
 
     from tests.comfy.test_patcher_inprocess import FakeHunyuanVideo, _begin, _cfg, _dense_func, _run_for
@@ -44,8 +45,8 @@ def test_non_finite_call_is_comfys_dense_output(backend, where, top_k):
     run = _run_for(_cfg(backend=backend, top_k=top_k))
     q, k, v = _qkv()
     _call(run, q, k, v, dm)                             # a clean sparse call first (warm states)
-    assert [r.sparse for r in run.records] == [True, True]
-    states = {key: (s.q_centroids, s.k_centroids, s.calls) for key, s in run.states.items()}
+    assert [r.sparse for r in run.run.records] == [True, True]
+    states = {key: (s.q_centroids, s.k_centroids, s.calls) for key, s in run.run.states.items()}
     q2, k2, v2 = q.clone(), k.clone(), v.clone()
     if where == "q":
         q2[1, 0, 5, 7] = float("nan")                   # the cond branch (batch row 1) only
@@ -58,19 +59,19 @@ def test_non_finite_call_is_comfys_dense_output(backend, where, top_k):
     ref = _dense_func(q2, k2, v2, H, skip_reshape=True)
     torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
     assert torch.isfinite(ref).any() and not torch.isfinite(ref).all()
-    new = run.records[2:]
+    new = run.run.records[2:]
     assert [(r.sparse, r.reason) for r in new] == [(False, "non-finite input")] * 2    # one record per CFG branch
-    assert set(run.states) == {(0, "u0"), (0, "c0")}
-    for key, s in run.states.items():                   # nothing learnt from NaN / Inf
+    assert set(run.run.states) == {(0, "u0"), (0, "c0")}
+    for key, s in run.run.states.items():                   # nothing learnt from NaN / Inf
         assert torch.isfinite(s.q_centroids).all() and torch.isfinite(s.k_centroids).all()
         if key == poisoned:
             assert s.q_centroids is states[key][0] and s.k_centroids is states[key][1] and s.calls == states[key][2]
     out = _call(run, q, k, v, dm)                       # and the next clean call is sparse again
-    assert [r.sparse for r in run.records[4:]] == [True, True] and torch.isfinite(out).all()
-    s = run.summarize()
+    assert [r.sparse for r in run.run.records[4:]] == [True, True] and torch.isfinite(out).all()
+    s = P.run_summary.summarize(run.run, run)
     assert s["dense_reasons"] == {"non-finite input": 2}
     assert s["kernels"] == {("triton" if backend == "triton" else "reference"): 4}
-    kernel_lines = [ln for ln in P.format_stats(s).splitlines() if "kernel" in ln]   # one line names the kernel
+    kernel_lines = [ln for ln in REP.format_stats(s).splitlines() if "kernel" in ln]   # one line names the kernel
     name = "Triton" if backend == "triton" else "torch reference (correct, not faster than dense)"
     assert len(kernel_lines) == 1 and kernel_lines[0].startswith(f"kernel: {name} 4"), kernel_lines
 
@@ -107,7 +108,7 @@ def test_bad_scale_runs_dense():
         out = _call(run, q, k, v, dm, scale=scale)
         torch.testing.assert_close(out, _dense_func(q, k, v, H, skip_reshape=True, scale=scale), rtol=0, atol=0,
                                    equal_nan=True)
-    assert {r.reason for r in run.records} == {"scale"}
+    assert {r.reason for r in run.run.records} == {"scale"}
 
 
 def test_auto_without_triton_is_comfys_attention(monkeypatch):
@@ -117,6 +118,6 @@ def test_auto_without_triton_is_comfys_attention(monkeypatch):
     q, k, v = _qkv()
     out = _call(run, q, k, v, dm)
     assert torch.equal(out, _dense_func(q, k, v, H, skip_reshape=True))
-    s = run.summarize()
+    s = P.run_summary.summarize(run.run, run)
     assert s["dense_reasons"] == {"dense: no triton": 2} and s["kernels"] == {"dense: no triton": 2}
-    assert [ln for ln in P.format_stats(s).splitlines() if "kernel" in ln] == ["kernel: dense: no triton 2"]
+    assert [ln for ln in REP.format_stats(s).splitlines() if "kernel" in ln] == ["kernel: dense: no triton 2"]

@@ -22,7 +22,7 @@ if _why is None:
     LO = load_nodes_module("layer_overrides")
     CAP = load_nodes_module("capture")
     SA = load_nodes_module("sparse_attention")
-    RUN = load_nodes_module("run")
+    HOLDER = load_nodes_module("holder")
 
 
 # ------------------------------------------------------------------------------------- size bounds
@@ -221,7 +221,7 @@ def test_malformed_profile_json_any_depth_named(tmp_path, text, needle):
 def test_run_resolves_rules_to_a_table_once():
     text = "".join(f"{i % 40}: top_k={i % 500 + 1}\n" for i in range(700))[:lr.MAX_RULES_CHARS]
     rules = cw.parse_layer_rules(text)
-    run = RUN.AdaClusterRun(cw.make_config(), rules, "auto")
+    run = HOLDER.PatchHolder(cw.make_config(), rules, "auto").run
     run.config = cw.make_config()
     calls = []
     orig = type(rules).resolve

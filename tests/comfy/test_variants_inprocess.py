@@ -17,6 +17,7 @@ _why = comfy_inprocess()
 pytestmark = [pytest.mark.skipif(_why is not None, reason=str(_why)), pytest.mark.per_version]
 if _why is None:
     P = load_nodes_module("patcher")
+    CW = load_nodes_module("config_widgets")
     import comfy.ops
     import comfy.patcher_extension as pe
 
@@ -61,9 +62,9 @@ WAN = {
 
 
 def _all_clusters_run():
-    cfg = P.make_config(q_clusters=6, k_clusters=8, k_clusters_init=8, top_k=4096, warmup=0.0, min_tokens=0,
+    cfg = CW.make_config(q_clusters=6, k_clusters=8, k_clusters_init=8, top_k=4096, warmup=0.0, min_tokens=0,
                         dense_layer_fraction=0.0, calibration_dense=False, backend="torch")
-    run = P.AdaClusterRun(cfg, None, "auto")
+    run = P.PatchHolder(cfg, None, "auto")
     run.override = P.make_override(run)
     run.begin(None)
     return run
@@ -84,7 +85,7 @@ def _measure(dm, x, ctx, fkw, **extra):
 
     ref = fwd(False)
     err = (fwd(True) - ref).abs().max().item() / max(1.0, ref.abs().max().item())   # relative to the output scale
-    run.end(None)
+    P.end_run(run, None)
     return run.last_run, err
 
 
