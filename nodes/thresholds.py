@@ -2,6 +2,7 @@
 from comfy_api.latest import io
 
 from . import config_widgets
+from .core import AdaClusterConfig
 from .io_types import CATEGORY, AdaClusterConfigType
 from .validation import COMFY_CHECKS_V3_COMBOS, choice_error
 
@@ -43,6 +44,11 @@ TOOLTIPS = {
 }
 
 
+# widgets added after saved API-format prompts existed: optional, so such a prompt still validates and
+# the field keeps its config default when the input is absent
+OPTIONAL_WIDGETS = ("precision",)
+
+
 def all_widgets() -> dict:
     """widget name -> (kind, kwargs for the io input): TOOLTIPS order, then any config field added
     later (appended, generic tooltip). Ranges and options from the core's bounds table."""
@@ -56,7 +62,8 @@ def all_widgets() -> dict:
         if sp.kind == "bool":
             out[name] = ("bool", dict(default=bool(d), tooltip=tip))
         elif sp.kind == "choice":
-            out[name] = ("combo", dict(options=list(sp.choices), default=d, tooltip=tip))
+            out[name] = ("combo", dict(options=list(sp.choices), default=d, tooltip=tip,
+                                       **({"optional": True} if name in OPTIONAL_WIDGETS else {})))
         elif sp.kind == "int":
             lo = 0 if sp.optional else int(sp.lo)     # 0 = None
             out[name] = ("int", dict(default=0 if d is None else int(d), min=lo, max=int(sp.hi), tooltip=tip))
@@ -93,7 +100,7 @@ def build_config(**values):
         if specs[name].optional and v in (None, 0, 0.0):
             v = None
         kw[name] = v
-    return config_widgets.make_config(**kw)
+    return AdaClusterConfig(**kw)
 
 
 class AdaClusterThresholds(io.ComfyNode):

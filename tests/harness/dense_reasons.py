@@ -1,7 +1,7 @@
 """Every "dense because <reason>" string the AdaCluster Stats node can print, read from the source.
 
-The node modules record a reason for each call that does not run sparse (nodes/*.py: patcher.py's dense_reason(),
-families.py's call classification), and pass
+The node modules record a reason for each call that does not run sparse (nodes/*.py: plan.py's plan_call() / _blocking_reason()
+and its CallPlan(reason=...), families.py's call classification), and pass
 on the core's own reason when sparse_attention() falls back to dense (adacluster_core/api.py,
 clustering.py). Reasons built with f-strings are returned as templates with "…" for each
 placeholder (f"head_dim {D}" -> "head_dim …"), which is how the README writes them.
@@ -17,7 +17,7 @@ _REASON_ARGS = {"CallRecord": 4, "dense": 0, "MultiStageResult": 5}
 # functions returning (..., reason, ...) tuples: function -> tuple index of the reason
 _REASON_RETURNS = {"classify_call": 1, "detect_family": 1}
 # functions returning a reason (or None): every returned value counts
-_REASON_FUNCS = {"dense_reason", "_blocking_reason"}   # functions whose returns are Stats reasons
+_REASON_FUNCS = {"_blocking_reason"}   # functions whose returns are Stats reasons (nodes/plan.py)
 _REASON_TARGETS = {"reason", "mreason", "dense_reason"}
 
 
