@@ -112,7 +112,8 @@ LAUNCH_TABLE: tuple[Row, ...] = (
     Row("gather_quant", "any", (64, 4)),
 )
 KERNELS = ("varblock_attn", "kmeans_assign", "centroid_update", "gather_kv", "varblock_attn_fp8", "gather_quant")
-FLAGS = ("varblock_descriptors", "varblock_fp8_descriptors")   # K / V load paths (TMA or pointers)
+FLAGS = ("varblock_descriptors", "varblock_fp8_descriptors",   # K / V load paths (TMA or pointers)
+         "varblock_fp8_align")   # 16-row aligned chunk starts (default: with 8-bit V only)
 
 _OVERRIDES: dict = {}  # set by `launch_overrides` only (bench/, tests)
 

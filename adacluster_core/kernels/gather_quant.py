@@ -44,11 +44,11 @@ def _gather_quant_kernel(
     amax = tl.max(tl.abs(k), 1)
     ks = tl.where(amax > 0, amax / 448.0, 1.0)
     rr64 = rr.to(tl.int64)
-    tl.store(KQ + g64 * M * D + rr64[:, None] * D + rd[None, :], to_e4m3(k / ks[:, None], ROUND_FIRST),
+    tl.store(KQ + g64 * M * D + rr64[:, None] * D + rd[None, :], to_e4m3(tl.math.div_rn(k, ks[:, None]), ROUND_FIRST),
              mask=mr[:, None])
     tl.store(KS + g64 * M + rr, ks, mask=mr)
     v = tl.load(V + b * svb + h * svh + idx[:, None] * svn + rd[None, :], mask=mr[:, None], other=0.0).to(tl.float32)
-    v = v / tl.load(VSCALE + g64)
+    v = tl.math.div_rn(v, tl.load(VSCALE + g64) + tl.zeros_like(v))   # IEEE division: the torch form's bits
     # transposed store; rows M..MP-1 (the padding) are written as zeros by the last program
     mp = rr < MP
     tl.store(VQ + g64 * D * MP + rd[:, None].to(tl.int64) * MP + rr64[None, :], tl.trans(to_e4m3(v, ROUND_FIRST)),

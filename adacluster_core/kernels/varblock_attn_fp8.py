@@ -112,7 +112,7 @@ def _varblock_fp8_fwd(
     sq_b, sq_h, sq_n, so_b, so_h, so_n,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CQ_P2: tl.constexpr,
     R_P2: tl.constexpr, NUM_STAGES: tl.constexpr, HAS_TAIL: tl.constexpr, USE_DESC: tl.constexpr,
-    PV_FP8: tl.constexpr, QK_INT8: tl.constexpr, P_MUL: tl.constexpr, ROUND_FIRST: tl.constexpr,
+    PV_FP8: tl.constexpr, QK_INT8: tl.constexpr, P_MUL: tl.constexpr, ROUND_FIRST: tl.constexpr, ALIGN: tl.constexpr,
 ):
     tile = tl.program_id(0)
     g = tl.program_id(1)
@@ -172,16 +172,22 @@ def _varblock_fp8_fwd(
             e0 = tl.load(RE + rbase + r)
             # chunks start at multiples of 16 rows: the transposed 8-bit V is read along the key rows,
             # and TMA / vector loads need 16-byte aligned starts; the rows before s0 are masked
-            a0 = tl.multiple_of((s0 // 16) * 16, 16)
+            if ALIGN:
+                a0 = tl.multiple_of((s0 // 16) * 16, 16)
+            else:
+                a0 = s0
             start = a0
             if a0 < s0:
                 acc, m_i, l_i = _masked_chunk(acc, m_i, l_i, q8, row_scale, k_base, v_base, ks_base, a0, s0, e0,
                                               offs_n, offs_d, NKP, D, PV_FP8, QK_INT8, P_MUL, ROUND_FIRST)
                 start = a0 + BLOCK_N
-            start = tl.multiple_of(start, 16)
+            if ALIGN:
+                start = tl.multiple_of(start, 16)
             n_full = tl.maximum(e0 - start, 0) // BLOCK_N
             for j in tl.range(0, n_full, num_stages=NUM_STAGES):
-                c0 = tl.multiple_of(start + j * BLOCK_N, 16)
+                c0 = start + j * BLOCK_N
+                if ALIGN:
+                    c0 = tl.multiple_of(c0, 16)
                 rows = c0 + offs_n
                 if USE_DESC:
                     k = K_DESC.load([g_row + c0, 0])
@@ -198,7 +204,7 @@ def _varblock_fp8_fwd(
                 ks = tl.load(ks_base + rows)
                 acc, m_i, l_i = _attend8(acc, m_i, l_i, q8, k, v, row_scale, ks, offs_n,
                                          False, PV_FP8, QK_INT8, P_MUL, ROUND_FIRST)
-            c0 = tl.multiple_of(start + n_full * BLOCK_N, 16)
+            c0 = start + n_full * BLOCK_N
             if c0 < e0:
                 acc, m_i, l_i = _masked_chunk(acc, m_i, l_i, q8, row_scale, k_base, v_base, ks_base, c0, c0, e0,
                                               offs_n, offs_d, NKP, D, PV_FP8, QK_INT8, P_MUL, ROUND_FIRST)
@@ -285,6 +291,7 @@ def _launch(out, q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, ra
         D=D, BLOCK_M=BM, BLOCK_N=BN, CQ_P2=max(next_pow2(Cq), 2), R_P2=max(next_pow2(R), 2),
         NUM_STAGES=stages, HAS_TAIL=has_tail, USE_DESC=use_desc, PV_FP8=pv_fp8,
         QK_INT8=kq.dtype == torch.int8, P_MUL=float(p_scale) if pv_fp8 else 1.0, ROUND_FIRST=interpreting(),
+        ALIGN=bool(launch_override("varblock_fp8_align", pv_fp8)),
         num_warps=warps, num_stages=stages,
     )
 
