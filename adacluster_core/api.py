@@ -49,20 +49,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "triton" if triton_usable(device) else "dense"
 
 
-FP8_HEAD_DIMS = (64, 128)
-
-
-def resolve_precision(precision: str, backend: str, device: torch.device, head_dim: int) -> str:
-    """The precision a sparse call runs: "fp8" where asked ("fp8", or "auto" on a GPU with fp8
-    tensor cores: compute capability 8.9+) and the head dim has an 8-bit launch config; "fp8" on the
-    CPU runs the interpreter kernel / the torch emulation (tests); else "bf16" (q's dtype)."""
-    if precision == "bf16" or head_dim not in FP8_HEAD_DIMS:
-        return "bf16"
-    if device.type == "cuda" and backend == "triton":
-        return "fp8" if torch.cuda.get_device_capability(device) >= (8, 9) else "bf16"
-    return "fp8" if precision == "fp8" else "bf16"
-
-
 NO_TRITON = "dense: no triton"
 NON_FINITE = "non-finite input"
 OVERFLOW = "overflow (float32 range)"
@@ -375,8 +361,7 @@ def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: f
     rq, rk, stage = _cluster(q_clu, k_clu, Cq, Ck, k_init, cfg, state, ignore, backend, check)
     sel = _select(q_clu, rq, rk, cfg, sc, n_keys=(Nv if ignore is None else None))
     layout = build_layout(q, k, v, rq, rk, sel, scale=sc, dense_range=(r0, r1), masked_dense=masked_t,
-                          pooled=cfg.pooled_tail, backend=backend, kv_rows=kv_rows,
-                          precision=resolve_precision(cfg.precision, backend, dev, D))
+                          pooled=cfg.pooled_tail, backend=backend, kv_rows=kv_rows)
     out, attn_name = run_layout(layout, backend, out=out)  # [B, H, N, D], q's dtype
 
     density = layout.pairs().div(float(G * N * N))  # int64 / float: float32 (the default dtype)
@@ -388,8 +373,7 @@ def _sparse(q, k, v, cfg: AdaClusterConfig, state: Optional[ClusterState], sc: f
         state.calls += 1
     stats = _stats(cfg, dev, density=density, q_clusters=Cq, k_clusters=Ck, dense=False, reason="",
                    top_k=(sel.shape[-1] if cfg.selection != "top_p" else 0), stage=stage,
-                   backend=backend, attention=attn_name, n_clustered=Nv, pooled_tail=cfg.pooled_tail,
-                   precision=layout.precision)
+                   backend=backend, attention=attn_name, n_clustered=Nv, pooled_tail=cfg.pooled_tail)
     if cfg.selection == "top_p":
         stats["top_p"] = cfg.top_p
     return out, stats

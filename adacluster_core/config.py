@@ -12,7 +12,6 @@ SELECTIONS = ("tensorquest", "top_p", "centroid")
 BACKENDS = ("auto", "triton", "torch")
 MODELS = ("wan", "hunyuan", "cogvideox", "h3")
 PRESETS = ("quality", "balanced", "fast")
-PRECISIONS = ("bf16", "fp8", "auto")
 # the pack's model family (nodes/families.py detection, capture metadata) -> the core model whose
 # preset it runs: the one family map, read by the nodes (config_widgets.py) and the tuner (tune.py)
 FAMILY_MODEL = {"wan": "wan", "hunyuan": "hunyuan", "hunyuan15": "hunyuan", "cogvideox": "cogvideox", "h3": "h3"}
@@ -84,7 +83,6 @@ FIELD_SPECS: dict[str, FieldSpec] = {
     "warmup": FieldSpec("float", 0.0, 1.0),
     "dense_layer_fraction": FieldSpec("float", 0.0, 0.99),
     "pooled_tail": FieldSpec("bool"),
-    "precision": FieldSpec("choice", choices=PRECISIONS),
 }
 
 
@@ -117,11 +115,6 @@ class AdaClusterConfig:
                         (its centroid, logit bias log|j|, value = mean of its values), so the
                         softmax still sees Σ_{k∈j} exp(q·k) ≈ |j|·exp(q·c_j). Field default
                         False (exact-attention semantics over the selected clusters).
-      precision         "bf16" | "fp8" | "auto": the attention kernel's Q·K and P·V in q's dtype, or in
-                        8 bits (e4m3 with per-row key / query scales, keys shifted by their mean:
-                        adacluster_core/quant.py). "auto" = fp8 where the GPU has fp8 tensor cores
-                        (compute capability 8.9+), else bf16; "fp8" also runs the emulation on the
-                        CPU. Field default "bf16".
     Call-level:
       min_tokens        sequences shorter than this run dense (default 1024 [choice]: below
                         that the clustering overhead exceeds the attention it saves; tests use 0).
@@ -152,7 +145,6 @@ class AdaClusterConfig:
     warmup: float = 0.3
     dense_layer_fraction: float = 0.15
     pooled_tail: bool = False
-    precision: str = "bf16"
 
     def __post_init__(self) -> None:
         for name, spec in FIELD_SPECS.items():

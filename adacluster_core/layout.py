@@ -95,14 +95,6 @@ class Layout(NamedTuple):
     tail_values: Optional[torch.Tensor] = None
     tail_bias: Optional[torch.Tensor] = None
     k_index: Optional[torch.Tensor] = None
-    # 8-bit layout (precision "fp8"): k_rows e4m3 [G, Nk, D] (keys minus their mean, per row scaled),
-    # v_rows e4m3 [G, D, Nkp] (transposed), their scales; tail keys shifted and tail values scaled alike
-    k_scale: Optional[torch.Tensor] = None
-    v_scale: Optional[torch.Tensor] = None
-
-    @property
-    def precision(self) -> str:
-        return "bf16" if self.k_scale is None else "fp8"
 
     def pairs(self) -> torch.Tensor:
         """Query-key pairs the kernel computes (0-dim int64; virtual keys with a finite bias
@@ -148,7 +140,7 @@ def pooled_tail(v_clustered: torch.Tensor, rk, sel: torch.Tensor, dtype: torch.d
 
 def build_layout(q, k, v, rq, rk, sel, *, scale: float, dense_range: tuple[int, int],
                  masked_dense: Optional[torch.Tensor], pooled: bool, backend: str,
-                 kv_rows: Optional[str] = None, precision: str = "bf16") -> Layout:
+                 kv_rows: Optional[str] = None) -> Layout:
     """Turn the clusters and the selection into the kernel's layout.
 
     q, k, v [B, H, N, D]; rq / rk: `clustering.KMeansResult` of the clustered queries / keys
@@ -157,8 +149,7 @@ def build_layout(q, k, v, rq, rk, sel, *, scale: float, dense_range: tuple[int, 
     form one extra range of every query cluster; their queries form one extra query cluster
     that attends every unmasked key. masked_dense: bool [G, r1 - r0] masked always-dense keys
     (moved behind the valid ones, outside the extra range). kv_rows: "indexed" | "copied"
-    (default: the module's KV_ROWS). q, k, v are never copied in "indexed" mode. precision "fp8":
-    K / V copies in 8 bits (`quant`; copied mode only: "indexed" stays in q's dtype). No host sync.
+    (default: the module's KV_ROWS). q, k, v are never copied in "indexed" mode. No host sync.
     """
     mode = KV_ROWS if kv_rows is None else kv_rows
     if mode not in KV_MODES:
@@ -209,8 +200,6 @@ def build_layout(q, k, v, rq, rk, sel, *, scale: float, dense_range: tuple[int, 
         perm_q = rq.perm.to(torch.int32)
         q_off = rq.offsets[:, :Cq + 1]  # all of it without a key mask (no copy below)
     k_index = None
-    if precision == "fp8" and mode == "copied":
-        return _fp8_layout(q, k, v, kidx, rk, sel, (r0, r1), pooled, backend, perm_q, q_off, rs, re, scale)
     if mode == "indexed":
         k_rows, v_rows, k_index = k, v, kidx.contiguous()
     elif backend == "triton":  # the custom op: Triton on CUDA, the interpreter or the reference on the CPU
@@ -225,56 +214,18 @@ def build_layout(q, k, v, rq, rk, sel, *, scale: float, dense_range: tuple[int, 
                   float(scale), *tail, k_index)
 
 
-def _fp8_layout(q, k, v, kidx, rk, sel, dense_range, pooled, backend, perm_q, q_off, rs, re, scale) -> Layout:
-    """build_layout's 8-bit K / V: one fused gather + quantise on the triton backend, its torch form
-    (`quant.quantize_kv` of the gathered rows) on the reference one."""
-    from .quant import kv_stats
-
-    k_mean, v_scale = kv_stats(k, v)
-    if backend == "triton":
-        from .kernels.gather_quant import gather_quant_kv
-        kq, k_scale, vq = gather_quant_kv(k, v, kidx, k_mean, v_scale)
-    else:
-        kq, k_scale, vq = ref.gather_quant_kv_ref(k, v, kidx, k_mean, v_scale)
-    tail = (None, None, None)
-    if pooled:
-        tk, tv, tb = pooled_tail(split_rows(v, dense_range[0], dense_range[1])[0], rk, sel, torch.float32, backend)
-        G, _, D = tk.shape
-        tail = ((tk - k_mean.view(G, 1, D)).to(q.dtype), (tv / v_scale.view(G, 1, 1)).to(q.dtype), tb)
-    return Layout(q, kq, vq, perm_q.contiguous(), q_off.contiguous(), rs.contiguous(), re.contiguous(),
-                  float(scale), *tail, None, k_scale, v_scale)
-
-
 def run_layout(layout: Layout, backend: str, out: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, str]:
     """The attention over a layout: (out, kernel name "triton" | "reference"). The result has
     layout.q's shape ([B, H, N, D]) and memory order, or is written into `out` (q's shape, any
     strides) and returned. backend "triton": the custom op, whose device dispatch picks the
     implementation (Triton on CUDA; on the CPU the interpreter under TRITON_INTERPRET=1, else the
-    fp32 reference: kernels/_common.register_cpu); "torch": the torch reference on any device.
-    An 8-bit layout (precision "fp8") runs `kernels.varblock_attn_fp8` / its torch emulation."""
-    if layout.precision == "fp8":
-        return _run_fp8(layout, backend, out)
+    fp32 reference: kernels/_common.register_cpu); "torch": the torch reference on any device."""
     if backend == "triton":
         from .kernels.varblock_attn import varblock_attention  # needs Triton: api.resolve_backend checked
-        return varblock_attention(*layout[:12], out=out), "triton"
-    res = ref.varblock_attention_ref(*layout[:12])
+        return varblock_attention(*layout, out=out), "triton"
+    res = ref.varblock_attention_ref(*layout)
     if out is None:
         return res, "reference"
     out.copy_(res)
     return out, "reference"
 
-
-def _run_fp8(layout: Layout, backend: str, out: Optional[torch.Tensor]) -> tuple[torch.Tensor, str]:
-    from .quant import P_SCALE
-
-    L = layout
-    args = (L.q, L.k_rows, L.k_scale, L.v_rows, L.v_scale, L.perm_q, L.q_offsets, L.range_start, L.range_end,
-            L.scale, L.tail_keys, L.tail_values, L.tail_bias)
-    if backend == "triton":
-        from .kernels.varblock_attn_fp8 import varblock_attention_fp8
-        return varblock_attention_fp8(*args, out=out, p_scale=P_SCALE), "triton-fp8"
-    res = ref.varblock_attention_fp8_ref(*args, p_scale=P_SCALE)
-    if out is None:
-        return res, "reference-fp8"
-    out.copy_(res)
-    return out, "reference-fp8"

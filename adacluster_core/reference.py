@@ -9,7 +9,6 @@ import torch
 
 from .kernels.torch_ref import (centroid_update_ref, cluster_bounds_ref, gather_kv_ref,  # noqa: F401
                                 kmeans_assign_ref, varblock_attention_ref)
-from .kernels.torch_ref_fp8 import gather_quant_kv_ref, varblock_attention_fp8_ref  # noqa: F401
 
 
 def dense_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,

@@ -1,4 +1,5 @@
-"""The 8-bit kernel steps, one by one, on the same layout (GPU): issue 27's measurements.
+"""The 8-bit kernel steps, one by one, on the same layout (GPU): issue 27's measurements (the experiment
+in bench/fp8/, stopped by its rule: docs/KERNEL_NOTES.md "fp8").
 
     python bench/fp8_steps.py [--shapes wan14b,h3_15s] [--preset balanced] [--steps all|name,name]
 
@@ -22,10 +23,9 @@ import torch  # noqa: E402
 
 from adacluster_core import ClusterState, api, sparse_attention  # noqa: E402
 from adacluster_core import layout as lay  # noqa: E402
-from adacluster_core.kernels.varblock_attn_fp8 import varblock_attention_fp8  # noqa: E402
-from adacluster_core.kernels._common import launch_overrides  # noqa: E402
-from adacluster_core.kernels.gather_quant import gather_quant_kv  # noqa: E402
-from adacluster_core.quant import P_SCALE, kv_stats, quantize_kv  # noqa: E402
+from bench.fp8.attn_kernel import varblock_attention_fp8  # noqa: E402
+from bench.fp8.gather_quant import gather_quant_kv  # noqa: E402
+from bench.fp8.torch_ref import P_SCALE, kv_stats, quantize_kv  # noqa: E402
 from bench.attn_speed import reuse_layout, variant_config  # noqa: E402
 from bench.inputs import SHAPES, bench_ms, dense_cudnn, dense_range, env_header, make_inputs, rel_err_rows  # noqa: E402
 
@@ -73,9 +73,9 @@ def run_step(L, qkv, kw, config, desc, align=None):
         tv = (L.tail_values.float() / vs[:, None, None]).to(L.q.dtype)
 
     def call():
-        with launch_overrides(varblock_attn_fp8=config, varblock_fp8_descriptors=desc, varblock_fp8_align=align):
-            return varblock_attention_fp8(L.q, kq, ks, vq, vs, L.perm_q, L.q_offsets, L.range_start, L.range_end,
-                                          L.scale, tk, tv, L.tail_bias, p_scale=P_SCALE)
+        return varblock_attention_fp8(L.q, kq, ks, vq, vs, L.perm_q, L.q_offsets, L.range_start, L.range_end,
+                                      L.scale, tk, tv, L.tail_bias, p_scale=P_SCALE, config=config,
+                                      descriptors=desc, align=align)
     t_quant = bench_ms(lambda: quantise(L, qkv, kw), warmup=3, rep=10)
     return call(), bench_ms(call), t_quant
 
@@ -108,7 +108,6 @@ def run_shape(name, preset, steps, log):
         try:
             out, ms, tq = run_step(L_idx if qkw.get("kernel") else L, qkv, qkw, config, desc, *align)
         except Exception as exc:  # a step that does not compile on this card is a row, not a crash
-            import traceback; traceback.print_exc()
             log(f"[{name}] {s}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
             continue
         e = rel_err_rows(out[0], q[0], k[0], v[0], rows)
@@ -128,8 +127,8 @@ def check(log) -> bool:
     random layouts (tests/core/test_fp8.py) at D 64 / 128, P·V in bf16 and fp8, with and without a
     pooled tail, plus the fused gather + quantise vs its torch form, bit for bit."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-    from core.test_fp8 import _case, _fp8_args  # noqa: E402
-    from adacluster_core.reference import varblock_attention_fp8_ref
+    from core.test_fp8_experiment import _case, _fp8_args  # noqa: E402
+    from bench.fp8.torch_ref import varblock_attention_fp8_ref
 
     ok = True
     for D in (64, 128):

@@ -20,7 +20,7 @@ for w in $what; do
       python3 bench/fp8_steps.py --check --shapes ${FP8_SHAPES:-wan14b,h3_15s} --steps ${FP8_STEPS:-fp8-qk,fp8,fp8-kgroup,fp8-nosmooth,fp8-gather,fp8-bn128,fp8-w4,int8qk-fp8pv} \
         2>&1 | tee "$OUT/fp8_steps.log" ;;
     peers)
-      python3 bench/peer_attn.py --shapes ${PEER_SHAPES:-wan14b,h3_15s} --precisions ${PEER_PRECISIONS:-bf16,fp8} --densities ${PEER_DENSITIES:-0.07,0.1,0.15,0.25} \
+      python3 bench/peer_attn.py --shapes ${PEER_SHAPES:-wan14b,h3_15s} --densities ${PEER_DENSITIES:-0.07,0.1,0.15,0.25} \
         --json "$OUT/peers.json" 2>&1 | tee "$OUT/peers.log" ;;
   esac
 done

@@ -1,12 +1,13 @@
 """Peers side by side (GPU, one process, same card and inputs): the speed / error plane of issue 27.
 
     python bench/peer_attn.py [--shapes wan14b,h3_15s] [--densities 0.05,0.07,0.1,0.15,0.25]
-                              [--precisions bf16,fp8] [--taus 0.5,0.7,1.0,1.3] [--json FILE]
+                              [--taus 0.5,0.7,1.0,1.3] [--json FILE]
 
 Rows per shape: cuDNN SDPA bf16 (the baseline), comfy_kitchen's dense `int8_attention`, comfy_kitchen's
 `sol_attn` (sparse, int8) at several tau (1.0 is its default), SageAttention (PyPI `sageattention`,
 Triton int8 QK), and AdaCluster's reuse call (warm ClusterState, the public `sparse_attention`) over
-max_density per precision. Error: rel. L2 vs fp32 dense on 512 random query rows. A peer that is not
+max_density (bf16; the fp8 curve of docs/img/speed_error_plane_h100.png was measured at commit
+013776e, when the stopped fp8 experiment of issue 27 was still behind a `precision` setting). Error: rel. L2 vs fp32 dense on 512 random query rows. A peer that is not
 importable is a row saying so. `--json` writes the points for `bench/plot_plane.py`.
 """
 from __future__ import annotations
@@ -82,26 +83,24 @@ def sage_points(name, q, k, v, rows, t_dense, log):
         return []
 
 
-def ours_points(name, q, k, v, rows, t_dense, densities, precisions, log):
+def ours_points(name, q, k, v, rows, t_dense, densities, log):
     H, N, D, text, _, model = SHAPES[name]
     pts = []
-    for prec in precisions:
-        for md in densities:
-            cfg = AdaClusterConfig.for_model(model, "balanced").replace(max_density=md, precision=prec)
-            kw = dict(config=cfg, always_dense_range=dense_range(name)) if text else dict(config=cfg)
-            st = ClusterState()
-            try:
-                sparse_attention(q, k, v, state=st, **kw)
-                out, stats = sparse_attention(q, k, v, state=st, **kw)
-                t = bench_ms(lambda: sparse_attention(q, k, v, state=st, **kw))
-            except Exception as exc:  # noqa: BLE001 - a row, not a crash
-                log(f"[{name}] AdaCluster {prec} max_density={md} FAILED {type(exc).__name__}: {str(exc)[:300]}")
-                continue
-            e = rel_err_rows(out[0], q[0], k[0], v[0], rows)
-            ran = stats.get("precision", prec)
-            pts.append(_point(name, f"AdaCluster {ran}", f"max_density={md}", t, t_dense, e, float(stats["density"])))
-            log(f"[{name}] AdaCluster {ran} max_density={md}: {t:.2f} ms {t_dense / t:.2f}x err {e:.4f} "
-                f"density {float(stats['density']):.3f}")
+    for md in densities:
+        cfg = AdaClusterConfig.for_model(model, "balanced").replace(max_density=md)
+        kw = dict(config=cfg, always_dense_range=dense_range(name)) if text else dict(config=cfg)
+        st = ClusterState()
+        try:
+            sparse_attention(q, k, v, state=st, **kw)
+            out, stats = sparse_attention(q, k, v, state=st, **kw)
+            t = bench_ms(lambda: sparse_attention(q, k, v, state=st, **kw))
+        except Exception as exc:  # noqa: BLE001 - a row, not a crash
+            log(f"[{name}] AdaCluster max_density={md} FAILED {type(exc).__name__}: {str(exc)[:300]}")
+            continue
+        e = rel_err_rows(out[0], q[0], k[0], v[0], rows)
+        pts.append(_point(name, "AdaCluster bf16", f"max_density={md}", t, t_dense, e, float(stats["density"])))
+        log(f"[{name}] AdaCluster max_density={md}: {t:.2f} ms {t_dense / t:.2f}x err {e:.4f} "
+            f"density {float(stats['density']):.3f}")
     return pts
 
 
@@ -109,7 +108,6 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="wan14b,h3_15s")
     ap.add_argument("--densities", default="0.05,0.07,0.1,0.15,0.25")
-    ap.add_argument("--precisions", default="bf16,fp8")
     ap.add_argument("--taus", default="0.5,0.7,1.0,1.3")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -127,7 +125,7 @@ def main(argv=None):
         pts += kitchen_points(name, q, k, v, rows, t_dense, [float(x) for x in a.taus.split(",")], log)
         pts += sage_points(name, q, k, v, rows, t_dense, log)
         pts += ours_points(name, q, k, v, rows, t_dense, [float(x) for x in a.densities.split(",")],
-                           a.precisions.split(","), log)
+                           log)
         del q, k, v
         torch.cuda.empty_cache()
     if a.json:

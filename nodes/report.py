@@ -19,8 +19,7 @@ def rss_mb() -> float | None:
         return None
 
 
-_KERNEL_NAMES = {"triton": "Triton", "reference": "torch reference (correct, not faster than dense)",
-                 "triton-fp8": "Triton fp8", "reference-fp8": "torch fp8 emulation (correct, not faster than dense)"}
+_KERNEL_NAMES = {"triton": "Triton", "reference": "torch reference (correct, not faster than dense)"}
 
 
 def kernel_line(kernels: dict) -> str:
@@ -29,7 +28,7 @@ def kernel_line(kernels: dict) -> str:
     parts = []
     for k, v in sorted(kernels.items(), key=lambda kv: -kv[1]):
         interp = " through the Triton interpreter (CPU, TRITON_INTERPRET=1)" \
-            if k in ("triton", "triton-fp8") and os.environ.get("TRITON_INTERPRET") == "1" else ""
+            if k == "triton" and os.environ.get("TRITON_INTERPRET") == "1" else ""
         parts.append(f"{_KERNEL_NAMES.get(k, k)} {v}{interp}")
     return "kernel: " + ", ".join(parts)
 

@@ -38,15 +38,7 @@ TOOLTIPS = {
     "pooled_tail": "Pooled tail: every unselected key cluster still enters the softmax as one pooled key (its centroid, "
                    "weighted by its size, value = its mean value). Much lower error at the same density; off = attend "
                    "to the selected clusters only (the paper).",
-    "precision": "Sparse kernel arithmetic: bf16 = the model's dtype; fp8 = Q.K and P.V in 8-bit floats (e4m3, "
-                 "GPUs with fp8 tensor cores: compute capability 8.9+, else bf16); auto = fp8 where the GPU has "
-                 "them. The Stats node names the kernel that ran.",
 }
-
-
-# widgets added after saved API-format prompts existed: optional, so such a prompt still validates and
-# the field keeps its config default when the input is absent
-OPTIONAL_WIDGETS = ("precision",)
 
 
 def all_widgets() -> dict:
@@ -62,8 +54,7 @@ def all_widgets() -> dict:
         if sp.kind == "bool":
             out[name] = ("bool", dict(default=bool(d), tooltip=tip))
         elif sp.kind == "choice":
-            out[name] = ("combo", dict(options=list(sp.choices), default=d, tooltip=tip,
-                                       **({"optional": True} if name in OPTIONAL_WIDGETS else {})))
+            out[name] = ("combo", dict(options=list(sp.choices), default=d, tooltip=tip))
         elif sp.kind == "int":
             lo = 0 if sp.optional else int(sp.lo)     # 0 = None
             out[name] = ("int", dict(default=0 if d is None else int(d), min=lo, max=int(sp.hi), tooltip=tip))
@@ -118,13 +109,13 @@ class AdaClusterThresholds(io.ComfyNode):
 
     # ComfyUI's own validation checks min / max (from the bounds table) of the numeric widgets,
     # naming the widget; a validate_inputs with **kwargs would switch that off for every input.
-    # Only the combos are checked here, and only where ComfyUI does not (validation.py).
+    # Only the two combos are checked here, and only where ComfyUI does not (validation.py).
     # Values arriving through links are checked by the config in execute (ValueError naming it).
     if not COMFY_CHECKS_V3_COMBOS:
         @classmethod
-        def validate_inputs(cls, selection=None, backend=None, precision=None):
+        def validate_inputs(cls, selection=None, backend=None):
             specs = config_widgets.config_specs()
-            for name, val in (("selection", selection), ("backend", backend), ("precision", precision)):
+            for name, val in (("selection", selection), ("backend", backend)):
                 err = choice_error(name, val, specs[name].choices)
                 if err:
                     return f"AdaCluster Thresholds: {err}"

@@ -21,10 +21,6 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-FP8_MAX = 448.0    # largest finite e4m3 (float8_e4m3fn)
-INT8_MAX = 127.0
-P_SCALE = 448.0    # the 8-bit kernel casts P in [0, 1] as P x 448: probabilities down to ~4e-6 stay non-zero
-
 
 def interpreting() -> bool:
     """TRITON_INTERPRET=1: Triton kernels run in numpy on the CPU."""
@@ -102,18 +98,9 @@ LAUNCH_TABLE: tuple[Row, ...] = (
     # gather_kv: row copies, 32 rows x 4 warps on every GPU (0.75 ms at Wan-14B on H200)
     Row("gather_kv", "interpreter", (16, 4)),
     Row("gather_kv", "any", (32, 4)),
-    # varblock_attn_fp8 (BLOCK_M, BLOCK_N, num_warps, num_stages): fp8 tensor cores (8.9+) only;
-    # bench/fp8_steps.py measures the alternatives (docs/KERNEL_NOTES.md, "fp8")
-    Row("varblock_attn_fp8", "interpreter", (16, 16, 4, 1)),
-    Row("varblock_attn_fp8", "any", (128, 64, 4, 3), head_dims=(64,)),
-    Row("varblock_attn_fp8", "any", (128, 64, 8, 3), head_dims=(128,)),
-    # gather_quant (BLOCK_R, num_warps): 64 rows so that the transposed V store writes 64-byte runs
-    Row("gather_quant", "interpreter", (16, 4)),
-    Row("gather_quant", "any", (64, 4)),
 )
-KERNELS = ("varblock_attn", "kmeans_assign", "centroid_update", "gather_kv", "varblock_attn_fp8", "gather_quant")
-FLAGS = ("varblock_descriptors", "varblock_fp8_descriptors",   # K / V load paths (TMA or pointers)
-         "varblock_fp8_align")   # 16-row aligned chunk starts (default: with 8-bit V only)
+KERNELS = ("varblock_attn", "kmeans_assign", "centroid_update", "gather_kv")
+FLAGS = ("varblock_descriptors",)   # the attention kernel's K / V load path (TMA or pointers)
 
 _OVERRIDES: dict = {}  # set by `launch_overrides` only (bench/, tests)
 
@@ -162,8 +149,8 @@ def launch_override(name: str, default=None):
 def launch_overrides(**configs):
     """Override launch configs inside a `with` block (bench/ sweeps and the tests only; the
     library never calls it): `launch_overrides(varblock_attn=(64, 64, 4, 3))`, keys from KERNELS,
-    values the kernel's config tuple, plus `varblock_descriptors` / `varblock_fp8_descriptors` = True |
-    False (the K / V load path of the attention kernels). Process-wide and not thread-safe: single-threaded scripts only."""
+    values the kernel's config tuple, plus `varblock_descriptors=True | False` (the K / V load path
+    of the attention kernel). Process-wide and not thread-safe: single-threaded scripts only."""
     unknown = set(configs) - set(KERNELS) - set(FLAGS)
     if unknown:
         raise ValueError(f"launch_overrides: unknown names {sorted(unknown)}")

@@ -9,8 +9,8 @@
 
 Returns ``kq`` e4m3 ``[G, M, D]`` (k - k_mean, divided by one scale per row, ``k_scale fp32 [G, M]``) and
 ``vq`` e4m3 ``[G, D, Mp]``: the values transposed (Mp = M rounded up to 16, zeros after M), K-major for
-the P·V product of fp8 MMA. The torch equivalent is `adacluster_core.quant.quantize_kv` of the gathered
-rows; the interpreter rounds in fp32 first (`_fp8.to_e4m3`).
+the P·V product of fp8 MMA. The torch equivalent is `torch_ref.quantize_kv` of the gathered
+rows; the interpreter rounds in fp32 first (`_e4m3.to_e4m3`).
 """
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import as_bhnd, capability, interpreting, launch_config, register_cpu
-from ._fp8 import to_e4m3
-from .torch_ref_fp8 import gather_quant_kv_ref
+from adacluster_core.kernels._common import as_bhnd, interpreting
+
+from ._e4m3 import to_e4m3
+from .torch_ref import gather_quant_kv_ref
 
 
 @triton.jit
@@ -76,7 +77,7 @@ def _launch(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, k_mean: torch.T
         k4 = k4.contiguous()
     if v4.stride(3) != 1:
         v4 = v4.contiguous()
-    BLOCK_R, warps = launch_config("gather_quant", D, k4.dtype, capability(k4.device))
+    BLOCK_R, warps = (16, 4) if interpreting() else (64, 4)   # 64 rows: the transposed V store writes 64-byte runs
     grid = (triton.cdiv(Mp, BLOCK_R), G)
     _gather_quant_kernel[grid](
         k4, v4, idx, k_mean.float().contiguous(), v_scale.float().contiguous(), kq, ks, vq,
@@ -86,24 +87,11 @@ def _launch(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, k_mean: torch.T
     return kq, ks, vq
 
 
-@torch.library.custom_op("adacluster::gather_quant_kv", mutates_args=(), device_types="cuda")
-def _gather_quant_op(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, k_mean: torch.Tensor,
-                     v_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _launch(k, v, idx, k_mean, v_scale)
-
-
-@_gather_quant_op.register_fake
-def _(k, v, idx, k_mean, v_scale):
-    G, M, D = idx.shape[0], idx.shape[1], k.shape[-1]
-    Mp = (M + 15) // 16 * 16
-    return (k.new_empty(G, M, D, dtype=torch.float8_e4m3fn), k.new_empty(G, M, dtype=torch.float32),
-            k.new_empty(G, D, Mp, dtype=torch.float8_e4m3fn))
-
-
-register_cpu(_gather_quant_op, _launch, gather_quant_kv_ref)
-
-
 def gather_quant_kv(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, k_mean: torch.Tensor,
                     v_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Shapes in the module docstring (the op ``adacluster::gather_quant_kv``). No host sync."""
-    return _gather_quant_op(k, v, idx, k_mean.float().contiguous(), v_scale.float().contiguous())
+    """Shapes in the module docstring. The Triton kernel on CUDA and under TRITON_INTERPRET=1, else the
+    torch form. No host sync."""
+    k_mean, v_scale = k_mean.float().contiguous(), v_scale.float().contiguous()
+    if k.is_cuda or interpreting():
+        return _launch(k, v, idx, k_mean, v_scale)
+    return gather_quant_kv_ref(k, v, idx, k_mean, v_scale)

@@ -1,6 +1,12 @@
-"""The fp32 torch form of the 8-bit kernels (`varblock_attn_fp8`, `gather_quant`): each op's CPU kernel
-without the interpreter, the `torch` backend's fp8 path and the ground truth of their tests and GPU
-check. Imports torch only (the kernels' layer rule); `adacluster_core.quant` / `.reference` re-export it.
+"""The fp32 torch form of the 8-bit experiment's kernels (`attn_kernel`, `gather_quant`; issue 27, stopped:
+docs/KERNEL_NOTES.md "fp8"): the quantisation, the per-(batch, head) statistics it needs, and the
+emulation `tests/core/test_fp8_experiment.py` and `bench/fp8_steps.py --check` compare the kernels with.
+
+Scales (one per key row, one per query row, one per (batch, head) for V) only keep values inside the
+8-bit range: e4m3 is a float format, so its relative rounding (3 mantissa bits) is the same at every
+magnitude. Keys are shifted by their mean over the sequence first: that adds the same q·mean to every
+logit of a query row (the softmax is unchanged) and removes the large shared component that would
+otherwise set the rounding error of every key.
 
 Emulated by `varblock_attention_fp8_ref`: the query rows rounded in the kernel (one scale per row),
 the keys / values as the gather step stored them, P rounded to e4m3 as P x p_scale (relative to the
@@ -12,7 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from ._common import FP8_MAX, INT8_MAX, P_SCALE
+FP8_MAX = 448.0    # largest finite e4m3 (float8_e4m3fn)
+INT8_MAX = 127.0
+P_SCALE = 448.0    # P in [0, 1] is cast as P x 448: probabilities down to ~4e-6 stay non-zero
 
 def _scale(amax: torch.Tensor, qmax: float) -> torch.Tensor:
     return torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
@@ -127,3 +135,14 @@ def varblock_attention_fp8_ref(q, kq, k_scale, vq, v_scale, perm_q, q_offsets, r
             o = o * v_scale[g] / torch.where(l > 0, l, torch.ones_like(l))
             out[g, qr] = torch.where(l > 0, o, torch.zeros_like(o))
     return out.reshape(shape).to(q.dtype)
+
+
+def kv_stats(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k, v ``[B, H, N, D]`` (any strides) -> (k_mean fp32 [G, D]: the keys' mean over the sequence,
+    v_scale fp32 [G]: max |v| / 448 per (batch, head)). Reductions only: no copy of k or v."""
+    B, H, N, D = k.shape
+    k_mean = k.mean(dim=2, dtype=torch.float32).reshape(B * H, D)
+    vmax = torch.maximum(v.amax(dim=(2, 3)), -v.amin(dim=(2, 3))).float().reshape(B * H)
+    return k_mean, _scale(vmax, FP8_MAX)
+
+

@@ -1,10 +1,13 @@
-"""8-bit variant of the variable-block sparse attention (Triton, GPUs with fp8 tensor cores).
+"""8-bit variant of the variable-block sparse attention (Triton, GPUs with fp8 tensor cores): the issue-27
+experiment, stopped by its own rule (docs/KERNEL_NOTES.md, "fp8"): slower than the bf16 kernel on H100 and
+over the error budget with P·V in fp8. Kept in bench/ so the measurements can be rerun
+(bench/fp8_steps.py); the pack never imports it.
 
     out = varblock_attention_fp8(q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start,
                                  range_end, scale, tail_keys=None, tail_values=None, tail_bias=None)
 
 Same layout and result as `varblock_attn.varblock_attention` (shapes in its docstring), with K and
-V given already quantised by the gather step (`adacluster_core.quant.quantize_kv`):
+V given already quantised by the gather step (`gather_quant.gather_quant_kv` / `torch_ref.quantize_kv`):
 
 * ``kq [G, Nk, D]`` e4m3 (or int8) keys in cluster order, shifted by their per-group mean (a
   constant per query row in the logits, so the softmax is unchanged) and divided by
@@ -17,20 +20,17 @@ V given already quantised by the gather step (`adacluster_core.quant.quantize_kv
 * the pooled tail (virtual keys, a small block) stays in q's dtype: ``tail_keys`` shifted by the
   same mean, ``tail_values`` divided by ``v_scale``.
 
-The torch emulation of this arithmetic is `torch_ref_fp8.varblock_attention_fp8_ref` (the op's CPU
-kernel without the interpreter).
+The torch emulation of this arithmetic is `torch_ref.varblock_attention_fp8_ref`.
 """
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import capability, interpreting, launch_config, launch_override, next_pow2, register_cpu
-from ._fp8 import to_e4m3
-from .torch_ref_fp8 import varblock_attention_fp8_ref
+from adacluster_core.kernels._common import interpreting, next_pow2
+
+from ._e4m3 import to_e4m3
 
 LOG2E = 1.4426950408889634
 
@@ -239,17 +239,21 @@ def _descriptor(x2: torch.Tensor, block: list[int]):
     return TensorDescriptor(x2, list(x2.shape), [x2.stride(0), 1], block)
 
 
-def _use_descriptors(device: torch.device) -> bool:
-    """TMA loads on Hopper and newer; the interpreter runs the same path. bench/ forces either with
-    `launch_overrides(varblock_fp8_descriptors=...)`."""
-    forced = launch_override("varblock_fp8_descriptors")
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per head dim, the bf16 kernel's Hopper rows (the alternatives
+# measured in docs/KERNEL_NOTES.md, "fp8"); the interpreter runs small tiles
+LAUNCH_CONFIGS = {64: (128, 64, 4, 3), 128: (128, 64, 8, 3)}
+INTERP_CONFIG = (16, 16, 4, 1)
+
+
+def _use_descriptors(device: torch.device, forced) -> bool:
+    """TMA loads on Hopper and newer; the interpreter runs the same path; `forced` True / False wins."""
     if forced is not None:
         return bool(forced)
     return interpreting() or (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9)
 
 
-def _kv_descriptors(kq, vq, G, Nk, Nkp, D, BN, pv_fp8, device):
-    if not _use_descriptors(device):
+def _kv_descriptors(kq, vq, G, Nk, Nkp, D, BN, pv_fp8, device, forced):
+    if not _use_descriptors(device, forced):
         return False, kq, kq
     k_desc = _descriptor(kq.view(G * Nk, D), [BN, D])
     v_desc = _descriptor(vq.view(G * D, Nkp), [D, BN]) if pv_fp8 else _descriptor(vq.view(G * Nk, D), [BN, D])
@@ -267,7 +271,7 @@ def _tail_args(q4, tail_keys, tail_values, tail_bias, dtype, range_start):
 
 
 def _launch(out, q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, scale, p_scale,
-            tail_keys=None, tail_values=None, tail_bias=None) -> None:
+            tail_keys=None, tail_values=None, tail_bias=None, *, config=None, descriptors=None, align=None) -> None:
     """Launch the 8-bit kernel into ``out`` (q's shape and dtype, any strides with unit stride along D)."""
     H = q.shape[1] if q.dim() == 4 else 1
     q4 = q if q.dim() == 4 else q.unsqueeze(1)
@@ -281,8 +285,10 @@ def _launch(out, q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, ra
     Cq, R = q_offsets.shape[1] - 1, range_start.shape[2]
     i32 = lambda x: x.to(torch.int32).contiguous()  # noqa: E731
     has_tail, tk, tv, tb, ct, cqt = _tail_args(q4, tail_keys, tail_values, tail_bias, q.dtype, range_start)
-    BM, BN, warps, stages = launch_config("varblock_attn_fp8", D, q.dtype, capability(q.device))
-    use_desc, k_desc, v_desc = _kv_descriptors(kq, vq, G, Nk, Nkp, D, BN, pv_fp8, q.device)
+    if config is None:
+        config = INTERP_CONFIG if interpreting() else LAUNCH_CONFIGS[D]
+    BM, BN, warps, stages = config
+    use_desc, k_desc, v_desc = _kv_descriptors(kq, vq, G, Nk, Nkp, D, BN, pv_fp8, q.device, descriptors)
     _varblock_fp8_fwd[(triton.cdiv(N, BM) + Cq, G)](
         q4, kq, k_scale, vq, v_scale, o4, i32(perm_q), i32(q_offsets), i32(range_start), i32(range_end),
         tk, tv, tb, k_desc, v_desc, float(scale) * LOG2E,
@@ -291,49 +297,24 @@ def _launch(out, q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, ra
         D=D, BLOCK_M=BM, BLOCK_N=BN, CQ_P2=max(next_pow2(Cq), 2), R_P2=max(next_pow2(R), 2),
         NUM_STAGES=stages, HAS_TAIL=has_tail, USE_DESC=use_desc, PV_FP8=pv_fp8,
         QK_INT8=kq.dtype == torch.int8, P_MUL=float(p_scale) if pv_fp8 else 1.0, ROUND_FIRST=interpreting(),
-        ALIGN=bool(launch_override("varblock_fp8_align", pv_fp8)),
+        ALIGN=pv_fp8 if align is None else bool(align),
         num_warps=warps, num_stages=stages,
     )
 
 
-# ---- the torch custom op (opaque to torch.compile): writes into the caller's buffer. CUDA: the
-# launcher; CPU: `_common.register_cpu` (the launcher under the interpreter, else the emulation)
-
-@torch.library.custom_op("adacluster::varblock_attention_fp8_into", mutates_args=("out",), device_types="cuda")
-def _fp8_into_op(out: torch.Tensor, q: torch.Tensor, kq: torch.Tensor, k_scale: torch.Tensor, vq: torch.Tensor,
-                 v_scale: torch.Tensor, perm_q: torch.Tensor, q_offsets: torch.Tensor, range_start: torch.Tensor,
-                 range_end: torch.Tensor, scale: float, p_scale: float, tail_keys: Optional[torch.Tensor] = None,
-                 tail_values: Optional[torch.Tensor] = None, tail_bias: Optional[torch.Tensor] = None) -> None:
-    _launch(out, q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, scale, p_scale,
-            tail_keys, tail_values, tail_bias)
-
-
-@_fp8_into_op.register_fake
-def _(out, q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, scale, p_scale,
-      tail_keys=None, tail_values=None, tail_bias=None):
-    return None
-
-
-def _emulated_into(out, q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, scale, p_scale,
-                   tail_keys=None, tail_values=None, tail_bias=None) -> None:
-    out.copy_(varblock_attention_fp8_ref(q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end,
-                                         scale, tail_keys, tail_values, tail_bias, p_scale=p_scale))
-
-
-register_cpu(_fp8_into_op, _launch, _emulated_into)
-
-
 def varblock_attention_fp8(q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, scale,
-                           tail_keys=None, tail_values=None, tail_bias=None, out=None, *,
-                           p_scale: float) -> torch.Tensor:
+                           tail_keys=None, tail_values=None, tail_bias=None, out=None, *, p_scale: float,
+                           config: tuple | None = None, descriptors: bool | None = None,
+                           align: bool | None = None) -> torch.Tensor:
     """Sparse attention over the permuted cluster layout with 8-bit Q·K and P·V (shapes in the module
     docstring; q / out may be [B, H, N, D] views with any strides, unit stride along D). kq / k_scale /
-    vq / v_scale as made by `gather_quant.gather_quant_kv` / `quant.quantize_kv` (P·V in fp8 when vq
+    vq / v_scale as made by `gather_quant.gather_quant_kv` / `torch_ref.quantize_kv` (P·V in fp8 when vq
     is e4m3 ``[G, D, Nkp]``, in q's dtype when it is ``[G, Nk, D]`` rows of q's dtype; Q·K in int8 when
-    kq is int8: bench/ only); P is cast as P x p_scale (`_common.P_SCALE`). Returns ``out`` (a tensor
-    like q when not given). No host sync."""
+    kq is int8); P is cast as P x p_scale (`torch_ref.P_SCALE`). config (BLOCK_M, BLOCK_N, warps,
+    stages), descriptors (TMA loads) and align (16-row aligned chunk starts; default: with 8-bit V)
+    override the defaults. Returns ``out`` (a tensor like q when not given). No host sync."""
     if out is None:
         out = torch.empty_like(q)
-    _fp8_into_op(out, q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, float(scale),
-                 float(p_scale), tail_keys, tail_values, tail_bias)
+    _launch(out, q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, float(scale),
+            float(p_scale), tail_keys, tail_values, tail_bias, config=config, descriptors=descriptors, align=align)
     return out
