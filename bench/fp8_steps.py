@@ -123,8 +123,8 @@ def run_shape(name, preset, steps, log):
 
 
 def check(log) -> bool:
-    """The compiled 8-bit kernels vs the torch emulation (`reference_fp8`), on the GPU: the tests'
-    random layouts (tests/core/test_fp8.py) at D 64 / 128, P·V in bf16 and fp8, with and without a
+    """The compiled 8-bit kernels vs the torch emulation (`bench.fp8.torch_ref`), on the GPU: the tests'
+    random layouts (tests/core/test_fp8_experiment.py) at D 64 / 128, P·V in bf16 and fp8, with and without a
     pooled tail, plus the fused gather + quantise vs its torch form, bit for bit."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
     from core.test_fp8_experiment import _case, _fp8_args  # noqa: E402

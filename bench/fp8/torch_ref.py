@@ -88,7 +88,7 @@ def gather_quant_kv_ref(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, k_m
 def varblock_attention_fp8_ref(q, kq, k_scale, vq, v_scale, perm_q, q_offsets, range_start, range_end, scale,
                                tail_keys=None, tail_values=None, tail_bias=None, *, p_scale: float | None = P_SCALE,
                                chunk: int = 4096) -> torch.Tensor:
-    """Arguments as `kernels.varblock_attn_fp8.varblock_attention_fp8` (q [G, N, D] or [B, H, N, D]);
+    """Arguments as `attn_kernel.varblock_attention_fp8` (q [G, N, D] or [B, H, N, D]);
     returns q's shape and dtype. p_scale None: P is not rounded (tests measure what rounding P adds)."""
     shape = q.shape
     q3 = q.reshape(-1, shape[-2], shape[-1])
