@@ -228,4 +228,3 @@ def run_layout(layout: Layout, backend: str, out: Optional[torch.Tensor] = None)
         return res, "reference"
     out.copy_(res)
     return out, "reference"
-

@@ -5,13 +5,7 @@
 # Needs, beside the repo (not committed), for the peers: .gpu/peer/ = the comfy_kitchen wheel for the
 # device's Python repacked without its HIP backend, and PyPI's sageattention 1.0.6 wheel.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
-if [ -d .gpu/peer ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/peer/*.whl \
-    && export PYTHONPATH=/tmp/site
-fi
+source "$(dirname "$0")/gpu_env.sh" .gpu/peer
 what=${*:-steps peers}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 for w in $what; do

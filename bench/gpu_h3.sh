@@ -6,13 +6,7 @@
 # Needs, beside the repo (not committed): .gpu/comfy33/ = ComfyUI >= 0.33 source (comfy/, comfy_api/,
 # utils/, top-level *.py) and .gpu/whl/ = comfy-aimdo and comfy-kitchen wheels for the device's Python.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
-if [ -d .gpu/whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
-    && export PYTHONPATH=/tmp/site
-fi
+source "$(dirname "$0")/gpu_env.sh" .gpu/whl
 what=${*:-attn mem e2e}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 for w in $what; do
